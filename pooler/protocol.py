@@ -1,0 +1,249 @@
+"""The Postgres v3 wire protocol as pure functions over bytes: no sockets, no event loop.
+
+Theory of operation: after startup every message is ``type (1 byte) | length (int32, counts itself) |
+payload``. The data path never decodes a message it only forwards; it reads the five header bytes to
+find message boundaries and looks inside only the few message types that change pooling state
+(ReadyForQuery, ParameterStatus, CopyIn/Out responses, …). Builders here produce the messages the
+pooler itself sends (errors, notices, authentication requests); parsers read the ones it must
+understand (startup packets, ErrorResponse fields, ParameterStatus).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+# --- Named limits ---------------------------------------------------------------------------------
+
+#: A startup packet larger than this is refused before it is read (Postgres uses 10000).
+MAX_STARTUP_PACKET = 10_000
+#: The smallest meaningful message length: the int32 length itself.
+MIN_MESSAGE_LENGTH = 4
+
+# --- Protocol codes -------------------------------------------------------------------------------
+
+PROTOCOL_3_0 = 196608  # 3 << 16
+SSL_REQUEST_CODE = 80877103
+GSSENC_REQUEST_CODE = 80877104
+CANCEL_REQUEST_CODE = 80877102
+
+# Frontend (client → server) message types that matter to pooling.
+QUERY = ord("Q")
+SYNC = ord("S")
+FUNCTION_CALL = ord("F")
+TERMINATE = ord("X")
+COPY_DATA = ord("d")
+COPY_DONE = ord("c")
+COPY_FAIL = ord("f")
+PASSWORD = ord("p")  # also SASLInitialResponse / SASLResponse
+PARSE = ord("P")
+BIND = ord("B")
+DESCRIBE = ord("D")
+EXECUTE = ord("E")
+CLOSE = ord("C")
+FLUSH = ord("H")
+
+# Backend (server → client) message types that matter to pooling.
+READY_FOR_QUERY = ord("Z")
+PARAMETER_STATUS = ord("S")
+ERROR_RESPONSE = ord("E")
+NOTICE_RESPONSE = ord("N")
+AUTHENTICATION = ord("R")
+BACKEND_KEY_DATA = ord("K")
+COPY_IN_RESPONSE = ord("G")
+COPY_OUT_RESPONSE = ord("H")
+COPY_BOTH_RESPONSE = ord("W")
+NEGOTIATE_PROTOCOL_VERSION = ord("v")
+
+# Authentication request codes (payload of an 'R' message).
+AUTH_OK = 0
+AUTH_CLEARTEXT = 3
+AUTH_MD5 = 5
+AUTH_SASL = 10
+AUTH_SASL_CONTINUE = 11
+AUTH_SASL_FINAL = 12
+
+# Transaction status byte of ReadyForQuery.
+TX_IDLE = ord("I")
+TX_IN_BLOCK = ord("T")
+TX_FAILED = ord("E")
+
+_INT32 = struct.Struct("!i")
+_HEADER = struct.Struct("!ci")
+_TWO_INT32 = struct.Struct("!ii")
+
+
+# --- Builders -------------------------------------------------------------------------------------
+
+
+def build(msg_type: bytes, payload: bytes = b"") -> bytes:
+    """Frame ``payload`` as one message of ``msg_type`` (a single byte)."""
+    return _HEADER.pack(msg_type, len(payload) + 4) + payload
+
+
+def cstring(text: str) -> bytes:
+    """A NUL-terminated UTF-8 string, the protocol's string encoding."""
+    return text.encode() + b"\x00"
+
+
+def authentication(code: int, data: bytes = b"") -> bytes:
+    """An Authentication* request ('R')."""
+    return build(b"R", _INT32.pack(code) + data)
+
+
+AUTH_OK_MESSAGE = authentication(AUTH_OK)
+
+
+def parameter_status(name: str, value: str) -> bytes:
+    """ParameterStatus ('S'): tells the client a GUC's current value."""
+    return build(b"S", cstring(name) + cstring(value))
+
+
+def backend_key_data(pid: int, secret: int) -> bytes:
+    """BackendKeyData ('K'): the key a client quotes in a CancelRequest."""
+    return build(b"K", _TWO_INT32.pack(pid, secret))
+
+
+def ready_for_query(status: int = TX_IDLE) -> bytes:
+    """ReadyForQuery ('Z') with a transaction status byte."""
+    return build(b"Z", bytes((status,)))
+
+
+READY_FOR_QUERY_IDLE = ready_for_query(TX_IDLE)
+
+
+def query(sql: str) -> bytes:
+    """A simple-protocol Query ('Q')."""
+    return build(b"Q", cstring(sql))
+
+
+TERMINATE_MESSAGE = build(b"X")
+SYNC_MESSAGE = build(b"S")
+
+
+def _fields(severity: str, sqlstate: str, message: str, detail: str | None, hint: str | None) -> bytes:
+    parts = [b"S", cstring(severity), b"V", cstring(severity), b"C", cstring(sqlstate), b"M", cstring(message)]
+    if detail:
+        parts += [b"D", cstring(detail)]
+    if hint:
+        parts += [b"H", cstring(hint)]
+    parts.append(b"\x00")
+    return b"".join(parts)
+
+
+def error_response(
+    sqlstate: str,
+    message: str,
+    *,
+    severity: str = "ERROR",
+    detail: str | None = None,
+    hint: str | None = None,
+) -> bytes:
+    """ErrorResponse ('E'). Severity FATAL tells the client the connection is about to close."""
+    return build(b"E", _fields(severity, sqlstate, message, detail, hint))
+
+
+def notice_response(
+    message: str, *, sqlstate: str = "00000", severity: str = "NOTICE", detail: str | None = None,
+    hint: str | None = None,
+) -> bytes:
+    """NoticeResponse ('N'): a message the client shows but that does not fail anything."""
+    return build(b"N", _fields(severity, sqlstate, message, detail, hint))
+
+
+def negotiate_protocol_version(newest_minor: int, unsupported: list[str]) -> bytes:
+    """NegotiateProtocolVersion ('v'): the newest minor we speak and the ``_pq_`` options we ignored."""
+    payload = _TWO_INT32.pack(newest_minor, len(unsupported)) + b"".join(cstring(o) for o in unsupported)
+    return build(b"v", payload)
+
+
+def startup_message(params: dict[str, str], protocol: int = PROTOCOL_3_0) -> bytes:
+    """StartupMessage, as the pooler sends it to Postgres."""
+    body = _INT32.pack(protocol) + b"".join(cstring(k) + cstring(v) for k, v in params.items()) + b"\x00"
+    return _INT32.pack(len(body) + 4) + body
+
+
+def cancel_request(pid: int, secret: int) -> bytes:
+    """CancelRequest, sent on a fresh connection."""
+    return struct.pack("!iiii", 16, CANCEL_REQUEST_CODE, pid, secret)
+
+
+# --- Parsers --------------------------------------------------------------------------------------
+
+
+class ProtocolViolation(Exception):
+    """The peer sent bytes that are not the Postgres protocol; ``str()`` says what was wrong."""
+
+
+@dataclass(frozen=True, slots=True)
+class StartupPacket:
+    """The first packet of a connection, decoded. Exactly one of the shapes below."""
+
+    code: int  # PROTOCOL_3_0-ish version, or SSL/GSSENC/CANCEL request code
+    params: dict[str, str]
+    cancel_key: tuple[int, int] | None = None
+
+    @property
+    def major(self) -> int:
+        return self.code >> 16
+
+    @property
+    def minor(self) -> int:
+        return self.code & 0xFFFF
+
+
+def read_int32(data: bytes | bytearray | memoryview, offset: int = 0) -> int:
+    """A big-endian signed int32 at ``offset``."""
+    return int(_INT32.unpack_from(data, offset)[0])
+
+
+def parse_startup_packet(packet: bytes) -> StartupPacket:
+    """Decode a whole startup-phase packet (its length prefix included).
+
+    Raises ProtocolViolation naming what is malformed, so the caller can answer with a clear FATAL.
+    """
+    if len(packet) < 8:
+        raise ProtocolViolation(f"startup packet too short ({len(packet)} bytes)")
+    code = read_int32(packet, 4)
+    if code in (SSL_REQUEST_CODE, GSSENC_REQUEST_CODE):
+        return StartupPacket(code, {})
+    if code == CANCEL_REQUEST_CODE:
+        if len(packet) != 16:
+            raise ProtocolViolation(f"cancel request has length {len(packet)}, expected 16")
+        pid, secret = _TWO_INT32.unpack_from(packet, 8)
+        return StartupPacket(code, {}, (pid, secret))
+    body = packet[8:]
+    if not body.endswith(b"\x00"):
+        raise ProtocolViolation("startup packet is not terminated by a NUL byte")
+    items = body[:-1].split(b"\x00")
+    if items and items[-1] == b"":
+        items.pop()
+    if len(items) % 2:
+        raise ProtocolViolation("startup packet has a parameter name without a value")
+    params: dict[str, str] = {}
+    try:
+        for i in range(0, len(items), 2):
+            params[items[i].decode()] = items[i + 1].decode()
+    except UnicodeDecodeError as exc:
+        raise ProtocolViolation("startup packet is not valid UTF-8") from exc
+    return StartupPacket(code, params)
+
+
+def parse_cstrings(payload: bytes | memoryview) -> list[str]:
+    """Split a payload of NUL-terminated strings (ParameterStatus and the like)."""
+    raw = bytes(payload)
+    if raw.endswith(b"\x00"):
+        raw = raw[:-1]
+    return [part.decode("utf-8", "replace") for part in raw.split(b"\x00")]
+
+
+def parse_error_fields(payload: bytes | memoryview) -> dict[str, str]:
+    """The fields of an ErrorResponse / NoticeResponse payload, keyed by their one-letter code."""
+    fields: dict[str, str] = {}
+    raw = bytes(payload)
+    pos = 0
+    while pos < len(raw) and raw[pos] != 0:
+        end = raw.index(b"\x00", pos + 1)
+        fields[chr(raw[pos])] = raw[pos + 1 : end].decode("utf-8", "replace")
+        pos = end + 1
+    return fields
