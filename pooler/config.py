@@ -10,8 +10,17 @@ code on the data path never sees a half-applied change.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import enum
+import math
+import os
+import re
+import tomllib
+import typing
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from urllib.parse import unquote
 
 
 class PoolMode(enum.StrEnum):
@@ -172,3 +181,834 @@ class Config:
     extra_userlist: tuple[UserlistEntry, ...] = ()
     source: str = "<defaults>"
     ignored: tuple[str, ...] = ()  # PgBouncer settings we read but do not support yet (logged at start)
+
+
+# ==================================================================================================
+# Loading
+#
+# Every value, whatever its origin (an ini string, a TOML native, an environment string, a keyword to
+# ``replace_settings``), goes through the same converter for its setting, so "what is valid" is
+# defined once. Converters raise ``_BadValueError`` with only the fault; the caller knows which file and
+# setting to blame and turns it into a ``ConfigError``.
+# ==================================================================================================
+
+#: PgBouncer 1.18-1.25 ``[pgbouncer]`` settings that are not fields of ``Settings``. A real
+#: pgbouncer.ini carries many of them; refusing to start over ``client_tls_sslmode = disable`` would
+#: make "bring your pgbouncer.ini" a lie, so they are recorded in ``Config.ignored`` and logged.
+PGBOUNCER_UNSUPPORTED_SETTINGS: frozenset[str] = frozenset(
+    {
+        "application_name_add_host",
+        "auth_dbname",
+        "auth_hba_file",
+        "auth_ident_file",
+        "auth_ldap_options",
+        "autodb_idle_timeout",
+        "client_tls13_ciphers",
+        "client_tls_ca_file",
+        "client_tls_cert_file",
+        "client_tls_ciphers",
+        "client_tls_dheparams",
+        "client_tls_ecdhcurve",
+        "client_tls_key_file",
+        "client_tls_protocols",
+        "client_tls_sslmode",
+        "conffile",
+        "disable_pqexec",
+        "dns_max_ttl",
+        "dns_nxdomain_ttl",
+        "dns_zone_check_period",
+        "job_name",
+        "max_db_client_connections",
+        "max_user_client_connections",
+        "peer_id",
+        "query_wait_notify",
+        "resolv_conf",
+        "scram_iterations",
+        "server_fast_close",
+        "server_tls13_ciphers",
+        "server_tls_ca_file",
+        "server_tls_cert_file",
+        "server_tls_ciphers",
+        "server_tls_key_file",
+        "server_tls_protocols",
+        "server_tls_sslmode",
+        "service_name",
+        "suspend_timeout",
+        "syslog",
+        "syslog_facility",
+        "syslog_ident",
+        "tcp_defer_accept",
+        "tcp_keepcnt",
+        "tcp_keepidle",
+        "tcp_keepintvl",
+        "tcp_socket_buffer",
+        "tcp_user_timeout",
+        "transaction_timeout",
+        "unix_socket_group",
+        "unix_socket_mode",
+        "user",
+    }
+)
+
+#: The name clients use to reach the admin console; never a real database.
+ADMIN_DATABASE = "pgbouncer"
+
+#: Where errors about environment variables and ``replace_settings`` keywords say they came from.
+ENVIRONMENT_SOURCE = "environment"
+OVERRIDE_SOURCE = "override"
+
+_ENV_PREFIX = "POOLER_"
+_MAX_PACKET_SIZE_LIMIT = 2_147_483_647
+_PORT_MAX = 65535
+
+_INT_RE = re.compile(r"[+-]?\d+")
+_DURATION_RE = re.compile(
+    r"([+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*(ms|s|sec|min|h|d)?", re.IGNORECASE
+)
+_DURATION_UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "sec": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+_BOOLEANS = {
+    "1": True, "yes": True, "true": True, "on": True,
+    "0": False, "no": False, "false": False, "off": False,
+}  # fmt: skip
+
+_SUPPORTED_AUTH_TYPES = ", ".join(a.value for a in AuthType)
+_PGBOUNCER_ONLY_AUTH_TYPES = frozenset({"hba", "cert", "pam", "ldap"})
+
+
+class _BadValueError(Exception):
+    """A value's fault, raised before the caller knows which file and setting to blame."""
+
+
+_Converter = Callable[[object], object]
+_D = typing.TypeVar("_D", Settings, DatabaseConfig, UserConfig)
+
+
+def _with(obj: _D, changes: Mapping[str, object]) -> _D:
+    """``dataclasses.replace`` for values the converters already validated: mypy cannot see that a
+    converter's ``object`` result fits the field it fills, so that check is the converters' job."""
+    loose: dict[str, typing.Any] = dict(changes)
+    return dataclasses.replace(obj, **loose)
+
+
+def _parse_int(raw: object) -> int:
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        return raw
+    if isinstance(raw, str) and _INT_RE.fullmatch(raw.strip()):
+        return int(raw.strip())
+    raise _BadValueError(f"expected a whole number, got {raw!r}")
+
+
+def _int_converter(low: int = 0, high: int | None = None, *, port: bool = False) -> Callable[[object], int]:
+    """Build a whole-number converter; the bound is part of the setting's meaning, so it lives here."""
+
+    def convert(raw: object) -> int:
+        value = _parse_int(raw)
+        if low <= value and (high is None or value <= high):
+            return value
+        if port:
+            raise _BadValueError(f"expected a port number {low}..{high}, got {raw!r}")
+        if low == 0 and value < 0:
+            raise _BadValueError(f"must not be negative, got {raw!r}")
+        if value < low:
+            raise _BadValueError(f"must be at least {low}, got {raw!r}")
+        raise _BadValueError(f"must be at most {high}, got {raw!r}")
+
+    return convert
+
+
+def _to_seconds(raw: object) -> float:
+    """Plain numbers are seconds, as in PgBouncer; units are accepted because ``500ms`` reads better."""
+    value: float | None = None
+    if isinstance(raw, int | float) and not isinstance(raw, bool):
+        value = float(raw)
+    elif isinstance(raw, str):
+        match = _DURATION_RE.fullmatch(raw.strip())
+        if match:
+            unit = match.group(2).lower() if match.group(2) else None
+            value = float(match.group(1)) * _DURATION_UNITS[unit]
+    if value is None or not math.isfinite(value):
+        raise _BadValueError(
+            f"expected a duration in seconds (e.g. 30, 1.5, 500ms, 15s, 2min, 1h, 1d), got {raw!r}"
+        )
+    if value < 0:
+        raise _BadValueError(f"must not be negative, got {raw!r}")
+    return value
+
+
+def _to_bool(raw: object) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    if isinstance(raw, int) and raw in (0, 1):
+        return bool(raw)
+    if isinstance(raw, str) and raw.strip().lower() in _BOOLEANS:
+        return _BOOLEANS[raw.strip().lower()]
+    raise _BadValueError(f"expected a boolean (1/0, yes/no, true/false, on/off), got {raw!r}")
+
+
+def _to_str(raw: object) -> str:
+    if isinstance(raw, str):
+        return raw
+    raise _BadValueError(f"expected a string, got {raw!r}")
+
+
+def _to_names(raw: object) -> tuple[str, ...]:
+    """PgBouncer lists are comma-separated strings; TOML users will naturally write arrays, so take both."""
+    if isinstance(raw, str):
+        items: list[object] = list(raw.split(","))
+    elif isinstance(raw, list | tuple):
+        items = list(raw)
+    else:
+        raise _BadValueError(f"expected a comma-separated list of names, got {raw!r}")
+    names: list[str] = []
+    for item in items:
+        if not isinstance(item, str):
+            raise _BadValueError(f"expected a comma-separated list of names, got {raw!r}")
+        if item.strip():
+            names.append(item.strip())
+    return tuple(names)
+
+
+def _to_pool_mode(raw: object) -> PoolMode:
+    if isinstance(raw, str):
+        try:
+            return PoolMode(raw.strip().lower())
+        except ValueError:
+            pass
+    choices = ", ".join(m.value for m in PoolMode)
+    raise _BadValueError(f"expected one of {choices}, got {raw!r}")
+
+
+def _to_auth_type(raw: object) -> AuthType:
+    """``any`` is read as ``trust``: both let any client in, and ``any``'s extra rule (databases must force
+    a user) is about the upstream login, which a forced ``user=`` in [databases] already expresses."""
+    if isinstance(raw, str):
+        text = raw.strip().lower()
+        if text == "any":
+            return AuthType.TRUST
+        try:
+            return AuthType(text)
+        except ValueError:
+            if text in _PGBOUNCER_ONLY_AUTH_TYPES:
+                raise _BadValueError(
+                    f"{raw!r} is not supported; supported: {_SUPPORTED_AUTH_TYPES} (any is read as trust)"
+                ) from None
+    raise _BadValueError(f"expected one of {_SUPPORTED_AUTH_TYPES}, got {raw!r}")
+
+
+def _choice_converter(*choices: str) -> Callable[[object], str]:
+    def convert(raw: object) -> str:
+        if isinstance(raw, str) and raw.strip().lower() in choices:
+            return raw.strip().lower()
+        raise _BadValueError(f"expected one of {', '.join(choices)}, got {raw!r}")
+
+    return convert
+
+
+def _build_setting_converters() -> dict[str, _Converter]:
+    """Derive each setting's converter from ``Settings``' annotations once, so a new field is loadable
+    (and overridable from the environment) the moment it is declared."""
+    special: dict[str, _Converter] = {
+        "listen_port": _int_converter(1, _PORT_MAX, port=True),
+        "direct_port": _int_converter(0, _PORT_MAX, port=True),
+        "metrics_port": _int_converter(0, _PORT_MAX, port=True),
+        "max_packet_size": _int_converter(1024, _MAX_PACKET_SIZE_LIMIT),
+        "workers": _int_converter(1),
+        "pkt_buf": _int_converter(1),
+        "auth_type": _to_auth_type,
+        "log_format": _choice_converter("auto", "json", "console"),
+        "session_state_check": _choice_converter("warn", "error", "off"),
+    }
+    by_type: dict[object, _Converter] = {
+        int: _int_converter(),
+        float: _to_seconds,
+        bool: _to_bool,
+        str: _to_str,
+        tuple[str, ...]: _to_names,
+        PoolMode: _to_pool_mode,
+        AuthType: _to_auth_type,
+    }
+    hints = typing.get_type_hints(Settings)
+    converters: dict[str, _Converter] = {}
+    for f in dataclasses.fields(Settings):
+        converter = special.get(f.name) or by_type.get(hints[f.name])
+        if converter is None:  # pragma: no cover - caught by the test suite the day a field is added
+            raise TypeError(f"Settings.{f.name}: no converter for {hints[f.name]!r}")
+        converters[f.name] = converter
+    return converters
+
+
+_SETTING_CONVERTERS: dict[str, _Converter] = _build_setting_converters()
+_ALL_SETTING_NAMES: tuple[str, ...] = tuple(sorted(set(_SETTING_CONVERTERS) | PGBOUNCER_UNSUPPORTED_SETTINGS))
+
+_NONNEGATIVE = _int_converter()
+
+#: [databases] connection-string keys -> (DatabaseConfig field, converter). ``reserve_pool`` is
+#: PgBouncer's historical spelling, ``reserve_pool_size`` its newer one.
+_DATABASE_KEYS: dict[str, tuple[str, _Converter]] = {
+    "host": ("host", _to_str),
+    "port": ("port", _int_converter(1, _PORT_MAX, port=True)),
+    "dbname": ("dbname", _to_str),
+    "user": ("user", _to_str),
+    "password": ("password", _to_str),
+    "auth_user": ("auth_user", _to_str),
+    "pool_size": ("pool_size", _NONNEGATIVE),
+    "min_pool_size": ("min_pool_size", _NONNEGATIVE),
+    "reserve_pool": ("reserve_pool_size", _NONNEGATIVE),
+    "reserve_pool_size": ("reserve_pool_size", _NONNEGATIVE),
+    "max_db_connections": ("max_db_connections", _NONNEGATIVE),
+    "pool_mode": ("pool_mode", _to_pool_mode),
+    "connect_query": ("connect_query", _to_str),
+    "client_encoding": ("client_encoding", _to_str),
+    "datestyle": ("datestyle", _to_str),
+    "timezone": ("timezone", _to_str),
+}
+_DATABASE_KEYS_UNSUPPORTED = frozenset(
+    {"auth_dbname", "auth_query", "application_name", "load_balance_hosts", "server_lifetime",
+     "max_db_client_connections"}
+)  # fmt: skip
+
+#: [users] keys -> (UserConfig field, converter).
+_USER_KEYS: dict[str, tuple[str, _Converter]] = {
+    "pool_mode": ("pool_mode", _to_pool_mode),
+    "pool_size": ("pool_size", _NONNEGATIVE),
+    "reserve_pool": ("reserve_pool_size", _NONNEGATIVE),
+    "reserve_pool_size": ("reserve_pool_size", _NONNEGATIVE),
+    "max_user_connections": ("max_user_connections", _NONNEGATIVE),
+    "query_timeout": ("query_timeout", _to_seconds),
+    "query_wait_timeout": ("query_wait_timeout", _to_seconds),
+    "idle_transaction_timeout": ("idle_transaction_timeout", _to_seconds),
+    "client_idle_timeout": ("client_idle_timeout", _to_seconds),
+}
+_USER_KEYS_UNSUPPORTED = frozenset({"max_user_client_connections"})
+
+_SETTINGS_SECTIONS = ("pgbouncer", "pooler")
+_KNOWN_SECTIONS = (*_SETTINGS_SECTIONS, "databases", "users", "peers")
+
+
+def _suggest(name: str, candidates: Iterable[str]) -> str:
+    """A typo should cost one glance, not a trip to the docs."""
+    match = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.75)
+    return f"; did you mean {match[0]!r}?" if match else ""
+
+
+class _Loader:
+    """Accumulates one load: values by setting, entries, and the ignored-notes, in the order met."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.settings: dict[str, object] = {}
+        self.databases: dict[str, DatabaseConfig] = {}
+        self.users: dict[str, UserConfig] = {}
+        self.ignored: list[str] = []
+        self.seen_peers = False
+
+    # -- [pgbouncer] ------------------------------------------------------------------------------
+
+    def setting(self, name: str, raw: object, *, source: str | None = None, label: str | None = None) -> None:
+        key = name.strip().lower()
+        src = source or self.source
+        shown = label or key
+        converter = _SETTING_CONVERTERS.get(key)
+        if converter is None:
+            if key in PGBOUNCER_UNSUPPORTED_SETTINGS:
+                self.ignored.append(f"{shown}: not supported yet, ignored")
+                return
+            raise ConfigError(src, shown, "unknown setting" + _suggest(key, _ALL_SETTING_NAMES))
+        try:
+            self.settings[key] = converter(raw)
+        except _BadValueError as exc:
+            raise ConfigError(src, shown, str(exc)) from None
+        if key == "auth_type" and isinstance(raw, str) and raw.strip().lower() == "any":
+            self.ignored.append(f"{shown}: 'any' is read as 'trust'")
+
+    def resolve_auth_file(self, base_dir: str) -> None:
+        """PgBouncer resolves a relative auth_file against its working directory, which for a service is
+        arbitrary; next to the config file is what the author of ``auth_file = userlist.txt`` meant."""
+        value = self.settings.get("auth_file")
+        if isinstance(value, str) and value:
+            self.settings["auth_file"] = os.path.abspath(os.path.join(base_dir, os.path.expanduser(value)))
+
+    # -- [databases] and [users] -----------------------------------------------------------------
+
+    def _entry_fields(
+        self,
+        section: str,
+        name: str,
+        spec: object,
+        keys: Mapping[str, tuple[str, _Converter]],
+        unsupported: frozenset[str],
+    ) -> dict[str, object]:
+        where = f"{section}.{name}"
+        pairs: list[tuple[str, object]]
+        if isinstance(spec, str):
+            try:
+                pairs = list(parse_connstring(spec))
+            except _BadValueError as exc:
+                raise ConfigError(self.source, where, f"connection string: {exc}") from None
+        elif isinstance(spec, Mapping):
+            pairs = [(str(k), v) for k, v in spec.items()]
+        else:
+            raise ConfigError(
+                self.source, where, f"expected a connection string or a table, got {type(spec).__name__}"
+            )
+        fields: dict[str, object] = {}
+        for raw_key, raw in pairs:
+            key = raw_key.strip().lower()
+            spec_for_key = keys.get(key)
+            if spec_for_key is None:
+                if key in unsupported:
+                    self.ignored.append(f"{where}.{key}: not supported yet, ignored")
+                    continue
+                candidates = [*keys, *unsupported]
+                raise ConfigError(self.source, f"{where}.{key}", "unknown key" + _suggest(key, candidates))
+            field_name, converter = spec_for_key
+            try:
+                fields[field_name] = converter(raw)
+            except _BadValueError as exc:
+                raise ConfigError(self.source, f"{where}.{key}", str(exc)) from None
+        return fields
+
+    def database(self, name: str, spec: object) -> None:
+        if not name:
+            raise ConfigError(self.source, "databases", "empty database name")
+        if name == ADMIN_DATABASE:
+            raise ConfigError(
+                self.source,
+                f"databases.{name}",
+                f"the name {ADMIN_DATABASE!r} is reserved for the admin console",
+            )
+        fields = self._entry_fields("databases", name, spec, _DATABASE_KEYS, _DATABASE_KEYS_UNSUPPORTED)
+        self.databases[name] = _with(DatabaseConfig(name=name), fields)
+
+    def user(self, name: str, spec: object) -> None:
+        if not name:
+            raise ConfigError(self.source, "users", "empty user name")
+        fields = self._entry_fields("users", name, spec, _USER_KEYS, _USER_KEYS_UNSUPPORTED)
+        self.users[name] = _with(UserConfig(name=name), fields)
+
+    def peers(self) -> None:
+        if not self.seen_peers:
+            self.seen_peers = True
+            self.ignored.append("[peers]: not supported yet, ignored")
+
+    # -- sections ---------------------------------------------------------------------------------
+
+    def unknown_section(self, section: str, label: str) -> ConfigError:
+        return ConfigError(self.source, label, "unknown section" + _suggest(section, _KNOWN_SECTIONS))
+
+
+def parse_connstring(text: str) -> list[tuple[str, str]]:
+    """Split a PgBouncer/libpq ``key=value ...`` string into pairs, in order (a repeated key: last wins).
+
+    Values may be single-quoted to hold spaces; inside, ``''`` and ``\\'`` are a quote and ``\\\\`` a
+    backslash. Errors never echo a value, because the value may be a password.
+    """
+    pairs: list[tuple[str, str]] = []
+    i, n = 0, len(text)
+    while True:
+        while i < n and text[i].isspace():
+            i += 1
+        if i >= n:
+            return pairs
+        start = i
+        while i < n and text[i] != "=" and not text[i].isspace():
+            i += 1
+        key = text[start:i]
+        while i < n and text[i].isspace():
+            i += 1
+        if not key or i >= n or text[i] != "=":
+            raise _BadValueError(f"expected key=value at {key or text[start : start + 1]!r}")
+        i += 1
+        while i < n and text[i].isspace():
+            i += 1
+        chars: list[str] = []
+        if i < n and text[i] == "'":
+            i += 1
+            while True:
+                if i >= n:
+                    raise _BadValueError(f"unterminated quote in the value of {key!r}")
+                c = text[i]
+                if c == "\\" and i + 1 < n:
+                    chars.append(text[i + 1])
+                    i += 2
+                elif c == "'" and i + 1 < n and text[i + 1] == "'":
+                    chars.append("'")
+                    i += 2
+                elif c == "'":
+                    i += 1
+                    break
+                else:
+                    chars.append(c)
+                    i += 1
+            if i < n and not text[i].isspace():
+                raise _BadValueError(f"expected a space after the quoted value of {key!r}")
+        else:
+            while i < n and not text[i].isspace():
+                if text[i] == "\\" and i + 1 < n:
+                    i += 1
+                chars.append(text[i])
+                i += 1
+            if not chars:
+                raise _BadValueError(f"empty value for {key!r} (quote it: {key}='')")
+        pairs.append((key, "".join(chars)))
+
+
+def _unquote_identifier(text: str) -> tuple[str, str] | None:
+    """Split ``"quoted name" rest`` (``""`` is a quote), as PgBouncer allows for odd database names."""
+    chars: list[str] = []
+    i = 1
+    while i < len(text):
+        if text[i] == '"':
+            if text[i + 1 : i + 2] == '"':
+                chars.append('"')
+                i += 2
+                continue
+            return "".join(chars), text[i + 1 :]
+        chars.append(text[i])
+        i += 1
+    return None
+
+
+def _read_file(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8-sig") as fh:
+            return fh.read()
+    except OSError as exc:
+        raise ConfigError(path, "config file", f"cannot read ({exc.strerror or exc})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(path, "config file", "not valid UTF-8") from None
+
+
+def _load_ini(loader: _Loader, text: str) -> None:
+    """PgBouncer's own format, read line by line the way its parser does: a value runs to the end of the
+    line (so ``;`` inside a connect_query is data), and only whole lines are comments."""
+    section: str | None = None
+    for lineno, raw_line in enumerate(text.splitlines(), start=1):
+        line = raw_line.strip()
+        if not line or line[0] in ";#":
+            continue
+        if line.startswith("%include"):
+            target = line[len("%include") :].strip()
+            loader.ignored.append(f"%include {target}: not supported yet, ignored")
+            continue
+        if line.startswith("["):
+            if not line.endswith("]"):
+                raise ConfigError(loader.source, f"line {lineno}", "expected '[section]'")
+            section = line[1:-1].strip().lower()
+            if section == "peers":
+                loader.peers()
+            elif section not in _KNOWN_SECTIONS:
+                raise loader.unknown_section(section, f"[{section}]")
+            continue
+        if section is None:
+            raise ConfigError(loader.source, f"line {lineno}", "setting before any [section]")
+        if line.startswith('"'):
+            split = _unquote_identifier(line)
+            rest = split[1].lstrip() if split else ""
+            if split is None or not rest.startswith("="):
+                raise ConfigError(loader.source, f"line {lineno}", 'expected "name" = value')
+            key, value = split[0], rest[1:].strip()
+        else:
+            key, sep, value = line.partition("=")
+            key, value = key.strip(), value.strip()
+            if not sep or not key or any(c.isspace() for c in key):
+                raise ConfigError(loader.source, f"line {lineno}", "expected 'name = value'")
+        if section in _SETTINGS_SECTIONS:
+            loader.setting(key, value)
+        elif section == "databases":
+            loader.database(key, value)
+        elif section == "users":
+            loader.user(key, value)
+        # [peers] entries: already noted once
+
+
+def _load_toml(loader: _Loader, text: str) -> None:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(loader.source, "syntax", str(exc)) from None
+    present = [s for s in _SETTINGS_SECTIONS if s in data]
+    if len(present) > 1:
+        raise ConfigError(loader.source, "[pooler]", "use either [pgbouncer] or [pooler], not both")
+    for top, value in data.items():
+        name = top.lower()
+        if name not in _KNOWN_SECTIONS:
+            if name in _SETTING_CONVERTERS or name in PGBOUNCER_UNSUPPORTED_SETTINGS:
+                raise ConfigError(loader.source, top, "settings belong in the [pgbouncer] table")
+            raise loader.unknown_section(name, f"[{top}]")
+        if name == "peers":
+            loader.peers()
+            continue
+        if not isinstance(value, dict):
+            raise ConfigError(loader.source, f"[{top}]", f"expected a table, got {value!r}")
+        for key, item in value.items():
+            if name in _SETTINGS_SECTIONS:
+                loader.setting(key, item)
+            elif name == "databases":
+                loader.database(key, item)
+            else:
+                loader.user(key, item)
+
+
+def _parse_database_url(url: str) -> tuple[dict[str, object], list[str]]:
+    """Read ``postgresql://user:password@host:port/dbname?…`` into DatabaseConfig fields.
+
+    Written by hand rather than with urllib's accessors because those lowercase the host, drop
+    percent-encoded unix socket paths and decode ``+`` as a space inside passwords. Errors never quote the
+    URL: it holds a password.
+    """
+
+    def fail(problem: str) -> ConfigError:
+        return ConfigError(ENVIRONMENT_SOURCE, "DATABASE_URL", problem)
+
+    scheme, sep, rest = url.strip().partition("://")
+    if not sep or scheme.lower() not in ("postgresql", "postgres"):
+        raise fail("expected postgresql://user:password@host:port/dbname")
+    rest, _, query = rest.partition("?")
+    netloc, _, path = rest.partition("/")
+    userinfo, at, hostport = netloc.rpartition("@")
+    if not at:
+        userinfo, hostport = "", netloc
+    user_part, _, password_part = userinfo.partition(":")
+    if "," in hostport:
+        raise fail("several hosts are not supported; give one host")
+    host_part, port_part = hostport, ""
+    if hostport.startswith("["):
+        end = hostport.find("]")
+        if end < 0:
+            raise fail("unterminated [ in the host")
+        host_part, tail = hostport[1:end], hostport[end + 1 :]
+        if tail and not tail.startswith(":"):
+            raise fail("expected :port after the ]host]")
+        port_part = tail[1:]
+    elif ":" in hostport:
+        host_part, _, port_part = hostport.rpartition(":")
+    fields: dict[str, object] = {
+        "host": unquote(host_part) or None,
+        "port": 5432,
+        "dbname": unquote(path) or None,
+        "user": unquote(user_part) or None,
+        "password": unquote(password_part) or None,
+    }
+    if port_part:
+        fields["port"] = _url_port(port_part, fail)
+    ignored: list[str] = []
+    for item in query.split("&") if query else ():
+        key, _, value = item.partition("=")
+        key, value = unquote(key), unquote(value)
+        if key in ("host", "user", "password", "dbname"):
+            fields[key] = value or None
+        elif key == "port":
+            fields["port"] = _url_port(value, fail)
+        else:
+            ignored.append(f"DATABASE_URL parameter {key}: not supported yet, ignored")
+    return fields, ignored
+
+
+def _url_port(text: str, fail: Callable[[str], ConfigError]) -> int:
+    try:
+        return _int_converter(1, _PORT_MAX, port=True)(text)
+    except _BadValueError as exc:
+        raise fail(f"port: {exc}") from None
+
+
+def _apply_environment(loader: _Loader, env: Mapping[str, str]) -> tuple[UserlistEntry, ...]:
+    """Environment beats file for every setting: a docker-compose file should be able to tune any knob
+    without shipping a config file."""
+    env_loader = _Loader(ENVIRONMENT_SOURCE)
+    env_loader.settings = loader.settings
+    env_loader.ignored = loader.ignored
+    for name in _SETTING_CONVERTERS:
+        var = _ENV_PREFIX + name.upper()
+        if var in env:
+            env_loader.setting(name, env[var], label=var)
+            if name == "auth_file":
+                env_loader.resolve_auth_file(os.getcwd())
+    known_vars = {_ENV_PREFIX + n.upper() for n in _SETTING_CONVERTERS}
+    for var in sorted(env):
+        if not var.startswith(_ENV_PREFIX) or var in known_vars:
+            continue
+        name = var[len(_ENV_PREFIX) :].lower()
+        if name in PGBOUNCER_UNSUPPORTED_SETTINGS:
+            loader.ignored.append(f"{var}: not supported yet, ignored")
+        else:
+            hint = _suggest(var, sorted(known_vars))
+            # Other tools share the prefix; only a near miss of a real setting is worth mentioning.
+            if hint:
+                loader.ignored.append(f"{var}: not a setting, ignored{hint}")
+
+    url = env.get("DATABASE_URL", "")
+    if not url.strip():
+        return ()
+    fields, ignored = _parse_database_url(url)
+    loader.ignored.extend(ignored)
+    base = loader.databases.get("*", DatabaseConfig(name="*"))
+    loader.databases["*"] = _with(base, fields)
+    user, password = fields["user"], fields["password"]
+    if isinstance(user, str) and isinstance(password, str):
+        return (UserlistEntry(user, password),)
+    return ()
+
+
+def load_config(path: str | None, environ: Mapping[str, str] | None = None) -> Config:
+    """Build the Config the pooler runs on: defaults, then the file (if any), then the environment.
+
+    ``path`` ending in ``.toml`` is the native format; anything else is read as a pgbouncer.ini.
+    ``environ`` defaults to ``os.environ``; tests pass a dict so they never depend on the shell.
+    """
+    env = os.environ if environ is None else environ
+    source = path if path is not None else ENVIRONMENT_SOURCE
+    loader = _Loader(source)
+    if path is not None:
+        text = _read_file(path)
+        if path.lower().endswith(".toml"):
+            _load_toml(loader, text)
+        else:
+            _load_ini(loader, text)
+        loader.resolve_auth_file(os.path.dirname(path) or ".")
+    extra_userlist = _apply_environment(loader, env)
+    return Config(
+        settings=_with(Settings(), loader.settings),
+        databases=loader.databases,
+        users=loader.users,
+        extra_userlist=extra_userlist,
+        source=source,
+        ignored=tuple(loader.ignored),
+    )
+
+
+def replace_settings(config: Config, **changes: object) -> Config:
+    """A copy of ``config`` with some settings changed, validated exactly as if they came from a file.
+
+    Values may be native (``5``, ``PoolMode.SESSION``) or strings as in a file (``"30s"``); errors name
+    ``override`` as their source. A relative ``auth_file`` is resolved against the working directory.
+    """
+    loader = _Loader(OVERRIDE_SOURCE)
+    loader.ignored = list(config.ignored)
+    for name, value in changes.items():
+        loader.setting(name, value)
+    loader.resolve_auth_file(os.getcwd())
+    return dataclasses.replace(
+        config,
+        settings=_with(config.settings, loader.settings),
+        ignored=tuple(loader.ignored),
+    )
+
+
+def read_userlist(path: str) -> list[UserlistEntry]:
+    """Read a PgBouncer ``auth_file``: lines ``"user" "secret"``, ``""`` for a quote, ``;`` comments.
+
+    Unlike PgBouncer, which stops at the first bad line and keeps the users read so far, a bad line is
+    an error: a half-read userlist locks out users silently. Errors never echo the line (it holds a secret).
+    """
+    try:
+        with open(path, encoding="utf-8-sig") as fh:
+            text = fh.read()
+    except OSError as exc:
+        raise ConfigError(path, "auth_file", f"cannot read ({exc.strerror or exc})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(path, "auth_file", "not valid UTF-8") from None
+    entries: list[UserlistEntry] = []
+    for lineno, raw_line in enumerate(text.splitlines(), start=1):
+        line = raw_line.strip()
+        if not line or line.startswith(";"):
+            continue
+        user_split = _unquote_identifier(line) if line.startswith('"') else None
+        rest = user_split[1].lstrip() if user_split else ""
+        secret_split = _unquote_identifier(rest) if rest.startswith('"') else None
+        if user_split is None or secret_split is None or (user_split[1] and not user_split[1][0].isspace()):
+            raise ConfigError(path, f"line {lineno}", 'expected "user" "secret" (use "" for a quote inside)')
+        if not user_split[0]:
+            raise ConfigError(path, f"line {lineno}", "empty user name")
+        entries.append(UserlistEntry(user_split[0], secret_split[0]))
+    return entries
+
+
+# ==================================================================================================
+# Effective values: PgBouncer's precedence, user entry > database entry > [pgbouncer], in one place so
+# every caller agrees. These run per client login; they are dict lookups, nothing more.
+# ==================================================================================================
+
+
+def find_database(config: Config, name: str) -> DatabaseConfig | None:
+    """The [databases] entry for a client's database name, else the ``*`` fallback made concrete for it.
+
+    Returns None for the admin console's name, ``pgbouncer``: callers route that before asking here, and a
+    None makes a forgotten check fail closed instead of forwarding the admin database upstream.
+    """
+    if name == ADMIN_DATABASE:
+        return None
+    db = config.databases.get(name)
+    if db is not None:
+        return db
+    fallback = config.databases.get("*")
+    if fallback is None:
+        return None
+    return dataclasses.replace(fallback, name=name, dbname=fallback.dbname or name)
+
+
+def effective_pool_mode(config: Config, db: DatabaseConfig, user: str) -> PoolMode:
+    entry = config.users.get(user)
+    if entry is not None and entry.pool_mode is not None:
+        return entry.pool_mode
+    return db.pool_mode if db.pool_mode is not None else config.settings.pool_mode
+
+
+def effective_pool_size(config: Config, db: DatabaseConfig, user: str) -> int:
+    entry = config.users.get(user)
+    if entry is not None and entry.pool_size is not None:
+        return entry.pool_size
+    return db.pool_size if db.pool_size is not None else config.settings.default_pool_size
+
+
+def effective_reserve_pool_size(config: Config, db: DatabaseConfig, user: str) -> int:
+    entry = config.users.get(user)
+    if entry is not None and entry.reserve_pool_size is not None:
+        return entry.reserve_pool_size
+    return db.reserve_pool_size if db.reserve_pool_size is not None else config.settings.reserve_pool_size
+
+
+def effective_min_pool_size(config: Config, db: DatabaseConfig, user: str | None = None) -> int:
+    """``user`` is accepted for symmetry with the other pool-size helpers; PgBouncer has no per-user value."""
+    return db.min_pool_size if db.min_pool_size is not None else config.settings.min_pool_size
+
+
+def effective_max_db_connections(config: Config, db: DatabaseConfig) -> int:
+    if db.max_db_connections is not None:
+        return db.max_db_connections
+    return config.settings.max_db_connections
+
+
+def effective_max_user_connections(config: Config, user: str) -> int:
+    entry = config.users.get(user)
+    if entry is not None and entry.max_user_connections is not None:
+        return entry.max_user_connections
+    return config.settings.max_user_connections
+
+
+def effective_query_timeout(config: Config, user: str) -> float:
+    entry = config.users.get(user)
+    if entry is not None and entry.query_timeout is not None:
+        return entry.query_timeout
+    return config.settings.query_timeout
+
+
+def effective_query_wait_timeout(config: Config, user: str) -> float:
+    entry = config.users.get(user)
+    if entry is not None and entry.query_wait_timeout is not None:
+        return entry.query_wait_timeout
+    return config.settings.query_wait_timeout
+
+
+def effective_idle_transaction_timeout(config: Config, user: str) -> float:
+    entry = config.users.get(user)
+    if entry is not None and entry.idle_transaction_timeout is not None:
+        return entry.idle_transaction_timeout
+    return config.settings.idle_transaction_timeout
+
+
+def effective_client_idle_timeout(config: Config, user: str) -> float:
+    entry = config.users.get(user)
+    if entry is not None and entry.client_idle_timeout is not None:
+        return entry.client_idle_timeout
+    return config.settings.client_idle_timeout
