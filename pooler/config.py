@@ -825,17 +825,20 @@ def _apply_environment(loader: _Loader, env: Mapping[str, str]) -> tuple[Userlis
             if name == "auth_file":
                 env_loader.resolve_auth_file(os.getcwd())
     known_vars = {_ENV_PREFIX + n.upper() for n in _SETTING_CONVERTERS}
-    for var in sorted(env):
+    for var in sorted(env):  # sorted: the ignored-notes come out in a stable order
         if not var.startswith(_ENV_PREFIX) or var in known_vars:
             continue
         name = var[len(_ENV_PREFIX) :].lower()
         if name in PGBOUNCER_UNSUPPORTED_SETTINGS:
             loader.ignored.append(f"{var}: not supported yet, ignored")
         else:
-            hint = _suggest(var, sorted(known_vars))
-            # Other tools share the prefix; only a near miss of a real setting is worth mentioning.
-            if hint:
-                loader.ignored.append(f"{var}: not a setting, ignored{hint}")
+            # Other variables share the prefix (POOLER_DATA_DIR is the CLI's); only a near miss of a real
+            # setting is worth mentioning. Compare without the prefix, which would make everything "close".
+            match = difflib.get_close_matches(name, list(_SETTING_CONVERTERS), n=1, cutoff=0.8)
+            if match:
+                loader.ignored.append(
+                    f"{var}: not a setting, ignored; did you mean {_ENV_PREFIX + match[0].upper()!r}?"
+                )
 
     url = env.get("DATABASE_URL", "")
     if not url.strip():

@@ -592,7 +592,7 @@ def test_environment_empty_string_clears_a_string_setting() -> None:
 
 
 def test_environment_unknown_pooler_variables() -> None:
-    env = {"POOLER_SERVER_TLS_SSLMODE": "require", "POOLER_DEFAULT_POOL_SIZ": "3", "POOLER_HOME": "/x"}
+    env = {"POOLER_SERVER_TLS_SSLMODE": "require", "POOLER_DEFAULT_POOL_SIZ": "3", "POOLER_DATA_DIR": "/x"}
     config = load_config(None, env)
     assert config.ignored == (
         "POOLER_DEFAULT_POOL_SIZ: not a setting, ignored; did you mean 'POOLER_DEFAULT_POOL_SIZE'?",
