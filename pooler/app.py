@@ -1,0 +1,380 @@
+"""The pooler process: listeners, the pool registry, pooler-wide limits, cancel routing, timeouts.
+
+Theory of operation. Connections are ``asyncio.Protocol`` objects driven by the event loop; nothing
+here runs per message. A single periodic sweep enforces every timeout (a timer per connection would
+cost memory per idle client), so the tick adapts to the smallest timeout that is configured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import socket
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
+
+from pooler import config as cfg
+from pooler import protocol as pq
+from pooler.auth import AuthStep, is_md5_secret, parse_scram_verifier
+from pooler.client import TRACKED_PARAMETERS, ClientConnection, ClientState
+from pooler.log import log
+from pooler.pool import Pool
+from pooler.server import ServerConnection, ServerState
+
+if TYPE_CHECKING:
+    from pooler.config import Config, DatabaseConfig
+
+
+class Pooler:
+    """Everything one pooler process serves."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.pools: dict[tuple[str, str], Pool] = {}
+        self.clients: set[ClientConnection] = set()
+        self.clients_by_key: dict[tuple[int, int], ClientConnection] = {}
+        self.db_servers: collections.Counter[str] = collections.Counter()
+        self.user_servers: collections.Counter[str] = collections.Counter()
+        self.userlist: dict[str, str] = {}
+        self.tracked_parameters: dict[str, str] = {}
+        self.auth_cache: dict[str, tuple[str | None, float]] = {}
+        self.listeners: list[asyncio.Server] = []
+        self.ports: dict[str, int] = {}
+        self._client_seq = 0
+        self._sweeper: asyncio.Task[None] | None = None
+        self._apply(config)
+
+    # --- configuration ----------------------------------------------------------------------------
+
+    def _apply(self, config: Config) -> None:
+        self.config = config
+        tracked = list(TRACKED_PARAMETERS) + list(config.settings.track_extra_parameters)
+        self.tracked_parameters = {name.lower(): name for name in tracked}
+        userlist: dict[str, str] = {}
+        if config.settings.auth_file:
+            userlist.update((e.user, e.secret) for e in cfg.read_userlist(config.settings.auth_file))
+        userlist.update((e.user, e.secret) for e in config.extra_userlist)
+        self.userlist = userlist
+        for pool in self.pools.values():
+            pool.refresh()
+
+    def reload(self, config: Config) -> None:
+        """Swap in a new config; pools pick up new sizes and modes, connected clients stay."""
+        self._apply(config)
+
+    # --- lifecycle --------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        s = self.config.settings
+        pooled = await self._listen(lambda: ClientConnection(self), s.listen_addr, s.listen_port)
+        self.ports["pooled"] = pooled
+        if s.direct_port:
+            self.ports["direct"] = await self._listen(lambda: ClientConnection(self, direct=True), s.listen_addr,
+                                                      s.direct_port)
+        if s.unix_socket_dir:
+            server = await loop.create_unix_server(
+                lambda: ClientConnection(self), f"{s.unix_socket_dir}/.s.PGSQL.{pooled}", backlog=s.listen_backlog)
+            self.listeners.append(server)
+        self._sweeper = loop.create_task(self._sweep_forever())
+        for line in self.config.ignored:
+            log.warning("config setting ignored", detail=line)
+
+    async def _listen(self, factory: Callable[[], asyncio.BaseProtocol], host: str, port: int) -> int:
+        loop = asyncio.get_running_loop()
+        s = self.config.settings
+        hosts: str | list[str] = [h.strip() for h in host.split(",")] if "," in host else host
+        if host == "*":
+            hosts = ["0.0.0.0", "::"]
+        server = await loop.create_server(
+            factory,
+            hosts, port, backlog=s.listen_backlog, reuse_address=True, reuse_port=s.so_reuseport or s.workers > 1)
+        self.listeners.append(server)
+        bound = server.sockets[0].getsockname()[1]
+        for sock in server.sockets:
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return int(bound)
+
+    async def stop(self) -> None:
+        """Close listeners first (so the port is free at once), then every connection."""
+        for listener in self.listeners:
+            listener.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for client in list(self.clients):
+            if client.state == ClientState.READY and client.server is None:
+                client.fatal("57P01", "pooler is shutting down")
+            else:
+                client.close()
+        for pool in self.pools.values():
+            for server in list(pool.servers) + list(pool.direct_servers):
+                server.close("pooler shutting down")
+        for listener in self.listeners:
+            await listener.wait_closed()
+        self.listeners.clear()
+
+    # --- clients ------------------------------------------------------------------------------------
+
+    def next_client_id(self) -> int:
+        self._client_seq += 1
+        return self._client_seq
+
+    def client_connected(self, client: ClientConnection) -> bool:
+        limit = self.config.settings.max_client_conn
+        if limit and len(self.clients) >= limit:
+            return False
+        self.clients.add(client)
+        return True
+
+    def client_disconnected(self, client: ClientConnection) -> None:
+        if client not in self.clients:
+            return
+        self.clients.discard(client)
+        if self.clients_by_key.get(client.key) is client:
+            del self.clients_by_key[client.key]
+        if self.config.settings.log_disconnections and client.user:
+            log.info("disconnect", client=client.id, remote=client.remote, database=client.database,
+                     user=client.user)
+
+    def lookup_secret(self, user: str) -> str | None:
+        secret = self.userlist.get(user)
+        if secret is not None:
+            return secret
+        cached = self.auth_cache.get(user)
+        if cached is not None and cached[1] > asyncio.get_running_loop().time():
+            return cached[0]
+        return None
+
+    def auth_query_enabled(self, db: DatabaseConfig) -> bool:
+        return bool(db.auth_user or self.config.settings.auth_user)
+
+    def auth_query_lookup(self, client: ClientConnection, db: DatabaseConfig, user: str) -> None:
+        """Fetch an unknown user's secret with auth_query through auth_user, then resume the login."""
+        asyncio.get_running_loop().create_task(self._auth_query(client, db, user))
+
+    async def _auth_query(self, client: ClientConnection, db: DatabaseConfig, user: str) -> None:
+        import asyncpg
+
+        settings = self.config.settings
+        auth_user = db.auth_user or settings.auth_user
+        password = self.userlist.get(auth_user)
+        if password is not None and (is_md5_secret(password) or parse_scram_verifier(password)):
+            password = None
+        if db.user == auth_user and db.password:
+            password = db.password
+        secret: str | None = None
+        try:
+            conn = await asyncpg.connect(
+                host=db.host or "/tmp", port=db.port, user=auth_user, password=password,
+                database=db.dbname or db.name, timeout=settings.server_connect_timeout or 60.0,
+                statement_cache_size=0)
+            try:
+                row = await conn.fetchrow(settings.auth_query, user)
+            finally:
+                await conn.close()
+            if row is not None:
+                secret = row[1]
+        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+            client.fatal("08006", f"auth_query through auth_user \"{auth_user}\" failed: {exc}",
+                         hint="check auth_user's password in auth_file and that auth_query is valid")
+            return
+        self.auth_cache[user] = (secret, asyncio.get_running_loop().time() + settings.auth_cache_ttl)
+        client.begin_auth(settings.auth_type, secret)
+
+    def client_authenticated(self, client: ClientConnection, db: DatabaseConfig, step: AuthStep) -> None:
+        """Route a logged-in client to its pool (and its own backend, on the direct endpoint)."""
+        pool = self._pool_for(db, client.user, step)
+        client.pool = pool
+        client.pool_mode = pool.mode
+        self.clients_by_key[client.key] = client
+        if client.direct:
+            pool.open_direct(client)
+        else:
+            pool.welcome_client(client)
+
+    def _pool_for(self, db: DatabaseConfig, client_user: str, step: AuthStep) -> Pool:
+        user = db.user or client_user
+        key = (db.name if db.name != "*" else f"*{db.dbname}", user)
+        pool = self.pools.get(key)
+        if pool is None:
+            pool = Pool(self, db, user, self._server_credentials(db, user, step))
+            self.pools[key] = pool
+        elif pool.credentials == (None, None):
+            pool.credentials = self._server_credentials(db, user, step)
+        return pool
+
+    def _server_credentials(
+        self, db: DatabaseConfig, user: str, step: AuthStep
+    ) -> tuple[str | None, tuple[bytes, bytes] | None]:
+        """What the pooler logs in to Postgres with: the database entry's password, else the user's."""
+        if db.password:
+            return db.password, None
+        secret = self.userlist.get(user)
+        if secret is not None and not parse_scram_verifier(secret):
+            return secret, None  # plain, or an md5 hash (answers md5 requests only)
+        if db.user and db.user != user:
+            return None, None
+        return step.password, step.scram_keys
+
+    def pooler_error(self, client: ClientConnection | None, sqlstate: str, message: str) -> None:
+        if self.config.settings.log_pooler_errors:
+            if client is None:
+                log.warning("pooler error", sqlstate=sqlstate, error=message)
+            else:
+                log.warning("pooler error", sqlstate=sqlstate, error=message, client=client.id,
+                            remote=client.remote, database=client.database, user=client.user)
+
+    # --- servers and limits -----------------------------------------------------------------------
+
+    def may_open_server(self, pool: Pool) -> bool:
+        """Pooler-wide caps. When one is reached, close an idle server of another pool to make room."""
+        s = self.config.settings
+        dbname = pool.db.name
+        max_db = pool.db.max_db_connections if pool.db.max_db_connections is not None else s.max_db_connections
+        max_user = cfg.effective_max_user_connections(self.config, pool.user)
+        if max_db and self.db_servers[dbname] >= max_db:
+            return self._make_room(p for p in self.pools.values() if p.db.name == dbname and p is not pool)
+        if max_user and self.user_servers[pool.user] >= max_user:
+            return self._make_room(p for p in self.pools.values() if p.user == pool.user and p is not pool)
+        return True
+
+    def _make_room(self, pools: Iterable[Pool]) -> bool:
+        for other in pools:
+            if other.close_idle(1):
+                return False  # the count drops when the close is processed; the caller retries then
+        return False
+
+    def server_opened(self, pool: Pool) -> None:
+        self.db_servers[pool.db.name] += 1
+        self.user_servers[pool.user] += 1
+
+    def server_gone(self, pool: Pool) -> None:
+        self.db_servers[pool.db.name] -= 1
+        self.user_servers[pool.user] -= 1
+        for other in self.pools.values():
+            if other.waiting and other is not pool:
+                other._grow()
+
+    # --- cancel -------------------------------------------------------------------------------------
+
+    def cancel(self, key: tuple[int, int]) -> None:
+        """A CancelRequest for one of our clients: forward it only to the server it is using now."""
+        client = self.clients_by_key.get(key)
+        if client is None or client.server is None:
+            return
+        server = client.server
+        if server.pending or server.state == ServerState.LOGIN:
+            self.cancel_server(server)
+
+    def cancel_server(self, server: ServerConnection) -> None:
+        if server.key is None:
+            return
+        asyncio.get_running_loop().create_task(self._send_cancel(server.pool.db, server.key))
+
+    async def _send_cancel(self, db: DatabaseConfig, key: tuple[int, int]) -> None:
+        try:
+            async with asyncio.timeout(self.config.settings.cancel_wait_timeout or None):
+                if db.host and not db.host.startswith("/"):
+                    _, writer = await asyncio.open_connection(db.host, db.port)
+                else:
+                    _, writer = await asyncio.open_unix_connection(f"{db.host or '/tmp'}/.s.PGSQL.{db.port}")
+                writer.write(pq.cancel_request(*key))
+                await writer.drain()
+                writer.close()
+                await writer.wait_closed()
+        except (OSError, TimeoutError) as exc:
+            log.warning("cancel request failed", error=str(exc))
+
+    # --- timeouts -----------------------------------------------------------------------------------
+
+    def _tick(self) -> float:
+        s = self.config.settings
+        timeouts = [t for t in (
+            s.query_wait_timeout, s.query_timeout, s.idle_transaction_timeout, s.client_idle_timeout,
+            s.client_login_timeout, s.server_connect_timeout, s.reserve_pool_timeout, s.server_idle_timeout,
+            s.server_check_delay, s.server_lifetime) if t > 0]
+        timeouts += [t for u in self.config.users.values() for t in (
+            u.query_timeout, u.query_wait_timeout, u.idle_transaction_timeout, u.client_idle_timeout) if t]
+        return max(0.05, min([1.0, *(t / 5 for t in timeouts)]))
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._tick())
+            try:
+                self.sweep()
+            except Exception:
+                log.exception("sweep failed")
+
+    def sweep(self) -> None:
+        """Enforce every timeout once; called periodically."""
+        now = asyncio.get_running_loop().time()
+        s = self.config.settings
+        for client in list(self.clients):
+            self._sweep_client(client, now)
+        for pool in list(self.pools.values()):
+            self._sweep_pool(pool, now, s)
+
+    def _sweep_client(self, client: ClientConnection, now: float) -> None:
+        s = self.config.settings
+        state = client.state
+        if state in (ClientState.STARTUP, ClientState.AUTH, ClientState.WELCOME):
+            if s.client_login_timeout and now - client.connected_at > s.client_login_timeout:
+                client.fatal("08P01", "client_login_timeout", hint="the client did not finish logging in in time")
+            return
+        if state != ClientState.READY:
+            return
+        user = self.config.users.get(client.user)
+        server = client.server
+        if client.waiting:
+            limit = cfg.effective_query_wait_timeout(self.config, client.user)
+            if limit and now - client.wait_started > limit:
+                client.fatal("08P01", "query_wait_timeout",
+                             hint="all servers of the pool stayed busy; raise default_pool_size or "
+                             "query_wait_timeout, or shorten transactions")
+            return
+        if server is None:
+            limit = user.client_idle_timeout if user and user.client_idle_timeout is not None else (
+                s.client_idle_timeout)
+            if limit and now - client.last_active > limit and not client.direct:
+                client.fatal("08P01", "client_idle_timeout")
+            return
+        if server.state != ServerState.ACTIVE:
+            return
+        if server.pending:
+            limit = cfg.effective_query_timeout(self.config, client.user)
+            if limit and now - server.request_started > limit:
+                client.fatal("08P01", "query_timeout", hint="the query ran longer than query_timeout")
+        elif server.tx_status != pq.TX_IDLE:
+            limit = cfg.effective_idle_transaction_timeout(self.config, client.user)
+            if limit and now - server.last_used > limit:
+                client.fatal("08P01", "idle transaction timeout",
+                             hint="the transaction stayed open and idle longer than idle_transaction_timeout")
+
+    def _sweep_pool(self, pool: Pool, now: float, s: cfg.Settings) -> None:
+        connect_timeout = s.server_connect_timeout
+        for server in list(pool.servers):
+            logging_in = server.state in (ServerState.CONNECTING, ServerState.LOGIN)
+            if logging_in and connect_timeout and now - server.connect_started > connect_timeout:
+                server.login_error = {"C": "08006", "M": "server_connect_timeout: login to Postgres took "
+                                      f"longer than {connect_timeout:g}s"}
+                server.close("server_connect_timeout")
+        if (pool.waiting and pool.reserve_size and not pool.reserve_active
+                and now - pool.waiting[0].wait_started >= s.reserve_pool_timeout):
+            pool.reserve_active = True
+            pool._grow()
+        keep = pool.min_size
+        for server in list(pool.idle):
+            idle_for = now - server.last_used
+            too_old = s.server_lifetime and now - server.created_at > s.server_lifetime
+            too_idle = s.server_idle_timeout and idle_for > s.server_idle_timeout and len(pool.servers) > keep
+            if too_old or too_idle or server.stale:
+                pool.idle.remove(server)
+                server.close("server_lifetime" if too_old else "server_idle_timeout")
+            elif (s.server_check_query and s.server_check_delay
+                  and now - max(server.last_used, server.request_started) > s.server_check_delay):
+                pool.idle.remove(server)
+                server.request_started = now
+                server.state = ServerState.BUSY
+                server.run_internal(s.server_check_query)
+        pool.grow_to_minimum()

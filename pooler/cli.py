@@ -1,0 +1,177 @@
+"""The ``pooler`` command: ``run`` a configured pooler, or bring ``up`` one in front of an embedded Postgres.
+
+Why two commands: ``run`` is what a sidecar or a PgBouncer user wants (a config file and/or
+environment, nothing else started); ``up`` is what a developer wants on day one (no Postgres, no
+config: one command prints the two URLs an app needs, pooled and direct, as Neon does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import secrets
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from pooler import __version__
+from pooler.config import (
+    AuthType,
+    Config,
+    ConfigError,
+    DatabaseConfig,
+    UserlistEntry,
+    load_config,
+    replace_settings,
+)
+from pooler.log import configure, log
+
+#: Exit code for a config that cannot be used (nothing started).
+EXIT_BAD_CONFIG = 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        return _run(args)
+    if args.command == "up":
+        return _up(args)
+    parser.print_help()
+    return EXIT_BAD_CONFIG
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pooler", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--version", action="version", version=f"pooler {__version__}")
+    sub = parser.add_subparsers(dest="command")
+    run = sub.add_parser("run", help="run the pooler from a config file (pooler.toml or pgbouncer.ini) and env")
+    run.add_argument("-c", "--config", help="pooler.toml or pgbouncer.ini (optional with DATABASE_URL set)")
+    up = sub.add_parser("up", help="start an embedded Postgres and a pooler in front of it")
+    up.add_argument("--port", type=int, default=6432, help="pooled endpoint port (default 6432)")
+    up.add_argument("--direct-port", type=int, default=6433, help="direct endpoint port (default 6433)")
+    up.add_argument("--pg-port", type=int, default=0, help="the embedded Postgres's own port (default: any free)")
+    up.add_argument("--listen-addr", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    up.add_argument("--data-dir", default=os.environ.get("POOLER_DATA_DIR", ".pooler"),
+                    help="where Postgres keeps its data, kept between runs (default ./.pooler)")
+    up.add_argument("--env-file", help="also write DATABASE_URL and DATABASE_URL_UNPOOLED to this file")
+    up.add_argument("--pool-size", type=int, default=None, help="default_pool_size (default 20)")
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config, os.environ)
+        if not config.databases:
+            raise ConfigError(config.source, "databases", "no database is configured; add a [databases] "
+                              "entry or set DATABASE_URL")
+    except ConfigError as exc:
+        print(f"pooler: {exc}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    configure(config.settings.log_format, config.settings.verbose)
+    return _serve(config, reload=lambda: load_config(args.config, os.environ))
+
+
+def _up(args: argparse.Namespace) -> int:
+    from pooler.embedded import EmbeddedPostgres
+
+    data_dir = Path(args.data_dir).expanduser().resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    environ = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    try:
+        base = load_config(None, environ)
+    except ConfigError as exc:
+        print(f"pooler: {exc}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    configure(base.settings.log_format, base.settings.verbose)
+    role, database = "app", "app"
+    password = _persistent_secret(data_dir / "app-password")
+    pg = EmbeddedPostgres(data_dir / "pgdata", port=args.pg_port, max_connections=100)
+    pg.start()
+    try:
+        pg.create_role_and_database(role, password, database)
+        changes: dict[str, object] = {
+            "listen_addr": args.listen_addr,
+            "listen_port": args.port,
+            "direct_port": args.direct_port,
+            "auth_type": AuthType.SCRAM_SHA_256,
+        }
+        if args.pool_size is not None:
+            changes["default_pool_size"] = args.pool_size
+        config = replace_settings(base, **changes)
+        config = Config(
+            settings=config.settings,
+            databases={"*": DatabaseConfig(name="*", host=pg.host, port=pg.port)},
+            users=config.users,
+            extra_userlist=(UserlistEntry(role, password),),
+            source="pooler up",
+        )
+        host = "localhost" if args.listen_addr in ("127.0.0.1", "0.0.0.0", "*") else args.listen_addr
+        urls = (
+            f"DATABASE_URL=postgresql://{role}:{password}@{host}:{args.port}/{database}\n"
+            f"DATABASE_URL_UNPOOLED=postgresql://{role}:{password}@{host}:{args.direct_port}/{database}\n"
+        )
+
+        def announce() -> None:
+            sys.stdout.write(urls)
+            sys.stdout.flush()
+            if args.env_file:
+                Path(args.env_file).write_text(urls)
+
+        return _serve(config, on_ready=announce)
+    except ConfigError as exc:
+        print(f"pooler: {exc}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    finally:
+        pg.stop()
+
+
+def _persistent_secret(path: Path) -> str:
+    """A generated password that survives restarts, so the printed URLs stay valid."""
+    if path.exists():
+        return path.read_text().strip()
+    value = secrets.token_urlsafe(18)
+    path.write_text(value + "\n")
+    path.chmod(0o600)
+    return value
+
+
+def _serve(config: Config, *, reload: Callable[[], Config] | None = None,
+           on_ready: Callable[[], None] | None = None) -> int:
+    import uvloop
+
+    return int(uvloop.run(serve(config, reload=reload, on_ready=on_ready)))
+
+
+async def serve(config: Config, *, reload: Callable[[], Config] | None = None,
+                on_ready: Callable[[], None] | None = None) -> int:
+    """Run a pooler until SIGINT/SIGTERM; SIGHUP re-reads the config."""
+    from pooler.app import Pooler
+
+    pooler = Pooler(config)
+    try:
+        await pooler.start()
+    except OSError as exc:
+        print(f"pooler: cannot listen: {exc}", file=sys.stderr)
+        return 1
+    log.info("listening", addr=config.settings.listen_addr, **{f"{k}_port": v for k, v in pooler.ports.items()})
+    if on_ready is not None:
+        on_ready()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    if reload is not None:
+        def on_hup() -> None:
+            try:
+                pooler.reload(reload())
+                log.info("config reloaded")
+            except ConfigError as exc:
+                log.error("config reload failed, keeping the old config", error=str(exc))
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
+    await stop.wait()
+    log.info("shutting down")
+    await pooler.stop()
+    return 0

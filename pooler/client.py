@@ -1,0 +1,540 @@
+"""One client connection to the pooler: startup, authentication, then the client→server data path.
+
+Theory of operation. A client goes ``STARTUP`` → ``AUTH`` → ``WELCOME`` (waiting for its pool to know
+the server's parameters, or for its dedicated backend on the direct endpoint) → ``READY``. In READY
+it is either linked to a server (bytes are scanned for message headers and forwarded whole) or not
+(bytes are held until its pool hands it one; a held burst larger than ``HOLD_LIMIT`` pauses reading).
+
+The scanner counts, per forwarded message, what makes the linked server unreleasable: each Query,
+Sync and FunctionCall owes a ReadyForQuery; any other extended-protocol message leaves the server
+"unsynced" until the next Sync; CopyDone/CopyFail end a COPY FROM STDIN. The server side pops those
+debts; when none is left and the transaction is idle, the server goes back to the pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import secrets
+import struct
+from typing import TYPE_CHECKING, cast
+
+from pooler import protocol as pq
+from pooler.auth import AuthStep, ClientAuth
+from pooler.config import AuthType, DatabaseConfig, PoolMode, find_database
+from pooler.log import log
+from pooler.server import WRITE_BUFFER_HIGH, WRITE_BUFFER_LOW, ServerConnection, ServerState
+
+if TYPE_CHECKING:
+    from pooler.app import Pooler
+    from pooler.pool import Pool
+
+_unpack_length = struct.Struct("!i").unpack_from
+
+#: Bytes a client may send while it waits for a server before we stop reading from it.
+HOLD_LIMIT = 256 * 1024
+#: The largest authentication message we accept (SASL messages are a few hundred bytes).
+MAX_AUTH_MESSAGE = 10_000
+
+#: Startup parameters accepted without configuration (PgBouncer's list) besides tracked GUCs.
+_STARTUP_KEYS = frozenset({"user", "database", "replication", "options"})
+#: GUCs tracked per client and re-applied to whichever backend it lands on (canonical spelling).
+TRACKED_PARAMETERS = ("client_encoding", "DateStyle", "TimeZone", "standard_conforming_strings", "application_name")
+
+
+class ClientState(enum.IntEnum):
+    STARTUP = 0
+    AUTH = 1
+    WELCOME = 2
+    READY = 3
+    CLOSED = 4
+
+
+class ClientConnection(asyncio.Protocol):
+    """A connection from an application to the pooler."""
+
+    __slots__ = (
+        "_buf",
+        "_held",
+        "_negotiate",
+        "_reading_paused",
+        "_skip",
+        "auth",
+        "connected_at",
+        "database",
+        "db",
+        "direct",
+        "id",
+        "key",
+        "last_active",
+        "max_packet",
+        "params",
+        "pool",
+        "pool_mode",
+        "pooler",
+        "remote",
+        "server",
+        "startup_params",
+        "state",
+        "transport",
+        "user",
+        "wait_started",
+        "waiting",
+    )
+
+    def __init__(self, pooler: Pooler, *, direct: bool = False) -> None:
+        self.pooler = pooler
+        self.direct = direct
+        self.transport: asyncio.Transport | None = None
+        self.state = ClientState.STARTUP
+        self.id = pooler.next_client_id()
+        self.key = (secrets.randbits(31), secrets.randbits(31))
+        self.remote = ""
+        self.user = ""
+        self.database = ""
+        self.db: DatabaseConfig | None = None
+        self.pool: Pool | None = None
+        self.pool_mode = PoolMode.TRANSACTION
+        self.server: ServerConnection | None = None
+        self.auth: ClientAuth | None = None
+        self.params: dict[str, str] = {}
+        self.startup_params: dict[str, str] = {}
+        self.waiting = False
+        self.max_packet = pooler.config.settings.max_packet_size
+        now = asyncio.get_running_loop().time()
+        self.connected_at = now
+        self.last_active = now
+        self.wait_started = 0.0
+        self._buf = bytearray()
+        self._held = bytearray()
+        self._skip = 0
+        self._negotiate = b""
+        self._reading_paused = False
+
+    # --- asyncio.Protocol -----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        transport.set_write_buffer_limits(WRITE_BUFFER_HIGH, WRITE_BUFFER_LOW)
+        peer = transport.get_extra_info("peername")
+        self.remote = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "unix")
+        if not self.pooler.client_connected(self):
+            self.fatal("53300", "no more connections allowed (max_client_conn)",
+                       hint="raise max_client_conn, or close idle connections in the app")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.state == ClientState.CLOSED and self.transport is None:
+            return
+        self.state = ClientState.CLOSED
+        self.transport = None
+        self._detach("client disconnected")
+        self.pooler.client_disconnected(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.state == ClientState.READY:
+            server = self.server
+            if server is not None:
+                self.forward(data, server)
+            else:
+                self._hold(data)
+            return
+        if self.state == ClientState.CLOSED:
+            return
+        self._handshake_data(data)
+
+    def pause_writing(self) -> None:
+        server = self.server
+        if server is not None and server.transport is not None:
+            server.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        server = self.server
+        if server is not None and server.transport is not None:
+            server.transport.resume_reading()
+
+    # --- output ---------------------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is not None:
+            transport.write(data)
+
+    def fatal(self, sqlstate: str, message: str, *, hint: str | None = None, detail: str | None = None) -> None:
+        """Send a FATAL error naming the cause, log it, and close this connection."""
+        self.pooler.pooler_error(self, sqlstate, message)
+        self.write(pq.error_response(sqlstate, message, severity="FATAL", hint=hint, detail=detail))
+        self.close()
+
+    def close(self) -> None:
+        transport = self.transport
+        if transport is not None and self.state != ClientState.CLOSED:
+            self.state = ClientState.CLOSED
+            transport.close()
+
+    def pause_reading(self) -> None:
+        if not self._reading_paused and self.transport is not None:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._reading_paused and self.transport is not None:
+            self._reading_paused = False
+            self.transport.resume_reading()
+
+    # --- the data path ----------------------------------------------------------------------------
+
+    def forward(self, data: bytes, server: ServerConnection) -> None:
+        """Scan ``data`` for message headers, account for what the server now owes, and send it."""
+        if self._held:
+            data = bytes(self._held) + data
+            self._held.clear()
+        n = len(data)
+        pos = self._skip
+        transport = server.transport
+        if transport is None:
+            return
+        if pos >= n:
+            self._skip = pos - n
+            transport.write(data)
+            return
+        pending = server.pending
+        was_idle = not pending
+        unpack = _unpack_length
+        max_packet = self.max_packet
+        while pos + 5 <= n:
+            kind = data[pos]
+            length = unpack(data, pos + 1)[0]
+            if length < 4 or length > max_packet:
+                if pos:
+                    transport.write(data[:pos])
+                self._bad_length(kind, length)
+                return
+            if kind in (pq.QUERY, pq.FUNCTION_CALL):
+                pending.append(kind)
+                server.unsynced = False
+            elif kind == pq.SYNC:
+                if not server.copy_in:
+                    pending.append(kind)
+                server.unsynced = False
+            elif kind == pq.COPY_DATA:
+                pass
+            elif kind in (pq.COPY_DONE, pq.COPY_FAIL):
+                server.copy_in = False
+            elif kind == pq.TERMINATE:
+                if pos:
+                    transport.write(data[:pos])
+                self.close()
+                return
+            else:
+                server.unsynced = True
+            pos += 1 + length
+        if pos > n:
+            self._skip = pos - n
+            stop = n
+        else:
+            self._skip = 0
+            stop = pos
+        if stop == n:
+            transport.write(data)
+        else:
+            if stop:
+                transport.write(data[:stop])
+            self._held += data[stop:]
+        if was_idle and pending:
+            server.request_started = asyncio.get_running_loop().time()
+
+    def _hold(self, data: bytes) -> None:
+        """Keep bytes that arrived while no server is linked; ask the pool for one once a message starts."""
+        held = self._held
+        held += data
+        if len(held) < 5:
+            return
+        if held[0] == pq.TERMINATE:
+            self.close()
+            return
+        if len(held) > HOLD_LIMIT:
+            self.pause_reading()
+        if not self.waiting and self.pool is not None:
+            self.waiting = True
+            self.wait_started = asyncio.get_running_loop().time()
+            self.pool.request(self)
+
+    def _bad_length(self, kind: int, length: int) -> None:
+        if length < 4:
+            self.fatal("08P01", f"invalid message length {length} for message type {chr(kind)!r}")
+        else:
+            self.fatal(
+                "08P01",
+                f"message of {length} bytes exceeds max_packet_size ({self.max_packet})",
+                hint="raise max_packet_size in the pooler config, or send smaller messages",
+            )
+
+    # --- linking to servers (called by the pool) --------------------------------------------------
+
+    def link(self, server: ServerConnection) -> None:
+        """The pool hands us a server: bring its session parameters in line, then send what we hold."""
+        self.waiting = False
+        self.server = server
+        server.client = self
+        server.state = ServerState.ACTIVE
+        if server.transport is not None:
+            server.transport.resume_reading()
+        stale = [(k, v) for k, v in self.params.items() if server.params.get(k) != v]
+        if stale:
+            server.run_internal(";".join(f"SET {k} = {_quote(v)}" for k, v in stale))
+        if self._held:
+            self.forward(b"", server)
+        self.resume_reading()
+
+    def server_ready_for_query(self, server: ServerConnection) -> None:
+        """The server owes nothing: release it if this pool mode allows and it is clean."""
+        mode = self.pool_mode
+        if mode == PoolMode.SESSION or self.direct or self._skip:
+            return
+        if server.is_clean():
+            self._unlink(server)
+            self.last_active = asyncio.get_running_loop().time()
+            assert self.pool is not None
+            self.pool.release(server)
+            if len(self._held) >= 5:
+                self._hold(b"")
+        elif mode == PoolMode.STATEMENT and server.tx_status != pq.TX_IDLE:
+            self.fatal("08P01", "transaction blocks not allowed in statement pooling mode",
+                       hint="use transaction pool_mode, or the direct endpoint, for multi-statement transactions")
+
+    def _unlink(self, server: ServerConnection) -> None:
+        server.client = None
+        self.server = None
+        if self.transport is not None and server.transport is not None:
+            server.transport.resume_reading()
+
+    def server_lost(self, server: ServerConnection) -> None:
+        """Our server died while linked: the transaction is gone, so is this session."""
+        self.server = None
+        if server.fatal_seen:
+            self.close()  # Postgres already told the client why
+            return
+        self.fatal(
+            "08006",
+            f"server conn crashed? {server.close_reason}; the transaction was lost",
+            hint="reconnect and retry; the pooler has replaced the backend",
+        )
+
+    def _detach(self, reason: str) -> None:
+        """The client is gone: return or clean its server, leave any queue."""
+        pool = self.pool
+        if pool is None:
+            return
+        if self.waiting:
+            self.waiting = False
+            pool.remove_waiter(self)
+        server = self.server
+        if server is None:
+            return
+        self._unlink(server)
+        pool.client_left_server(server, self._skip != 0, reason)
+
+    # --- startup and authentication -------------------------------------------------------------
+
+    def _handshake_data(self, data: bytes) -> None:
+        buf = self._buf
+        buf += data
+        while True:
+            if self.state == ClientState.STARTUP:
+                if len(buf) < 4:
+                    return
+                length = pq.read_int32(buf)
+                if length < 8 or length > pq.MAX_STARTUP_PACKET:
+                    self.fatal("08P01", f"invalid length of startup packet ({length} bytes)")
+                    return
+                if len(buf) < length:
+                    return
+                packet = bytes(buf[:length])
+                del buf[:length]
+                self._startup(packet)
+            elif self.state == ClientState.AUTH and self.auth is not None:
+                if len(buf) < 5:
+                    return
+                kind = buf[0]
+                length = pq.read_int32(buf, 1)
+                if kind != pq.PASSWORD:
+                    self.fatal("08P01", f"expected a password message, got message type {chr(kind)!r}")
+                    return
+                if length < 4 or length > MAX_AUTH_MESSAGE:
+                    self.fatal("08P01", f"invalid password message length {length}")
+                    return
+                if len(buf) < 1 + length:
+                    return
+                payload = bytes(buf[5 : 1 + length])
+                del buf[: 1 + length]
+                self._auth_step(self.auth.receive(payload))
+            else:
+                break
+        if buf and self.state in (ClientState.WELCOME, ClientState.READY):
+            # The client pipelined its first query behind the login (Neon's pipelined connect does).
+            self._held += buf
+            buf.clear()
+            if self.state == ClientState.READY and self.server is None:
+                self._hold(b"")
+
+    def _startup(self, packet: bytes) -> None:
+        try:
+            startup = pq.parse_startup_packet(packet)
+        except pq.ProtocolViolation as exc:
+            self.fatal("08P01", f"invalid startup packet: {exc}")
+            return
+        if startup.code in (pq.SSL_REQUEST_CODE, pq.GSSENC_REQUEST_CODE):
+            self.write(b"N")  # no TLS yet: the client goes on in plaintext (or gives up, per sslmode)
+            return
+        if startup.cancel_key is not None:
+            self.pooler.cancel(startup.cancel_key)
+            self.close()
+            return
+        if startup.major != 3:
+            self.fatal(
+                "0A000",
+                f"unsupported frontend protocol {startup.major}.{startup.minor}: server supports 3.0 to 3.0",
+            )
+            return
+        params = startup.params
+        unsupported_options = [k for k in params if k.startswith("_pq_.")]
+        if startup.minor > 0 or unsupported_options:
+            self._negotiate = pq.negotiate_protocol_version(pq.PROTOCOL_3_0, unsupported_options)
+        user = params.get("user", "")
+        if not user:
+            self.fatal("28000", "no PostgreSQL user name specified in startup packet")
+            return
+        self.user = user
+        self.database = params.get("database") or user
+        if not self._check_startup_parameters(params):
+            return
+        settings = self.pooler.config.settings
+        if self.database == "pgbouncer":
+            self.fatal("3D000", "no such database: pgbouncer",
+                       hint="the admin console is not available in this version")
+            return
+        db = find_database(self.pooler.config, self.database)
+        if db is None:
+            self.fatal("3D000", f"no such database: {self.database}",
+                       hint="add it to [databases] in the pooler config, or define a \"*\" fallback entry")
+            return
+        self.db = db
+        self.state = ClientState.AUTH
+        secret = self.pooler.lookup_secret(user)
+        if secret is None and self.pooler.auth_query_enabled(db):
+            self.pooler.auth_query_lookup(self, db, user)
+            return
+        self.begin_auth(settings.auth_type, secret)
+
+    def begin_auth(self, auth_type: AuthType, secret: str | None) -> None:
+        """Start the exchange once the user's secret is known (possibly after an auth_query)."""
+        if self.state != ClientState.AUTH:
+            return
+        self.auth = ClientAuth(auth_type, self.user, secret)
+        if self._negotiate:
+            self.write(self._negotiate)
+        self._auth_step(self.auth.start())
+        if self._buf and self.state == ClientState.AUTH:
+            self._handshake_data(b"")
+
+    def _check_startup_parameters(self, params: dict[str, str]) -> bool:
+        settings = self.pooler.config.settings
+        tracked = self.pooler.tracked_parameters
+        ignored = settings.ignore_startup_parameters
+        startup: dict[str, str] = {}
+        for key, value in params.items():
+            canonical = tracked.get(key.lower())
+            if canonical is not None:
+                startup[canonical] = value
+            elif key in _STARTUP_KEYS or key.startswith("_pq_.") or key in ignored:
+                continue
+            else:
+                self.fatal("08P01", f"unsupported startup parameter: {key}",
+                           hint=f"add {key} to ignore_startup_parameters in the pooler config")
+                return False
+        if params.get("replication", "false").lower() not in ("false", "off", "no", "0"):
+            self.fatal("08P01", "replication connections are not supported by the pooler",
+                       hint="connect to Postgres directly for replication")
+            return False
+        options = params.get("options", "")
+        if options:
+            parsed = _parse_options(options)
+            if parsed is None:
+                self.fatal("08P01", f"unsupported startup parameter in options: {options}",
+                           hint="only -c name=value settings of tracked parameters pass through the pooler")
+                return False
+            for key, value in parsed:
+                canonical = tracked.get(key.lower())
+                if canonical is not None:
+                    startup[canonical] = value
+                elif key not in ignored:
+                    self.fatal("08P01", f"unsupported startup parameter in options: {key}",
+                               hint=f"add {key} to ignore_startup_parameters, or use the direct endpoint")
+                    return False
+        self.startup_params = startup
+        return True
+
+    def _auth_step(self, step: AuthStep) -> None:
+        if step.send:
+            self.write(step.send)
+        if not step.done:
+            return
+        if not step.ok:
+            self.pooler.pooler_error(self, "28P01", "password authentication failed")
+            self.close()
+            return
+        assert self.db is not None
+        self.state = ClientState.WELCOME
+        self.pooler.client_authenticated(self, self.db, step)
+
+    def welcome(self, server_params: dict[str, str]) -> None:
+        """Finish login: the server's parameters overlaid with ours, our cancel key, ReadyForQuery."""
+        if self.state != ClientState.WELCOME:
+            return
+        values = dict(server_params)
+        values.update(self.startup_params)
+        tracked = self.pooler.tracked_parameters.values()
+        self.params = {k: values[k] for k in tracked if k in values}
+        out = [pq.parameter_status(k, v) for k, v in values.items()]
+        out.append(pq.backend_key_data(*self.key))
+        out.append(pq.READY_FOR_QUERY_IDLE)
+        self.write(b"".join(out))
+        self.state = ClientState.READY
+        if self.pooler.config.settings.log_connections:
+            log.info("login", client=self.id, remote=self.remote, database=self.database, user=self.user,
+                     direct=self.direct)
+        if self._held and self.server is None:
+            self._hold(b"")
+        elif self._held and self.server is not None:
+            self.forward(b"", self.server)
+
+    def login_failed(self, fields: dict[str, str]) -> None:
+        """The pool could not log in to Postgres for us: pass its error on, as FATAL."""
+        self.fatal(fields.get("C", "08006"), fields.get("M", "server login failed"),
+                   hint=fields.get("H"), detail=fields.get("D"))
+
+
+def _quote(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _parse_options(options: str) -> list[tuple[str, str]] | None:
+    """Parse libpq's ``options`` (``-c name=value`` / ``--name=value``); None when it holds anything else."""
+    tokens = options.replace("\\ ", "\x00").split()
+    result: list[tuple[str, str]] = []
+    i = 0
+    while i < len(tokens):
+        token = tokens[i].replace("\x00", " ")
+        if token == "-c" and i + 1 < len(tokens):
+            token = tokens[i + 1].replace("\x00", " ")
+            i += 1
+        elif token.startswith("-c") or token.startswith("--"):
+            token = token[2:]
+        else:
+            return None
+        name, sep, value = token.partition("=")
+        if not sep:
+            return None
+        result.append((name.replace("-", "_"), value))
+        i += 1
+    return result

@@ -1,0 +1,316 @@
+"""One connection from the pooler to Postgres (a "server" in PgBouncer's words).
+
+Theory of operation. A server logs in once (``LOGIN``), then alternates between ``IDLE`` in its pool
+and ``ACTIVE``, linked to one client. While active, bytes from Postgres are forwarded to the client in
+whole chunks; the scanner only reads message headers to keep three facts current:
+
+* ``pending`` — the requests sent to Postgres that still owe a ReadyForQuery (each Query, Sync and
+  FunctionCall owes exactly one). The client side appends, ReadyForQuery pops.
+* ``tx_status`` — the status byte of the last ReadyForQuery (``I`` idle, ``T``/``E`` in a transaction).
+* ``params`` — the tracked GUCs Postgres reported with ParameterStatus.
+
+From those the pool decides, cheaply and exactly, when a server is clean enough to hand to another
+client: nothing pending, not in a transaction, no COPY, no half-sent message.
+
+The pooler also talks to Postgres on its own (parameter sync before a client's traffic, the reset
+query, the health check). Such a query is sent only when nothing is pending, so its answer is always
+the first thing that comes back; ``swallow`` counts the ReadyForQuery messages whose answers are
+dropped instead of forwarded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import enum
+import struct
+from typing import TYPE_CHECKING, cast
+
+from pooler import protocol as pq
+from pooler.auth import AuthFailed, ServerAuth
+
+if TYPE_CHECKING:
+    from pooler.client import ClientConnection
+    from pooler.pool import Pool
+
+_LENGTH = struct.Struct("!i")
+_unpack_length = _LENGTH.unpack_from
+
+# Which backend message types the scanner must look inside (everything else is only skipped).
+_INSPECT = bytearray(256)
+for _t in (pq.READY_FOR_QUERY, pq.PARAMETER_STATUS, pq.COPY_IN_RESPONSE, pq.ERROR_RESPONSE):
+    _INSPECT[_t] = 1
+_INSPECT_TABLE = bytes(_INSPECT)
+
+_FATAL_PREFIX = b"SFATAL\x00"
+_PANIC_PREFIX = b"SPANIC\x00"
+
+#: Write-buffer marks for both directions: past ``high`` the other side stops being read.
+WRITE_BUFFER_HIGH = 256 * 1024
+WRITE_BUFFER_LOW = 64 * 1024
+
+
+class ServerState(enum.IntEnum):
+    CONNECTING = 0
+    LOGIN = 1
+    IDLE = 2
+    ACTIVE = 3
+    BUSY = 4  # running the pooler's own query (reset, health check) with no client linked
+    CLOSED = 5
+
+
+class ServerConnection(asyncio.Protocol):
+    """A backend connection and the byte scanner for its responses."""
+
+    __slots__ = (
+        "_buf",
+        "_partial",
+        "_skip",
+        "auth",
+        "client",
+        "close_reason",
+        "connect_started",
+        "copy_in",
+        "created_at",
+        "direct",
+        "fatal_seen",
+        "key",
+        "last_used",
+        "login_error",
+        "params",
+        "pending",
+        "pool",
+        "request_started",
+        "stale",
+        "startup_params",
+        "state",
+        "swallow",
+        "transport",
+        "tx_status",
+        "unsynced",
+    )
+
+    def __init__(self, pool: Pool, startup_params: dict[str, str], auth: ServerAuth, *, direct: bool = False):
+        self.pool = pool
+        self.startup_params = startup_params
+        self.auth = auth
+        self.direct = direct
+        self.transport: asyncio.Transport | None = None
+        self.client: ClientConnection | None = None
+        self.state = ServerState.CONNECTING
+        self.params: dict[str, str] = {}
+        self.key: tuple[int, int] | None = None
+        self.pending: collections.deque[int] = collections.deque()
+        self.tx_status = pq.TX_IDLE
+        self.unsynced = False
+        self.copy_in = False
+        self.swallow = 0
+        self.fatal_seen = False
+        self.stale = False  # set on RECONNECT/config change: close instead of reuse
+        self.login_error: dict[str, str] | None = None
+        self.close_reason = ""
+        self._buf = bytearray()
+        self._partial = b""
+        self._skip = 0
+        loop_time = asyncio.get_running_loop().time()
+        self.created_at = loop_time
+        self.connect_started = loop_time
+        self.last_used = loop_time
+        self.request_started = 0.0
+
+    # --- asyncio.Protocol -----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        transport.set_write_buffer_limits(WRITE_BUFFER_HIGH, WRITE_BUFFER_LOW)
+        self.state = ServerState.LOGIN
+        transport.write(pq.startup_message(self.startup_params))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        if self.state == ServerState.CLOSED:
+            return  # close() already did the bookkeeping
+        self._closed(f"server connection lost ({exc or 'EOF'})")
+
+    def pause_writing(self) -> None:
+        client = self.client
+        if client is not None:
+            client.pause_reading()
+
+    def resume_writing(self) -> None:
+        client = self.client
+        if client is not None:
+            client.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        if self.state == ServerState.LOGIN:
+            self._login_data(data)
+            return
+        if self._partial:
+            data = self._partial + data
+            self._partial = b""
+        n = len(data)
+        pos = self._skip
+        if pos >= n:
+            # Inside the body of a large message: nothing to look at, forward as is.
+            self._skip = pos - n
+            if not self.swallow and self.client is not None:
+                self.client.write(data)
+            return
+        inspect = _INSPECT_TABLE
+        unpack = _unpack_length
+        forward_from = -1 if self.swallow else 0
+        while True:
+            if pos + 5 > n:
+                break
+            kind = data[pos]
+            end = pos + 1 + unpack(data, pos + 1)[0]
+            if inspect[kind]:
+                if end > n:
+                    break
+                if kind == pq.READY_FOR_QUERY:
+                    self.tx_status = data[pos + 5]
+                    if self.swallow:
+                        self.swallow -= 1
+                        if not self.swallow:
+                            forward_from = end
+                    elif self.pending:
+                        self.pending.popleft()
+                elif kind == pq.PARAMETER_STATUS:
+                    self._parameter_status(data[pos + 5 : end - 1])
+                elif kind == pq.COPY_IN_RESPONSE:
+                    self._copy_in_started()
+                elif data.startswith(_FATAL_PREFIX, pos + 5) or data.startswith(_PANIC_PREFIX, pos + 5):
+                    self.fatal_seen = True
+            pos = end
+            if pos >= n:
+                break
+        if pos > n:
+            self._skip = pos - n
+            stop = n
+        else:
+            self._skip = 0
+            stop = pos
+            if pos < n:
+                self._partial = data[pos:]
+        client = self.client
+        if forward_from >= 0 and client is not None:
+            if forward_from == 0 and stop == n:
+                client.write(data)
+            elif stop > forward_from:
+                client.write(data[forward_from:stop])
+        if client is None:
+            if self.state == ServerState.IDLE and self.fatal_seen:
+                self.close("server sent FATAL while idle")
+            elif self.state == ServerState.BUSY and not self.swallow and not self.pending:
+                self.pool.server_done_busy(self)
+            return
+        if not self.pending and not self.swallow:
+            client.server_ready_for_query(self)
+
+    # --- state helpers ----------------------------------------------------------------------------
+
+    def is_clean(self) -> bool:
+        """True when nothing is in flight and no transaction is open: safe for another client."""
+        return (
+            not self.pending
+            and not self.swallow
+            and not self.unsynced
+            and not self.copy_in
+            and self._skip == 0
+            and not self._partial
+            and self.tx_status == pq.TX_IDLE
+        )
+
+    def _parameter_status(self, body: bytes) -> None:
+        name, _, value = body.partition(b"\x00")
+        key = name.decode()
+        text = value.decode("utf-8", "replace")
+        self.params[key] = text
+        client = self.client
+        if client is not None and key in client.params:
+            client.params[key] = text
+
+    def _copy_in_started(self) -> None:
+        # In copy-in mode Postgres ignores Sync. If the COPY came from the extended protocol, the Syncs
+        # the client already sent after its Execute will never be answered: forget them. The Sync the
+        # client sends after CopyDone/CopyFail is the one that gets the ReadyForQuery.
+        self.copy_in = True
+        if self.pending and self.pending[0] == pq.SYNC:
+            self.pending.clear()
+
+    def run_internal(self, sql: str) -> None:
+        """Send the pooler's own query; its whole answer is dropped. Only call when nothing is pending."""
+        assert self.transport is not None
+        self.swallow += 1
+        self.transport.write(pq.query(sql))
+
+    def close(self, reason: str) -> None:
+        """Close the backend connection now; the pool forgets it at once, so it is never handed out."""
+        if self.state == ServerState.CLOSED:
+            return
+        transport = self.transport
+        if transport is not None:
+            if self.state not in (ServerState.CONNECTING, ServerState.LOGIN):
+                transport.write(pq.TERMINATE_MESSAGE)
+            transport.close()
+        self._closed(reason)
+
+    def _closed(self, reason: str) -> None:
+        previous = self.state
+        self.state = ServerState.CLOSED
+        if not self.close_reason:
+            self.close_reason = reason
+        if previous in (ServerState.CONNECTING, ServerState.LOGIN):
+            self.pool.server_login_failed(self, self.login_error or {"C": "08006", "M": reason})
+        else:
+            self.pool.server_closed(self, previous)
+
+    # --- login ------------------------------------------------------------------------------------
+
+    def _login_data(self, data: bytes) -> None:
+        buf = self._buf
+        buf += data
+        while len(buf) >= 5:
+            length = _unpack_length(buf, 1)[0]
+            if length < 4:
+                self._login_failed({"C": "08P01", "M": "server sent an invalid message length during login"})
+                return
+            end = 1 + length
+            if len(buf) < end:
+                return
+            kind = buf[0]
+            body = bytes(buf[5:end])
+            del buf[:end]
+            if kind == pq.AUTHENTICATION:
+                code = pq.read_int32(body)
+                try:
+                    reply = self.auth.receive(code, body[4:])
+                except AuthFailed as exc:
+                    self._login_failed({"C": "28000", "M": str(exc)})
+                    return
+                if reply:
+                    assert self.transport is not None
+                    self.transport.write(reply)
+            elif kind == pq.PARAMETER_STATUS:
+                name, _, value = body.rstrip(b"\x00").partition(b"\x00")
+                self.params[name.decode()] = value.decode("utf-8", "replace")
+            elif kind == pq.BACKEND_KEY_DATA:
+                self.key = (pq.read_int32(body), pq.read_int32(body, 4))
+            elif kind == pq.ERROR_RESPONSE:
+                self._login_failed(pq.parse_error_fields(body))
+                return
+            elif kind == pq.READY_FOR_QUERY:
+                self.state = ServerState.BUSY
+                self.tx_status = body[0]
+                remainder = bytes(buf)
+                buf.clear()
+                self.pool.server_logged_in(self)
+                if remainder:
+                    self.data_received(remainder)
+                return
+            # NoticeResponse and NegotiateProtocolVersion during login need no action.
+
+    def _login_failed(self, fields: dict[str, str]) -> None:
+        self.login_error = fields
+        self.close(fields.get("M", "login failed"))
