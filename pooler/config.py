@@ -6,6 +6,10 @@ environment variables override any of them so a docker-compose file needs no con
 
 The objects here are immutable snapshots: a reload builds a new ``Config`` and swaps it in whole, so
 code on the data path never sees a half-applied change.
+
+``load_config`` layers defaults < file (pgbouncer.ini or pooler.toml) < environment, validating every value
+once, at load; the ``effective_*`` helpers answer "which value applies to this pool" with PgBouncer's
+precedence (user > database > global) so every caller agrees. docs/settings.md is the user-facing reference.
 """
 
 from __future__ import annotations
@@ -180,7 +184,9 @@ class Config:
     # Secrets known without an auth_file: a DATABASE_URL's user, or `pooler up`'s generated role.
     extra_userlist: tuple[UserlistEntry, ...] = ()
     source: str = "<defaults>"
-    ignored: tuple[str, ...] = ()  # PgBouncer settings we read but do not support yet (logged at start)
+    # Notes for the start-up log: PgBouncer settings read but not supported yet, `auth_type = any` read as
+    # trust, near-miss POOLER_* variables, DATABASE_URL parameters we do not use.
+    ignored: tuple[str, ...] = ()
 
 
 # ==================================================================================================
@@ -262,9 +268,7 @@ _MAX_PACKET_SIZE_LIMIT = 2_147_483_647
 _PORT_MAX = 65535
 
 _INT_RE = re.compile(r"[+-]?\d+")
-_DURATION_RE = re.compile(
-    r"([+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*(ms|s|sec|min|h|d)?", re.IGNORECASE
-)
+_DURATION_RE = re.compile(r"([+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*(ms|s|sec|min|h|d)?", re.IGNORECASE)
 _DURATION_UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "sec": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
 _BOOLEANS = {
     "1": True, "yes": True, "true": True, "on": True,
@@ -327,9 +331,7 @@ def _to_seconds(raw: object) -> float:
             unit = match.group(2).lower() if match.group(2) else None
             value = float(match.group(1)) * _DURATION_UNITS[unit]
     if value is None or not math.isfinite(value):
-        raise _BadValueError(
-            f"expected a duration in seconds (e.g. 30, 1.5, 500ms, 15s, 2min, 1h, 1d), got {raw!r}"
-        )
+        raise _BadValueError(f"expected a duration in seconds (e.g. 30, 1.5, 500ms, 15s, 2min, 1h, 1d), got {raw!r}")
     if value < 0:
         raise _BadValueError(f"must not be negative, got {raw!r}")
     return value
@@ -548,9 +550,7 @@ class _Loader:
         elif isinstance(spec, Mapping):
             pairs = [(str(k), v) for k, v in spec.items()]
         else:
-            raise ConfigError(
-                self.source, where, f"expected a connection string or a table, got {type(spec).__name__}"
-            )
+            raise ConfigError(self.source, where, f"expected a connection string or a table, got {type(spec).__name__}")
         fields: dict[str, object] = {}
         for raw_key, raw in pairs:
             key = raw_key.strip().lower()
@@ -815,15 +815,12 @@ def _url_port(text: str, fail: Callable[[str], ConfigError]) -> int:
 def _apply_environment(loader: _Loader, env: Mapping[str, str]) -> tuple[UserlistEntry, ...]:
     """Environment beats file for every setting: a docker-compose file should be able to tune any knob
     without shipping a config file."""
-    env_loader = _Loader(ENVIRONMENT_SOURCE)
-    env_loader.settings = loader.settings
-    env_loader.ignored = loader.ignored
     for name in _SETTING_CONVERTERS:
         var = _ENV_PREFIX + name.upper()
         if var in env:
-            env_loader.setting(name, env[var], label=var)
+            loader.setting(name, env[var], source=ENVIRONMENT_SOURCE, label=var)
             if name == "auth_file":
-                env_loader.resolve_auth_file(os.getcwd())
+                loader.resolve_auth_file(os.getcwd())
     known_vars = {_ENV_PREFIX + n.upper() for n in _SETTING_CONVERTERS}
     for var in sorted(env):  # sorted: the ignored-notes come out in a stable order
         if not var.startswith(_ENV_PREFIX) or var in known_vars:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import hashlib
+import re
 import textwrap
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 import scramp
 
 from pooler.config import (
+    PGBOUNCER_UNSUPPORTED_SETTINGS,
     AuthType,
     Config,
     ConfigError,
@@ -290,9 +292,7 @@ def test_ini_syntax_errors(tmp_path: Path) -> None:
 
 
 def test_include_and_peers_are_ignored_not_fatal(tmp_path: Path) -> None:
-    path = write(
-        tmp_path, "a.ini", "%include /etc/pgbouncer/more.ini\n[peers]\n1 = host=/tmp/a\n[pgbouncer]\n"
-    )
+    path = write(tmp_path, "a.ini", "%include /etc/pgbouncer/more.ini\n[peers]\n1 = host=/tmp/a\n[pgbouncer]\n")
     assert load_config(path, {}).ignored == (
         "%include /etc/pgbouncer/more.ini: not supported yet, ignored",
         "[peers]: not supported yet, ignored",
@@ -607,9 +607,7 @@ def test_environment_unknown_pooler_variables() -> None:
 def test_database_url_becomes_the_fallback_and_a_login() -> None:
     config = load_config(None, {"DATABASE_URL": "postgresql://app:s3cret@db.example:6000/appdb"})
     assert config.databases == {
-        "*": DatabaseConfig(
-            name="*", host="db.example", port=6000, dbname="appdb", user="app", password="s3cret"
-        )
+        "*": DatabaseConfig(name="*", host="db.example", port=6000, dbname="appdb", user="app", password="s3cret")
     }
     assert config.extra_userlist == (UserlistEntry("app", "s3cret"),)
     assert config.source == "environment"
@@ -750,9 +748,7 @@ def test_replace_settings_validates_like_the_loader(tmp_path: Path, monkeypatch:
     assert str(info.value) == "override: listen_port: expected a port number 1..65535, got 0"
     with pytest.raises(ConfigError) as info:
         replace_settings(base, default_pool_sise=1)
-    assert (
-        str(info.value) == "override: default_pool_sise: unknown setting; did you mean 'default_pool_size'?"
-    )
+    assert str(info.value) == "override: default_pool_sise: unknown setting; did you mean 'default_pool_size'?"
     assert replace_settings(base, dns_max_ttl=1).ignored == ("dns_max_ttl: not supported yet, ignored",)
 
 
@@ -829,9 +825,7 @@ def test_find_database(tmp_path: Path) -> None:
     assert find_database(no_fallback, "other") is None
     assert find_database(no_fallback, "APP") is None  # names are case-sensitive
 
-    with_fallback = load_config(
-        ini(tmp_path, databases="app = host=h\n* = host=fb port=7000 pool_size=3"), {}
-    )
+    with_fallback = load_config(ini(tmp_path, databases="app = host=h\n* = host=fb port=7000 pool_size=3"), {})
     assert find_database(with_fallback, "app") == with_fallback.databases["app"]
     assert find_database(with_fallback, "shop") == DatabaseConfig(
         name="shop", host="fb", port=7000, dbname="shop", pool_size=3
@@ -842,3 +836,24 @@ def test_find_database(tmp_path: Path) -> None:
     found = find_database(forced, "anything")
     assert found is not None
     assert (found.name, found.dbname) == ("anything", "appdb")
+
+
+# --- docs/settings.md stays true ------------------------------------------------------------------
+
+
+def test_settings_doc_lists_every_setting_with_its_real_default() -> None:
+    doc = (REPO / "docs" / "settings.md").read_text()
+    section = doc.split("## [pgbouncer] section", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `(\w+)` \| `([^`]*)` \|", section, flags=re.MULTILINE)
+    names = [name for name, _ in rows]
+    assert sorted(names) == sorted(f.name for f in dataclasses.fields(Settings))
+    defaults = {name: "" if text == '""' else text for name, text in rows}
+    # The documented default, read as a config value, must give back the real default.
+    assert replace_settings(Config(), **defaults).settings == Settings()
+
+
+def test_settings_doc_lists_exactly_the_ignored_pgbouncer_settings() -> None:
+    doc = (REPO / "docs" / "settings.md").read_text()
+    paragraph = doc.split("not supported yet, ignored` and logged as a warning at start. These are:", 1)[1]
+    paragraph = paragraph.strip().split("\n\n", 1)[0]
+    assert set(re.findall(r"`(\w+)`", paragraph)) == PGBOUNCER_UNSUPPORTED_SETTINGS
