@@ -565,7 +565,8 @@ class _Loader:
             try:
                 fields[field_name] = converter(raw)
             except _BadValueError as exc:
-                raise ConfigError(self.source, f"{where}.{key}", str(exc)) from None
+                problem = "expected a string" if key == "password" else str(exc)  # never echo a password
+                raise ConfigError(self.source, f"{where}.{key}", problem) from None
         return fields
 
     def database(self, name: str, spec: object) -> None:

@@ -274,6 +274,8 @@ def test_toml_errors(tmp_path: Path) -> None:
     assert error_of(path) == f"{path}: listen_addr: expected a string, got 5"
     path = write(tmp_path, "e.toml", "[pgbouncer]\ndefault_pool_size = true\n")
     assert error_of(path) == f"{path}: default_pool_size: expected a whole number, got True"
+    path = write(tmp_path, "g.toml", "[databases]\napp = { password = 123456 }\n")
+    assert error_of(path) == f"{path}: databases.app.password: expected a string"
     path = write(tmp_path, "f.toml", "[databases]\napp = 5\n")
     assert error_of(path) == f"{path}: databases.app: expected a connection string or a table, got int"
 
