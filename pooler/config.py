@@ -544,7 +544,7 @@ class _Loader:
         pairs: list[tuple[str, object]]
         if isinstance(spec, str):
             try:
-                pairs = list(parse_connstring(spec))
+                pairs = list(_parse_connstring(spec))
             except _BadValueError as exc:
                 raise ConfigError(self.source, where, f"connection string: {exc}") from None
         elif isinstance(spec, Mapping):
@@ -598,7 +598,7 @@ class _Loader:
         return ConfigError(self.source, label, "unknown section" + _suggest(section, _KNOWN_SECTIONS))
 
 
-def parse_connstring(text: str) -> list[tuple[str, str]]:
+def _parse_connstring(text: str) -> list[tuple[str, str]]:
     """Split a PgBouncer/libpq ``key=value ...`` string into pairs, in order (a repeated key: last wins).
 
     Values may be single-quoted to hold spaces; inside, ``''`` and ``\\'`` are a quote and ``\\\\`` a
