@@ -253,8 +253,26 @@ class Pooler:
         self.db_servers[pool.db.name] -= 1
         self.user_servers[pool.user] -= 1
         for other in self.pools.values():
-            if other.waiting and other is not pool:
-                other._grow()
+            if (other.waiting or other.welcome_waiters) and other is not pool:
+                other.grow_for_waiters()
+
+    def room_wanted_by_other_pool(self, pool: Pool) -> bool:
+        """True when a server of ``pool`` about to go idle should be closed instead: another pool has clients
+        waiting and is held back by the max_db_connections / max_user_connections cap it shares with ``pool``
+        (PgBouncer evicts an idle server for it)."""
+        max_db = cfg.effective_max_db_connections(self.config, pool.db)
+        max_user = cfg.effective_max_user_connections(self.config, pool.user)
+        db_full = bool(max_db) and self.db_servers[pool.db.name] >= max_db
+        user_full = bool(max_user) and self.user_servers[pool.user] >= max_user
+        if not (db_full or user_full):
+            return False
+        for other in self.pools.values():
+            if other is pool or not ((db_full and other.db.name == pool.db.name)
+                                     or (user_full and other.user == pool.user)):
+                continue
+            if other.needs_room():
+                return True
+        return False
 
     # --- cancel -------------------------------------------------------------------------------------
 

@@ -148,6 +148,9 @@ class Pool:
             if client.waiting and client.server is None:
                 client.link(server)
                 return
+        if self.pooler.room_wanted_by_other_pool(self):
+            server.close("closed to make room for another pool")
+            return
         self.reserve_active = False
         server.state = ServerState.IDLE
         self.idle.append(server)
@@ -196,6 +199,16 @@ class Pool:
         server = self._open(params, direct=True)
         server.client = client
         client.server = server
+
+    def needs_room(self) -> bool:
+        """Clients wait for a server that only a pooler-wide cap keeps this pool from opening."""
+        want = max(len(self.waiting), 1 if self.welcome_waiters else 0)
+        limit = self.size + (self.reserve_size if self.reserve_active else 0)
+        return want > self.connecting and len(self.servers) < limit and not self._failing()
+
+    def grow_for_waiters(self) -> None:
+        """Retry opening servers for queued clients and for clients waiting for the pool's first login."""
+        self._grow(at_least=1 if self.welcome_waiters else 0)
 
     def _failing(self) -> bool:
         return self.login_error is not None and self._now() < self.login_error_until
