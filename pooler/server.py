@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, cast
 
 from pooler import protocol as pq
 from pooler.auth import AuthFailed, ServerAuth
+from pooler.config import PoolMode
 
 if TYPE_CHECKING:
     from pooler.client import ClientConnection
@@ -160,6 +161,7 @@ class ServerConnection(asyncio.Protocol):
         inspect = _INSPECT_TABLE
         unpack = _unpack_length
         forward_from = -1 if self.swallow else 0
+        refused = -1
         while True:
             if pos + 5 > n:
                 break
@@ -176,6 +178,9 @@ class ServerConnection(asyncio.Protocol):
                             forward_from = end
                     elif self.pending:
                         self.pending.popleft()
+                        if self.tx_status != pq.TX_IDLE and self._refuses_transactions():
+                            refused = pos
+                            break
                 elif kind == pq.PARAMETER_STATUS:
                     self._parameter_status(data[pos + 5 : end - 1])
                 elif kind == pq.COPY_IN_RESPONSE:
@@ -185,6 +190,9 @@ class ServerConnection(asyncio.Protocol):
             pos = end
             if pos >= n:
                 break
+        if refused >= 0:
+            self._refuse_transaction(data, forward_from, refused)
+            return
         if pos > n:
             self._skip = pos - n
             stop = n
@@ -221,6 +229,25 @@ class ServerConnection(asyncio.Protocol):
             and not self._partial
             and self.tx_status == pq.TX_IDLE
         )
+
+    def _refuses_transactions(self) -> bool:
+        client = self.client
+        return client is not None and not client.direct and client.pool_mode == PoolMode.STATEMENT
+
+    def _refuse_transaction(self, data: bytes, forward_from: int, at: int) -> None:
+        """Statement mode, and a ReadyForQuery says a transaction block is open: like PgBouncer, the client
+        gets a FATAL in place of that ReadyForQuery (so the statement that opened the block fails), and the
+        server, inside a transaction nobody owns, is closed."""
+        client = self.client
+        assert client is not None
+        if 0 <= forward_from < at:
+            client.write(data[forward_from:at])
+        self.client = None
+        client.server = None
+        reason = "transaction blocks not allowed in statement pooling mode"
+        client.fatal("08P01", reason,
+                     hint="use transaction pool_mode, or the direct endpoint, for multi-statement transactions")
+        self.close(reason)
 
     def _parameter_status(self, body: bytes) -> None:
         name, _, value = body.partition(b"\x00")
