@@ -162,6 +162,7 @@ class ServerConnection(asyncio.Protocol):
         unpack = _unpack_length
         forward_from = -1 if self.swallow else 0
         refused = -1
+        refused_parameters: dict[str, str] | None = None
         while True:
             if pos + 5 > n:
                 break
@@ -187,11 +188,18 @@ class ServerConnection(asyncio.Protocol):
                     self._copy_in_started()
                 elif data.startswith(_FATAL_PREFIX, pos + 5) or data.startswith(_PANIC_PREFIX, pos + 5):
                     self.fatal_seen = True
+                elif self.swallow and self.client is not None:
+                    # The only internal query run while a client is linked is the SET of its parameters.
+                    refused_parameters = pq.parse_error_fields(data[pos + 5 : end])
+                    break
             pos = end
             if pos >= n:
                 break
         if refused >= 0:
             self._refuse_transaction(data, forward_from, refused)
+            return
+        if refused_parameters is not None:
+            self._parameters_refused(refused_parameters)
             return
         if pos > n:
             self._skip = pos - n
@@ -248,6 +256,20 @@ class ServerConnection(asyncio.Protocol):
         client.fatal("08P01", reason,
                      hint="use transaction pool_mode, or the direct endpoint, for multi-statement transactions")
         self.close(reason)
+
+    def _parameters_refused(self, fields: dict[str, str]) -> None:
+        """Postgres refused the SET that brings this server in line with the linked client's tracked parameters
+        (a value it would have refused at login, such as TimeZone=Not/AZone). Like PgBouncer, drop the client
+        rather than run its queries with settings it did not ask for; it hears Postgres's error, as FATAL. The
+        server may already be running the client's query behind the SET: close it."""
+        client = self.client
+        assert client is not None
+        self.client = None
+        client.server = None
+        client.fatal(fields.get("C", "22023"), fields.get("M", "invalid value for a startup parameter"),
+                     detail=fields.get("D"),
+                     hint=fields.get("H") or "fix the value in the connection string; the pooler sets it with SET")
+        self.close("the client's startup parameters were refused")
 
     def _parameter_status(self, body: bytes) -> None:
         name, _, value = body.partition(b"\x00")
