@@ -451,12 +451,13 @@ def test_options_with_an_untracked_parameter_is_refused(pooler: RunningPooler) -
     assert_serving(pooler)
 
 
-@pytest.mark.xfail(strict=True, reason="pooler bug: a refused parameter SET at link time is swallowed silently")
 def test_invalid_value_of_a_tracked_startup_parameter(pooler: RunningPooler) -> None:
     """Postgres refuses a bad TimeZone at login; the pooler can only find out when it applies the value to a
     server, and must then say so rather than run the client's queries in a time zone it did not ask for."""
     with connect(pooler.dsn(), options="-c TimeZone=Not/AZone") as conn:
-        with pytest.raises(psycopg.OperationalError, match='invalid value for parameter "TimeZone": "Not/AZone"'):
+        with pytest.raises(
+            pg_errors.InvalidParameterValue, match='invalid value for parameter "TimeZone": "Not/AZone"'
+        ):
             conn.execute("select current_setting('TimeZone')")
         assert conn.closed
     with RawClient(pooler.port) as raw:
@@ -554,6 +555,34 @@ def test_message_larger_than_max_packet_size(postgres: PostgresServer) -> None:
         with connect(p.dsn()) as conn, pytest.raises(psycopg.OperationalError, match="max_packet_size"):
             conn.execute("select %s::text", ["x" * 4000])
         assert_serving(p)
+
+
+def test_oversized_password_message(pooler: RunningPooler) -> None:
+    with RawClient(pooler.port) as raw:
+        raw.startup({"user": APP_USER, "database": APP_DB})
+        raw.expect("R")
+        raw.send(b"p" + struct.pack("!i", 50_000))
+        fields = raw.expect_fatal()
+    assert (fields["C"], fields["M"]) == ("08P01", "invalid password message length 50000")
+    assert_serving(pooler)
+
+
+def test_startup_without_user_or_for_replication(pooler: RunningPooler) -> None:
+    fields = raw_fatal_after(pooler.port, startup_packet({"database": APP_DB}))
+    assert (fields["C"], fields["M"]) == ("28000", "no PostgreSQL user name specified in startup packet")
+    fields = raw_fatal_after(pooler.port, startup_packet({"user": APP_USER, "replication": "database"}))
+    assert (fields["C"], fields["M"]) == ("08P01", "replication connections are not supported by the pooler")
+    assert_serving(pooler)
+
+
+def test_unknown_message_type_after_login(pooler: RunningPooler) -> None:
+    """The pooler forwards what it does not know; Postgres's FATAL reaches the client and ends its session."""
+    with RawClient(pooler.port) as raw:
+        raw.login(APP_USER, APP_PASSWORD, APP_DB)
+        raw.send(pq.build(b"z", b"abc"))
+        fields = raw.expect_fatal()
+    assert (fields["C"], fields["M"]) == ("08P01", "invalid frontend message type 122")
+    assert_serving(pooler)
 
 
 def test_non_password_message_during_authentication(pooler: RunningPooler) -> None:
@@ -829,16 +858,29 @@ def test_application_name_follows_each_client(postgres: PostgresServer) -> None:
         running_pooler(make_config(postgres, default_pool_size=1)) as p,
         connect(p.dsn(application_name="alpha")) as a,
         connect(p.dsn(application_name="beta")) as b,
+        connect(p.dsn()) as nameless,
     ):
         pids = set()
         for _ in range(4):
-            for conn, name in ((a, "alpha"), (b, "beta"), (a, "alpha")):
+            for conn, name in ((a, "alpha"), (b, "beta"), (a, "alpha"), (nameless, "")):
                 row = conn.execute("select current_setting('application_name'), pg_backend_pid()").fetchone()
                 assert row is not None and row[0] == name
                 pids.add(row[1])
             assert b.execute("show application_name").fetchone() == ("beta",)
         assert len(pids) == 1  # one backend served both clients, switching its application_name
         assert p.pool_stat()["servers"] == 1
+
+
+def test_client_encoding_follows_each_client(postgres: PostgresServer) -> None:
+    with (
+        running_pooler(make_config(postgres, default_pool_size=1)) as p,
+        connect(p.dsn(), client_encoding="LATIN1") as latin1,
+        connect(p.dsn()) as utf8,
+    ):
+        for _ in range(3):
+            assert latin1.execute("select 'é', current_setting('client_encoding')").fetchone() == ("é", "LATIN1")
+            assert utf8.execute("select 'é', current_setting('client_encoding')").fetchone() == ("é", "UTF8")
+        assert (latin1.info.encoding, utf8.info.encoding) == ("iso8859-1", "utf-8")
 
 
 def test_set_timezone_is_carried_across_backends(postgres: PostgresServer) -> None:
