@@ -56,10 +56,24 @@ class Pooler:
         userlist.update((e.user, e.secret) for e in config.extra_userlist)
         self.userlist = userlist
         for pool in self.pools.values():
+            db = cfg.find_database(config, pool.db.name)
+            if db is not None and db != pool.db:
+                self._retarget(pool, db)
             pool.refresh()
 
+    def _retarget(self, pool: Pool, db: DatabaseConfig) -> None:
+        """A reload changed the pool's [databases] entry: new server logins use the new entry (address,
+        password, ...), and the servers opened with the old one are closed once free, as PgBouncer does."""
+        old = pool.db
+        pool.db = db
+        credentials = self._server_credentials(db, pool.user, None)
+        if credentials != (None, None) or old.password:
+            pool.credentials = credentials  # (None, None): the next client's login supplies them
+        for server in pool.servers:
+            server.stale = True
+
     def reload(self, config: Config) -> None:
-        """Swap in a new config; pools pick up new sizes and modes, connected clients stay."""
+        """Swap in a new config; pools pick up new sizes, modes and [databases] entries, connected clients stay."""
         self._apply(config)
 
     # --- lifecycle --------------------------------------------------------------------------------
@@ -205,15 +219,16 @@ class Pooler:
         return pool
 
     def _server_credentials(
-        self, db: DatabaseConfig, user: str, step: AuthStep
+        self, db: DatabaseConfig, user: str, step: AuthStep | None
     ) -> tuple[str | None, tuple[bytes, bytes] | None]:
-        """What the pooler logs in to Postgres with: the database entry's password, else the user's."""
+        """What the pooler logs in to Postgres with: the database entry's password, else the user's
+        (``step``: the client login that created the pool; None on reload)."""
         if db.password:
             return db.password, None
         secret = self.userlist.get(user)
         if secret is not None and not parse_scram_verifier(secret):
             return secret, None  # plain, or an md5 hash (answers md5 requests only)
-        if db.user and db.user != user:
+        if step is None or (db.user and db.user != user):
             return None, None
         return step.password, step.scram_keys
 
