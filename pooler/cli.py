@@ -151,16 +151,9 @@ async def serve(config: Config, *, reload: Callable[[], Config] | None = None,
     from pooler.app import Pooler
 
     pooler = Pooler(config)
-    try:
-        await pooler.start()
-    except OSError as exc:
-        print(f"pooler: cannot listen: {exc}", file=sys.stderr)
-        return 1
-    log.info("listening", addr=config.settings.listen_addr, **{f"{k}_port": v for k, v in pooler.ports.items()})
-    if on_ready is not None:
-        on_ready()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    # Handlers go in before anything is announced, so a signal right after the URLs print is not lost.
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     if reload is not None:
@@ -171,6 +164,14 @@ async def serve(config: Config, *, reload: Callable[[], Config] | None = None,
             except ConfigError as exc:
                 log.error("config reload failed, keeping the old config", error=str(exc))
         loop.add_signal_handler(signal.SIGHUP, on_hup)
+    try:
+        await pooler.start()
+    except OSError as exc:
+        print(f"pooler: cannot listen: {exc}", file=sys.stderr)
+        return 1
+    log.info("listening", addr=config.settings.listen_addr, **{f"{k}_port": v for k, v in pooler.ports.items()})
+    if on_ready is not None:
+        on_ready()
     await stop.wait()
     log.info("shutting down")
     await pooler.stop()

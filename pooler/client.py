@@ -380,7 +380,7 @@ class ClientConnection(asyncio.Protocol):
     def _startup(self, packet: bytes) -> None:
         try:
             startup = pq.parse_startup_packet(packet)
-        except pq.ProtocolViolation as exc:
+        except pq.ProtocolViolationError as exc:
             self.fatal("08P01", f"invalid startup packet: {exc}")
             return
         if startup.code in (pq.SSL_REQUEST_CODE, pq.GSSENC_REQUEST_CODE):

@@ -171,7 +171,7 @@ def cancel_request(pid: int, secret: int) -> bytes:
 # --- Parsers --------------------------------------------------------------------------------------
 
 
-class ProtocolViolation(Exception):
+class ProtocolViolationError(Exception):
     """The peer sent bytes that are not the Postgres protocol; ``str()`` says what was wrong."""
 
 
@@ -200,32 +200,32 @@ def read_int32(data: bytes | bytearray | memoryview, offset: int = 0) -> int:
 def parse_startup_packet(packet: bytes) -> StartupPacket:
     """Decode a whole startup-phase packet (its length prefix included).
 
-    Raises ProtocolViolation naming what is malformed, so the caller can answer with a clear FATAL.
+    Raises ProtocolViolationError naming what is malformed, so the caller can answer with a clear FATAL.
     """
     if len(packet) < 8:
-        raise ProtocolViolation(f"startup packet too short ({len(packet)} bytes)")
+        raise ProtocolViolationError(f"startup packet too short ({len(packet)} bytes)")
     code = read_int32(packet, 4)
     if code in (SSL_REQUEST_CODE, GSSENC_REQUEST_CODE):
         return StartupPacket(code, {})
     if code == CANCEL_REQUEST_CODE:
         if len(packet) != 16:
-            raise ProtocolViolation(f"cancel request has length {len(packet)}, expected 16")
+            raise ProtocolViolationError(f"cancel request has length {len(packet)}, expected 16")
         pid, secret = _TWO_INT32.unpack_from(packet, 8)
         return StartupPacket(code, {}, (pid, secret))
     body = packet[8:]
     if not body.endswith(b"\x00"):
-        raise ProtocolViolation("startup packet is not terminated by a NUL byte")
+        raise ProtocolViolationError("startup packet is not terminated by a NUL byte")
     items = body[:-1].split(b"\x00")
     if items and items[-1] == b"":
         items.pop()
     if len(items) % 2:
-        raise ProtocolViolation("startup packet has a parameter name without a value")
+        raise ProtocolViolationError("startup packet has a parameter name without a value")
     params: dict[str, str] = {}
     try:
         for i in range(0, len(items), 2):
             params[items[i].decode()] = items[i + 1].decode()
     except UnicodeDecodeError as exc:
-        raise ProtocolViolation("startup packet is not valid UTF-8") from exc
+        raise ProtocolViolationError("startup packet is not valid UTF-8") from exc
     return StartupPacket(code, params)
 
 
