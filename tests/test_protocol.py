@@ -34,7 +34,7 @@ def test_error_response_carries_severity_code_message_hint() -> None:
                       "H": "h"}
 
 
-def test_notice_response_is_an_N_message() -> None:
+def test_notice_response_is_a_notice_message() -> None:
     [(kind, payload)] = split_messages(pq.notice_response("careful", detail="d"))
     assert kind == b"N"
     assert pq.parse_error_fields(payload)["D"] == "d"
