@@ -342,7 +342,7 @@ class Pool:
             server.client = None
             client.server_lost(server)
         self.pooler.server_gone(self)
-        self._grow()
+        self.grow_for_waiters()
 
     def close_idle(self, count: int = 1) -> int:
         """Close up to ``count`` idle servers (to make room elsewhere); returns how many were closed."""
