@@ -134,12 +134,14 @@ class Pooler:
         self._client_seq += 1
         return self._client_seq
 
-    def client_connected(self, client: ClientConnection) -> bool:
-        limit = self.config.settings.max_client_conn
-        if limit and len(self.clients) >= limit:
-            return False
+    def client_connected(self, client: ClientConnection) -> None:
+        """Every accepted connection counts toward max_client_conn; the limit is checked at its startup packet."""
         self.clients.add(client)
-        return True
+
+    def over_client_limit(self) -> bool:
+        """More clients than max_client_conn, counting the one asking (PgBouncer's rule)."""
+        limit = self.config.settings.max_client_conn
+        return bool(limit) and len(self.clients) > limit
 
     def client_disconnected(self, client: ClientConnection) -> None:
         if client not in self.clients:

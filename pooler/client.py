@@ -118,9 +118,7 @@ class ClientConnection(asyncio.Protocol):
         transport.set_write_buffer_limits(WRITE_BUFFER_HIGH, WRITE_BUFFER_LOW)
         peer = transport.get_extra_info("peername")
         self.remote = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "unix")
-        if not self.pooler.client_connected(self):
-            self.fatal("53300", "no more connections allowed (max_client_conn)",
-                       hint="raise max_client_conn, or close idle connections in the app")
+        self.pooler.client_connected(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.state == ClientState.CLOSED and self.transport is None:
@@ -389,6 +387,12 @@ class ClientConnection(asyncio.Protocol):
         if startup.cancel_key is not None:
             self.pooler.cancel(startup.cancel_key)
             self.close()
+            return
+        if self.pooler.over_client_limit():
+            # Refused here, after SSL negotiation, as Postgres and PgBouncer do: refused on accept, libpq
+            # (sslmode=prefer) reports only "server sent an error response during SSL exchange".
+            self.fatal("53300", "no more connections allowed (max_client_conn)",
+                       hint="raise max_client_conn, or close idle connections in the app")
             return
         if startup.major != 3:
             self.fatal(
