@@ -101,7 +101,7 @@ class ClientConnection(asyncio.Protocol):
         self.startup_params: dict[str, str] = {}
         self.waiting = False
         self.max_packet = pooler.config.settings.max_packet_size
-        now = asyncio.get_running_loop().time()
+        now = pooler.clock()
         self.connected_at = now
         self.last_active = now
         self.wait_started = 0.0
@@ -239,7 +239,7 @@ class ClientConnection(asyncio.Protocol):
                 transport.write(data[:stop])
             self._held += data[stop:]
         if was_idle and pending:
-            server.request_started = asyncio.get_running_loop().time()
+            server.request_started = self.pooler.clock()
 
     def _hold(self, data: bytes) -> None:
         """Keep bytes that arrived while no server is linked; ask the pool for one once a message starts."""
@@ -254,7 +254,7 @@ class ClientConnection(asyncio.Protocol):
             self.pause_reading()
         if not self.waiting and self.pool is not None:
             self.waiting = True
-            self.wait_started = asyncio.get_running_loop().time()
+            self.wait_started = self.pooler.clock()
             self.pool.request(self)
 
     def _bad_length(self, kind: int, length: int) -> None:
@@ -291,7 +291,7 @@ class ClientConnection(asyncio.Protocol):
             return
         if server.is_clean():
             self._unlink(server)
-            self.last_active = asyncio.get_running_loop().time()
+            self.last_active = self.pooler.clock()
             assert self.pool is not None
             self.pool.release(server)
             if len(self._held) >= 5:

@@ -90,7 +90,7 @@ class Pool:
         return self.db.dbname or self.db.name
 
     def _now(self) -> float:
-        return asyncio.get_running_loop().time()
+        return self.pooler.clock()
 
     # --- clients ----------------------------------------------------------------------------------
 

@@ -113,7 +113,7 @@ class ServerConnection(asyncio.Protocol):
         self._buf = bytearray()
         self._partial = b""
         self._skip = 0
-        loop_time = asyncio.get_running_loop().time()
+        loop_time = pool.pooler.clock()
         self.created_at = loop_time
         self.connect_started = loop_time
         self.last_used = loop_time

@@ -6,6 +6,7 @@ bytes in every possible two-way split and in one-byte pieces.
 
 from __future__ import annotations
 
+import time
 from types import SimpleNamespace
 from typing import Any
 
@@ -52,7 +53,7 @@ class FakeClient:
 
 
 def make_server() -> tuple[ServerConnection, FakeClient]:
-    pool: Any = SimpleNamespace()
+    pool: Any = SimpleNamespace(pooler=SimpleNamespace(clock=time.monotonic))
     server = ServerConnection(pool, {}, ServerAuth("u", "p"))
     server.transport = FakeTransport()  # type: ignore[assignment]
     server.state = ServerState.ACTIVE
@@ -146,7 +147,7 @@ async def test_simple_copy_in_keeps_the_query_owed() -> None:
 
 
 def make_client() -> tuple[ClientConnection, ServerConnection, FakeTransport]:
-    pooler: Any = SimpleNamespace(next_client_id=lambda: 1, config=Config())
+    pooler: Any = SimpleNamespace(next_client_id=lambda: 1, config=Config(), clock=time.monotonic)
     client = ClientConnection(pooler)
     client.state = ClientState.READY
     server, _ = make_server()

@@ -1,0 +1,268 @@
+"""pgbench through pooler, PgBouncer and direct Postgres, on one machine, in the same run.
+
+Why this shape: absolute tps on a laptop or CI box mean little, ratios measured side by side do.
+Every round runs each contender once, in a rotating order, so drift (thermal, page cache, noisy
+neighbours) hits all of them alike; the report gives medians, min–max and the ratios.
+
+Both poolers read the very same ``pgbouncer.ini`` (pooler reads PgBouncer's format as is), with only
+the listen port overridden for pooler through ``POOLER_LISTEN_PORT``.
+
+    python -m benchmarks.pgbench_compare                 # embedded Postgres, 5 rounds of 10 s
+    python -m benchmarks.pgbench_compare --quick         # 3 rounds of 4 s
+    python -m benchmarks.pgbench_compare --dsn postgresql://postgres:pw@127.0.0.1:5432/postgres
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pwd
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+BENCH_DB = "bench"
+BENCH_USER = "bench"
+BENCH_PASSWORD = "bench-secret"
+
+
+@dataclass
+class Scenario:
+    name: str
+    pgbench_args: list[str]
+    metric: str  # "tps" or "latency"
+
+
+@dataclass
+class Results:
+    samples: dict[tuple[str, str], list[float]] = field(default_factory=dict)
+
+    def add(self, scenario: str, contender: str, value: float) -> None:
+        self.samples.setdefault((scenario, contender), []).append(value)
+
+    def median(self, scenario: str, contender: str) -> float:
+        values = self.samples.get((scenario, contender), [])
+        return statistics.median(values) if values else float("nan")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port} after {timeout}s")
+
+
+@contextmanager
+def postgres(dsn: str | None, workdir: Path) -> Iterator[tuple[str, int, str, str]]:
+    """(host, port, superuser, password) of the Postgres to measure against."""
+    if dsn:
+        url = urlparse(dsn)
+        yield url.hostname or "127.0.0.1", url.port or 5432, url.username or "postgres", url.password or ""
+        return
+    from pooler.embedded import EmbeddedPostgres
+
+    pg = EmbeddedPostgres(workdir / "pgdata", max_connections=200,
+                          extra_settings={"shared_buffers": "256MB", "fsync": "off", "synchronous_commit": "off"})
+    pg.start()
+    try:
+        yield pg.host, pg.port, pg.superuser, pg.superuser_password
+    finally:
+        pg.stop()
+
+
+def tool(name: str) -> str:
+    from pooler.embedded import bin_dir
+
+    try:
+        return str(bin_dir() / name)
+    except RuntimeError:
+        found = shutil.which(name)
+        if not found:
+            raise
+        return found
+
+
+def prepare(host: str, port: int, superuser: str, password: str, scale: int) -> None:
+    psql = tool("psql")
+    env = {**os.environ, "PGPASSWORD": password}
+    sql = (
+        f"DROP DATABASE IF EXISTS {BENCH_DB}; DROP ROLE IF EXISTS {BENCH_USER}; "
+        f"CREATE ROLE {BENCH_USER} LOGIN PASSWORD '{BENCH_PASSWORD}'; "
+        f"CREATE DATABASE {BENCH_DB} OWNER {BENCH_USER};"
+    )
+    for statement in sql.split("; "):
+        subprocess.run([psql, "-h", host, "-p", str(port), "-U", superuser, "-d", "postgres", "-qc", statement],
+                       check=True, env=env, capture_output=True)
+    subprocess.run([tool("pgbench"), "-i", "-q", "-s", str(scale), "-h", host, "-p", str(port), "-U", BENCH_USER,
+                    BENCH_DB], check=True, env={**os.environ, "PGPASSWORD": BENCH_PASSWORD}, capture_output=True)
+
+
+def write_pgbouncer_ini(workdir: Path, host: str, port: int, listen_port: int, pool_size: int) -> Path:
+    userlist = workdir / "userlist.txt"
+    userlist.write_text(f'"{BENCH_USER}" "{BENCH_PASSWORD}"\n')
+    ini = workdir / "pgbouncer.ini"
+    ini.write_text(
+        "[databases]\n"
+        f"{BENCH_DB} = host={host} port={port} dbname={BENCH_DB}\n"
+        "\n[pgbouncer]\n"
+        "listen_addr = 127.0.0.1\n"
+        f"listen_port = {listen_port}\n"
+        "unix_socket_dir =\n"
+        "auth_type = md5\n"
+        f"auth_file = {userlist}\n"
+        "pool_mode = transaction\n"
+        f"default_pool_size = {pool_size}\n"
+        "max_client_conn = 2000\n"
+        "log_connections = 0\n"
+        "log_disconnections = 0\n"
+        "stats_period = 3600\n"
+    )
+    return ini
+
+
+@contextmanager
+def run_pgbouncer(ini: Path, port: int) -> Iterator[int | None]:
+    binary = shutil.which("pgbouncer") or ("/usr/sbin/pgbouncer" if Path("/usr/sbin/pgbouncer").exists() else None)
+    if binary is None:
+        print("pgbouncer not installed (Debian: apt-get install pgbouncer): PgBouncer column skipped", file=sys.stderr)
+        yield None
+        return
+    args = [binary, str(ini)]
+    if os.geteuid() == 0:  # PgBouncer refuses to run as root
+        user = "nobody"
+        pwd.getpwnam(user)
+        for path in (ini, ini.parent / "userlist.txt", ini.parent):
+            path.chmod(path.stat().st_mode | 0o055)
+        args = [binary, "-u", user, str(ini)]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_port(port)
+        yield port
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(10)
+
+
+@contextmanager
+def run_pooler(ini: Path, port: int, extra_env: dict[str, str] | None = None) -> Iterator[int]:
+    env = {**os.environ, "POOLER_LISTEN_PORT": str(port), "POOLER_LOG_FORMAT": "json", **(extra_env or {})}
+    env.pop("DATABASE_URL", None)
+    proc = subprocess.Popen([sys.executable, "-m", "pooler", "run", "-c", str(ini)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port)
+        yield port
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+
+
+_TPS = re.compile(r"^tps = ([\d.]+)", re.M)
+_LATENCY = re.compile(r"^latency average = ([\d.]+) ms", re.M)
+
+
+def pgbench(port: int, args: list[str], seconds: int) -> tuple[float, float]:
+    """(tps, average latency ms) of one pgbench run, or raise with pgbench's own output."""
+    cmd = [tool("pgbench"), "-n", "-h", "127.0.0.1", "-p", str(port), "-U", BENCH_USER, "-T", str(seconds),
+           *args, BENCH_DB]
+    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PGPASSWORD": BENCH_PASSWORD},
+                         timeout=seconds + 60)
+    tps, latency = _TPS.search(out.stdout), _LATENCY.search(out.stdout)
+    if out.returncode != 0 or not tps or not latency:
+        raise RuntimeError(f"pgbench failed ({' '.join(cmd)}):\n{out.stdout}\n{out.stderr}")
+    return float(tps.group(1)), float(latency.group(1))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--dsn", help="superuser URL of an existing Postgres (default: start an embedded one)")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--pool-size", type=int, default=20)
+    parser.add_argument("--scale", type=int, default=10)
+    parser.add_argument("--quick", action="store_true", help="3 rounds of 4 s")
+    parser.add_argument("--mode", default="simple", choices=["simple", "extended"], help="pgbench -M")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.rounds, args.seconds = 3, 4
+    scenarios = [
+        Scenario(f"-S -M {args.mode} -c {args.clients} -j 2", ["-S", "-M", args.mode, "-c", str(args.clients),
+                                                               "-j", "2"], "tps"),
+        Scenario(f"-S -M {args.mode} -c 1 (latency)", ["-S", "-M", args.mode, "-c", "1", "-j", "1"], "latency"),
+    ]
+    results = Results()
+    with tempfile.TemporaryDirectory(prefix="pooler-bench-") as tmp:
+        workdir = Path(tmp)
+        workdir.chmod(0o755)
+        with postgres(args.dsn, workdir) as (host, port, superuser, password):
+            prepare(host, port, superuser, password, args.scale)
+            bouncer_port, pooler_port = free_port(), free_port()
+            ini = write_pgbouncer_ini(workdir, host, port, bouncer_port, args.pool_size)
+            with run_pgbouncer(ini, bouncer_port) as bouncer, run_pooler(ini, pooler_port) as pooler:
+                contenders = [("direct", port), ("pooler", pooler)]
+                if bouncer is not None:
+                    contenders.append(("pgbouncer", bouncer))
+                for scenario in scenarios:
+                    for name, contender_port in contenders:  # warm-up, not recorded
+                        pgbench(contender_port, scenario.pgbench_args, 2)
+                    for round_no in range(args.rounds):
+                        order = contenders[round_no % len(contenders):] + contenders[: round_no % len(contenders)]
+                        for name, contender_port in order:
+                            tps, latency = pgbench(contender_port, scenario.pgbench_args, args.seconds)
+                            results.add(scenario.name, name, tps if scenario.metric == "tps" else latency)
+                            print(f"  round {round_no + 1} {scenario.name:<32} {name:<10} tps={tps:9.0f} "
+                                  f"lat={latency:.3f} ms", file=sys.stderr, flush=True)
+    report(results, scenarios, args)
+    return 0
+
+
+def report(results: Results, scenarios: list[Scenario], args: argparse.Namespace) -> None:
+    print(f"\npgbench, {args.rounds} rounds x {args.seconds}s, default_pool_size={args.pool_size}, "
+          f"{os.cpu_count()} cores; medians (min-max)\n")
+    names = ["direct", "pgbouncer", "pooler"]
+    print(f"| scenario | {' | '.join(names)} | pooler/pgbouncer | pooler/direct |")
+    print("|---|" + "---|" * (len(names) + 2))
+    for scenario in scenarios:
+        cells = []
+        for name in names:
+            values = results.samples.get((scenario.name, name))
+            if not values:
+                cells.append("n/a")
+                continue
+            unit = "tps" if scenario.metric == "tps" else "ms"
+            fmt = "{:.0f}" if scenario.metric == "tps" else "{:.3f}"
+            cells.append(f"{fmt.format(statistics.median(values))} {unit} "
+                         f"({fmt.format(min(values))}-{fmt.format(max(values))})")
+        pooler, bouncer, direct = (results.median(scenario.name, n) for n in ("pooler", "pgbouncer", "direct"))
+        if scenario.metric == "tps":
+            ratios = [pooler / bouncer, pooler / direct]
+            print(f"| {scenario.name} | {' | '.join(cells)} | {ratios[0]:.2f}x | {ratios[1]:.2f}x |")
+        else:
+            added_pooler, added_bouncer = pooler - direct, bouncer - direct
+            print(f"| {scenario.name} | {' | '.join(cells)} | added latency {added_pooler * 1000:.0f} us vs "
+                  f"{added_bouncer * 1000:.0f} us | |")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
