@@ -8,6 +8,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
 
+import asyncpg
 import psycopg
 import pytest
 from backends import Activity, PeakSampler, wait_for_no_test_backends, wait_until, wait_until_sync
@@ -137,11 +138,14 @@ async def test_pooled_clients_wait_for_room_that_direct_sessions_give_back(
         await sessions[1].close()
 
 
-def test_direct_endpoint_refuses_a_wrong_password(postgres: PostgresServer, activity: Activity):
+async def test_direct_endpoint_refuses_a_wrong_password(postgres: PostgresServer, aactivity: Activity):
     with running_pooler(make_config(postgres)) as p:
         with pytest.raises(psycopg.OperationalError, match='password authentication failed for user "app"'):
-            psycopg.connect(p.dsn(password="wrong", direct=True), connect_timeout=10)
-        assert activity.pids() == set()  # no backend was opened for it
+            await psycopg.AsyncConnection.connect(p.dsn(password="wrong", direct=True), connect_timeout=10)
+        with pytest.raises(asyncpg.InvalidPasswordError) as info:
+            await asyncpg.connect(p.dsn(password="wrong", direct=True), statement_cache_size=0, timeout=10)
+        assert info.value.sqlstate == "28P01"
+        assert await aactivity.apids() == set()  # no backend was opened for it
 
 
 async def test_pooled_endpoint_is_unaffected_by_direct_sessions(postgres: PostgresServer, aactivity: Activity):

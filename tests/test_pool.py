@@ -167,8 +167,15 @@ async def test_max_db_connections_spans_the_pools_of_one_database(postgres: Post
             await c.close()
 
 
-async def test_max_db_connections_closes_idle_servers_of_another_pool(postgres: PostgresServer, activity: Activity):
-    config = make_config(postgres, max_db_connections=2, default_pool_size=5)
+@pytest.mark.parametrize("where", ["global", "database entry"])
+async def test_max_db_connections_closes_idle_servers_of_another_pool(
+    postgres: PostgresServer, activity: Activity, where: str
+):
+    if where == "global":
+        config = make_config(postgres, max_db_connections=2, default_pool_size=5)
+    else:
+        entry = DatabaseConfig(APP_DB, host=postgres.host, port=postgres.port, max_db_connections=2)
+        config = make_config(postgres, databases=databases(postgres, appdb=entry), default_pool_size=5)
     with running_pooler(config) as p:
         async with PeakSampler(activity, APP_DB, None) as sampler:
             await hold_transactions(p, 2, 0.05)  # two app servers, now idle

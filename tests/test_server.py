@@ -85,13 +85,16 @@ async def test_client_vanishing_mid_transaction_leaves_a_clean_backend(
         await a.execute(f"UPDATE {table} SET v = 1 WHERE id = 1")
         a.terminate()  # the socket is dropped: no ROLLBACK, no Terminate
         await wait_until(lambda: client_count(p) == 0, what="the pooler to see the client go")
+        # The row lock is released: another session (straight to Postgres) takes it without waiting long.
+        other = await asyncpg.connect(postgres.dsn(APP_DB, APP_USER, APP_PASSWORD), statement_cache_size=0)
+        await other.execute("SET lock_timeout = '2s'")
+        assert await other.fetchval(f"SELECT v FROM {table} WHERE id = 1 FOR UPDATE") == 0
+        await other.close()
         b = await apg(p)
         row = await asyncio.wait_for(
             b.fetchrow(f"SELECT pg_backend_pid(), txid_current_if_assigned(), (SELECT v FROM {table})"), 5
         )
         assert tuple(row) == (pid, None, 0), "the backend was reused with the vanished client's transaction"
-        await b.execute("SET lock_timeout = '2s'")
-        await b.execute(f"UPDATE {table} SET v = 2 WHERE id = 1")  # the row lock is gone
         await b.close()
 
 

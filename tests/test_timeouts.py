@@ -151,8 +151,10 @@ def test_idle_transaction_timeout_rolls_back_and_the_backend_is_reused_clean(
                 f"SELECT pg_backend_pid(), txid_current_if_assigned(), (SELECT v FROM {table} WHERE id = 1)"
             ).fetchone()
             assert row == (pid, None, 0), "the backend came back dirty (same pid, open transaction or kept update)"
-            nxt.execute("SET lock_timeout = '2s'")
-            nxt.execute(f"UPDATE {table} SET v = 2 WHERE id = 1")  # the row lock is gone too
+        # The row lock is gone too: another session (straight to Postgres) can take it at once.
+        with psycopg.connect(postgres.dsn(APP_DB, APP_USER, APP_PASSWORD), autocommit=True) as other:
+            other.execute("SET lock_timeout = '2s'")
+            other.execute(f"UPDATE {table} SET v = 2 WHERE id = 1")
         conn.close()
 
 
