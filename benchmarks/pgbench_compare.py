@@ -186,7 +186,7 @@ def pgbench(port: int, args: list[str], seconds: int) -> tuple[float, float]:
     cmd = [tool("pgbench"), "-n", "-h", "127.0.0.1", "-p", str(port), "-U", BENCH_USER, "-T", str(seconds),
            *args, BENCH_DB]
     out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PGPASSWORD": BENCH_PASSWORD},
-                         timeout=seconds + 60)
+                         timeout=seconds + 60, check=False)
     tps, latency = _TPS.search(out.stdout), _LATENCY.search(out.stdout)
     if out.returncode != 0 or not tps or not latency:
         raise RuntimeError(f"pgbench failed ({' '.join(cmd)}):\n{out.stdout}\n{out.stderr}")
@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
                 if bouncer is not None:
                     contenders.append(("pgbouncer", bouncer))
                 for scenario in scenarios:
-                    for name, contender_port in contenders:  # warm-up, not recorded
+                    for _, contender_port in contenders:  # warm-up, not recorded
                         pgbench(contender_port, scenario.pgbench_args, 2)
                     for round_no in range(args.rounds):
                         order = contenders[round_no % len(contenders):] + contenders[: round_no % len(contenders)]

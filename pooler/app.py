@@ -37,7 +37,9 @@ class Pooler:
         self.db_servers: collections.Counter[str] = collections.Counter()
         self.user_servers: collections.Counter[str] = collections.Counter()
         self.userlist: dict[str, str] = {}
-        self.tracked_parameters: dict[str, str] = {}
+        self.tracked_parameters: dict[str, str] = {}  # lower-case spelling -> Postgres's spelling
+        self.tracked_names: tuple[str, ...] = ()
+        self.tracked_set: frozenset[str] = frozenset()
         self.auth_cache: dict[str, tuple[str | None, float]] = {}
         self.listeners: list[asyncio.Server] = []
         self.ports: dict[str, int] = {}
@@ -54,6 +56,8 @@ class Pooler:
         self.config = config
         tracked = list(TRACKED_PARAMETERS) + list(config.settings.track_extra_parameters)
         self.tracked_parameters = {name.lower(): name for name in tracked}
+        self.tracked_names = tuple(self.tracked_parameters.values())
+        self.tracked_set = frozenset(self.tracked_names)
         userlist: dict[str, str] = {}
         if config.settings.auth_file:
             userlist.update((e.user, e.secret) for e in cfg.read_userlist(config.settings.auth_file))
@@ -75,6 +79,10 @@ class Pooler:
             pool.credentials = credentials  # (None, None): the next client's login supplies them
         for server in pool.servers:
             server.stale = True
+
+    def params_key(self, params: dict[str, str]) -> tuple[str | None, ...]:
+        """The tracked values of a session as one tuple: equal keys mean no SET is needed on link."""
+        return tuple(params.get(name) for name in self.tracked_names)
 
     def reload(self, config: Config) -> None:
         """Swap in a new config; pools pick up new sizes, modes and [databases] entries, connected clients stay."""

@@ -69,6 +69,7 @@ class ClientConnection(asyncio.Protocol):
         "last_active",
         "max_packet",
         "params",
+        "params_key",
         "pool",
         "pool_mode",
         "pooler",
@@ -98,6 +99,7 @@ class ClientConnection(asyncio.Protocol):
         self.server: ServerConnection | None = None
         self.auth: ClientAuth | None = None
         self.params: dict[str, str] = {}
+        self.params_key: tuple[str | None, ...] = ()
         self.startup_params: dict[str, str] = {}
         self.waiting = False
         self.max_packet = pooler.config.settings.max_packet_size
@@ -106,7 +108,9 @@ class ClientConnection(asyncio.Protocol):
         self.last_active = now
         self.wait_started = 0.0
         self._buf = bytearray()
-        self._held = bytearray()
+        # Immutable on purpose: b"" + data is data itself in CPython, so the usual case (one whole
+        # message arrives while no server is linked) is held and later forwarded without a copy.
+        self._held = b""
         self._skip = 0
         self._negotiate = b""
         self._reading_paused = False
@@ -184,8 +188,8 @@ class ClientConnection(asyncio.Protocol):
     def forward(self, data: bytes, server: ServerConnection) -> None:
         """Scan ``data`` for message headers, account for what the server now owes, and send it."""
         if self._held:
-            data = bytes(self._held) + data
-            self._held.clear()
+            data = self._held + data
+            self._held = b""
         n = len(data)
         pos = self._skip
         transport = server.transport
@@ -243,8 +247,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _hold(self, data: bytes) -> None:
         """Keep bytes that arrived while no server is linked; ask the pool for one once a message starts."""
-        held = self._held
-        held += data
+        held = self._held = self._held + data
         if len(held) < 5:
             return
         if held[0] == pq.TERMINATE:
@@ -277,12 +280,17 @@ class ClientConnection(asyncio.Protocol):
         server.state = ServerState.ACTIVE
         if server.transport is not None:
             server.transport.resume_reading()
-        stale = [(k, v) for k, v in self.params.items() if server.params.get(k) != v]
-        if stale:
-            server.run_internal(";".join(f"SET {k} = {_quote(v)}" for k, v in stale))
+        if server.params_key != self.params_key:
+            self._sync_parameters(server)
         if self._held:
             self.forward(b"", server)
         self.resume_reading()
+
+    def _sync_parameters(self, server: ServerConnection) -> None:
+        """Send one SET for every tracked value in which the server differs from this client."""
+        stale = [(k, v) for k, v in self.params.items() if server.params.get(k) != v]
+        if stale:
+            server.run_internal(";".join(f"SET {k} = {_quote(v)}" for k, v in stale))
 
     def server_ready_for_query(self, server: ServerConnection) -> None:
         """The server owes nothing: release it if this pool mode allows and it is clean."""
@@ -370,7 +378,7 @@ class ClientConnection(asyncio.Protocol):
                 break
         if buf and self.state in (ClientState.WELCOME, ClientState.READY):
             # The client pipelined its first query behind the login (Neon's pipelined connect does).
-            self._held += buf
+            self._held += bytes(buf)
             buf.clear()
             if self.state == ClientState.READY and self.server is None:
                 self._hold(b"")
@@ -499,6 +507,7 @@ class ClientConnection(asyncio.Protocol):
         values.update(self.startup_params)
         tracked = self.pooler.tracked_parameters.values()
         self.params = {k: values[k] for k in tracked if k in values}
+        self.params_key = self.pooler.params_key(self.params)
         out = [pq.parameter_status(k, v) for k, v in values.items()]
         out.append(pq.backend_key_data(*self.key))
         out.append(pq.READY_FOR_QUERY_IDLE)

@@ -39,6 +39,7 @@ class Pool:
         "db",
         "direct_servers",
         "idle",
+        "lifetime",
         "login_error",
         "login_error_until",
         "min_size",
@@ -75,6 +76,7 @@ class Pool:
         self.size = 0
         self.reserve_size = 0
         self.min_size = 0
+        self.lifetime = 0.0
         self.refresh()
 
     def refresh(self) -> None:
@@ -84,6 +86,7 @@ class Pool:
         self.size = cfg.effective_pool_size(config, self.db, self.user)
         self.reserve_size = cfg.effective_reserve_pool_size(config, self.db, self.user)
         self.min_size = cfg.effective_min_pool_size(config, self.db, self.user)
+        self.lifetime = config.settings.server_lifetime
 
     @property
     def dbname(self) -> str:
@@ -113,12 +116,13 @@ class Pool:
             server = idle.pop(0) if self.pooler.config.settings.server_round_robin else idle.pop()
             client.link(server)
             return
-        if self._failing():
+        if self.login_error is not None and self._failing():
             client.waiting = False
             client.login_failed(self._cached_error())
             return
         self.waiting.append(client)
-        self._grow()
+        if len(self.servers) < self.size + (self.reserve_size if self.reserve_active else 0):
+            self._grow()  # below the pool size: open a server (a full pool only queues: the hot case)
 
     def remove_waiter(self, client: ClientConnection) -> None:
         with contextlib.suppress(ValueError):
@@ -136,7 +140,7 @@ class Pool:
         now = self._now()
         if touch:
             server.last_used = now
-        lifetime = self.pooler.config.settings.server_lifetime
+        lifetime = self.lifetime
         if server.stale or (lifetime and now - server.created_at > lifetime) or len(self.servers) > self.size + (
             self.reserve_size if self.reserve_active else 0
         ):

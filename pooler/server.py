@@ -79,6 +79,7 @@ class ServerConnection(asyncio.Protocol):
         "last_used",
         "login_error",
         "params",
+        "params_key",
         "pending",
         "pool",
         "request_started",
@@ -100,6 +101,7 @@ class ServerConnection(asyncio.Protocol):
         self.client: ClientConnection | None = None
         self.state = ServerState.CONNECTING
         self.params: dict[str, str] = {}
+        self.params_key: tuple[str | None, ...] = ()  # tracked values, in pooler.tracked_names order
         self.key: tuple[int, int] | None = None
         self.pending: collections.deque[int] = collections.deque()
         self.tx_status = pq.TX_IDLE
@@ -276,9 +278,13 @@ class ServerConnection(asyncio.Protocol):
         key = name.decode()
         text = value.decode("utf-8", "replace")
         self.params[key] = text
+        if key not in self.pool.pooler.tracked_set:
+            return
+        self.params_key = self.pool.pooler.params_key(self.params)
         client = self.client
         if client is not None and key in client.params:
             client.params[key] = text
+            client.params_key = self.pool.pooler.params_key(client.params)
 
     def _copy_in_started(self) -> None:
         # In copy-in mode Postgres ignores Sync. If the COPY came from the extended protocol, the Syncs
@@ -351,6 +357,7 @@ class ServerConnection(asyncio.Protocol):
                 return
             elif kind == pq.READY_FOR_QUERY:
                 self.state = ServerState.BUSY
+                self.params_key = self.pool.pooler.params_key(self.params)
                 self.tx_status = body[0]
                 remainder = bytes(buf)
                 buf.clear()

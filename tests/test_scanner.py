@@ -41,6 +41,7 @@ class FakeClient:
     def __init__(self) -> None:
         self.received = bytearray()
         self.params: dict[str, str] = {"TimeZone": "UTC"}
+        self.params_key: tuple[str | None, ...] = ("UTC",)
         self.ready_calls = 0
         self.direct = False
         self.pool_mode = PoolMode.TRANSACTION
@@ -53,7 +54,9 @@ class FakeClient:
 
 
 def make_server() -> tuple[ServerConnection, FakeClient]:
-    pool: Any = SimpleNamespace(pooler=SimpleNamespace(clock=time.monotonic))
+    pooler = SimpleNamespace(clock=time.monotonic, tracked_set=frozenset({"TimeZone"}),
+                             params_key=lambda params: (params.get("TimeZone"),))
+    pool: Any = SimpleNamespace(pooler=pooler)
     server = ServerConnection(pool, {}, ServerAuth("u", "p"))
     server.transport = FakeTransport()  # type: ignore[assignment]
     server.state = ServerState.ACTIVE
@@ -116,6 +119,7 @@ async def test_internal_query_answer_is_swallowed_and_the_rest_forwarded() -> No
         assert bytes(client.received) == SELECT_RESPONSE
         assert server.params["TimeZone"] == "Europe/Paris"
         assert client.params["TimeZone"] == "Europe/Paris"  # the client's tracked value follows the server
+        assert server.params_key == client.params_key == ("Europe/Paris",)  # so the next link sends no SET
         assert server.swallow == 0 and not server.pending
 
 
