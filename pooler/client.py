@@ -294,6 +294,8 @@ class ClientConnection(asyncio.Protocol):
 
     def server_ready_for_query(self, server: ServerConnection) -> None:
         """The server owes nothing: release it if this pool mode allows and it is clean."""
+        if server.tx_status != pq.TX_IDLE:
+            server.last_used = self.pooler.clock()  # idle in a transaction from now on (idle_transaction_timeout)
         mode = self.pool_mode
         if mode == PoolMode.SESSION or self.direct or self._skip:
             return
