@@ -29,7 +29,7 @@ from backends import (
 from harness import RunningPooler, make_config, running_pooler
 from support import APP_DB, APP_PASSWORD, APP_USER, MD5_PASSWORD, MD5_USER, PostgresServer
 
-from pooler.config import AuthType, DatabaseConfig, UserConfig
+from pooler.config import AuthType, DatabaseConfig, PoolMode, UserConfig
 
 MD5 = {"user": MD5_USER, "password": MD5_PASSWORD}
 
@@ -156,6 +156,25 @@ def test_idle_transaction_timeout_rolls_back_and_the_backend_is_reused_clean(
             other.execute("SET lock_timeout = '2s'")
             other.execute(f"UPDATE {table} SET v = 2 WHERE id = 1")
         conn.close()
+
+
+@pytest.mark.parametrize("mode", [PoolMode.TRANSACTION, PoolMode.SESSION])
+def test_idle_transaction_timeout_counts_idle_time_only(postgres: PostgresServer, mode: PoolMode):
+    """A transaction that keeps working is not idle, however long it lasts; nor does the time its backend
+    spent idle in the pool before count against it."""
+    config = make_config(postgres, pool_mode=mode, default_pool_size=1, idle_transaction_timeout=0.4)
+    with running_pooler(config) as p, psycopg.connect(p.dsn()) as conn:
+        conn.execute("SELECT 1")
+        conn.commit()
+        time.sleep(0.55)  # the backend waits in the pool (or in the session) longer than the timeout
+        started = time.monotonic()
+        conn.execute("SELECT 'in a transaction'")
+        while time.monotonic() - started < 0.9:  # over two timeouts of work, never 0.4 s idle
+            time.sleep(0.1)
+            conn.execute("SELECT 1")
+        conn.commit()
+        assert conn.execute("SELECT 'survived'").fetchone() == ("survived",)
+        conn.commit()
 
 
 def test_client_idle_timeout_closes_idle_clients_only(postgres: PostgresServer):
