@@ -158,22 +158,27 @@ class PeakSampler:
             await self._task
 
 
-def wait_for_no_test_backends(postgres: PostgresServer, timeout: float = 10.0) -> None:
+def wait_for_no_test_backends(postgres: PostgresServer, timeout: float = 5.0) -> None:
     """Backends of earlier tests (a stopped pooler's, a closed direct session's) go away asynchronously;
-    counts taken by the next test must not include them."""
+    counts taken by the next test must not include them. Any still there after ``timeout`` (a test that
+    leaked a connection) are terminated, so one leak does not fail every later test."""
+    query = (
+        "SELECT pid, usename, state, query FROM pg_stat_activity"
+        " WHERE backend_type = 'client backend' AND usename = ANY(%s)"
+    )
     with psycopg.connect(postgres.dsn(), autocommit=True) as conn:
-        deadline = time.monotonic() + timeout
-        while True:
-            rows = conn.execute(
-                "SELECT pid, usename, state, query FROM pg_stat_activity"
-                " WHERE backend_type = 'client backend' AND usename = ANY(%s)",
-                [list(TEST_ROLES)],
-            ).fetchall()
-            if not rows:
-                return
-            if time.monotonic() > deadline:
-                raise AssertionError(f"backends of an earlier test are still there: {rows}")
-            time.sleep(0.02)
+        for attempt in range(2):
+            deadline = time.monotonic() + timeout
+            while True:
+                rows = conn.execute(query, [list(TEST_ROLES)]).fetchall()
+                if not rows:
+                    return
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.02)
+            if attempt == 0:
+                conn.execute(f"SELECT pg_terminate_backend(pid) FROM ({query}) leftovers", [list(TEST_ROLES)])
+        raise AssertionError(f"backends of an earlier test are still there, even after pg_terminate_backend: {rows}")
 
 
 # -- a raw wire-protocol client ------------------------------------------------------------------------
