@@ -1,0 +1,100 @@
+"""Flow control: a slow side stops the pooler reading the fast side, so memory stays bounded.
+
+Both directions are tested with a real Postgres: a client that does not read a large result, and a
+Postgres that does not read a large COPY (its table is locked by another session).
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import psycopg
+from harness import RunningPooler, make_config, running_pooler
+from rawclient import RawClient
+from support import APP_DB, APP_PASSWORD, APP_USER, PostgresServer
+
+from pooler import protocol as pq
+from pooler.app import Pooler
+from pooler.server import WRITE_BUFFER_HIGH
+
+#: What the pooler may hold for one connection beyond the high-water mark: one read from the other side.
+SLACK = 512 * 1024
+
+
+def buffered(pooler: RunningPooler) -> tuple[int, int]:
+    """(bytes queued towards clients, bytes queued towards servers), read on the pooler's loop."""
+
+    def read(p: Pooler) -> tuple[int, int]:
+        to_clients = sum(c.transport.get_write_buffer_size() for c in p.clients if c.transport is not None)
+        to_servers = sum(
+            s.transport.get_write_buffer_size()
+            for pool in p.pools.values()
+            for s in pool.servers
+            if s.transport is not None
+        )
+        return to_clients, to_servers
+
+    return pooler.call(read)
+
+
+def test_a_client_that_does_not_read_pauses_its_server(postgres: PostgresServer) -> None:
+    with running_pooler(make_config(postgres)) as pooler, RawClient(pooler.port) as client:
+        client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        client.login(APP_USER, APP_PASSWORD, APP_DB)
+        row = 1000
+        rows = 200_000  # ~200 MB of DataRows
+        client.send(pq.query(f"select repeat('x', {row}) from generate_series(1, {rows})"))
+        peak = 0
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:  # the client reads nothing for a while: Postgres keeps sending
+            peak = max(peak, buffered(pooler)[0])
+            time.sleep(0.05)
+        assert peak > WRITE_BUFFER_HIGH // 2, "the test must actually fill the pooler's buffer"
+        assert peak < WRITE_BUFFER_HIGH + SLACK, f"{peak} bytes buffered for one slow client"
+        received = 0
+        for message in client.read_until("Z"):
+            if message.kind == "D":
+                received += 1
+        assert received == rows  # nothing was lost while paused
+
+
+def test_a_postgres_that_does_not_read_pauses_its_client(postgres: PostgresServer) -> None:
+    with running_pooler(make_config(postgres)) as pooler:
+        with psycopg.connect(pooler.dsn(direct=True), autocommit=True) as setup:
+            setup.execute("create table if not exists flow_sink (line text)")
+            setup.execute("truncate flow_sink")
+        locker = psycopg.connect(postgres.dsn(APP_DB))
+        locker.execute("lock table flow_sink in access exclusive mode")
+        try:
+            with RawClient(pooler.port, timeout=30) as client:
+                client.login(APP_USER, APP_PASSWORD, APP_DB)
+                client.sock.setblocking(False)
+                line = pq.build(b"d", b"y" * 8000 + b"\n")
+                start = pq.query("copy flow_sink from stdin")
+                pending = start
+                sent = 0
+                peak = 0
+                deadline = time.monotonic() + 3
+                while time.monotonic() < deadline:  # push COPY data at a Postgres that is blocked on the lock
+                    if not pending:
+                        pending = line * 64
+                    try:
+                        n = client.sock.send(pending)
+                        sent += n
+                        pending = pending[n:]
+                    except BlockingIOError:
+                        time.sleep(0.02)
+                    peak = max(peak, buffered(pooler)[1])
+                assert sent > 4 * WRITE_BUFFER_HIGH, "the test must push more than the pooler may hold"
+                assert peak < WRITE_BUFFER_HIGH + SLACK, f"{peak} bytes buffered towards one blocked server"
+                locker.rollback()  # release the lock: Postgres reads again, the pooler resumes the client
+                client.sock.setblocking(True)
+                client.send(pending + pq.build(b"c"))
+                lines = (sent + len(pending) - len(start)) // len(line)
+                messages = client.read_until("Z")
+                assert [m.kind for m in messages][-2:] == ["C", "Z"], messages
+        finally:
+            locker.close()
+        with psycopg.connect(pooler.dsn(direct=True)) as check:
+            assert check.execute("select count(*) from flow_sink").fetchone() == (lines,)  # nothing lost
