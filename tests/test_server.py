@@ -24,10 +24,10 @@ from backends import (
     wait_for_no_test_backends,
     wait_until,
 )
-from harness import RunningPooler, make_config, running_pooler
+from harness import RunningPooler, free_port, make_config, running_pooler
 from support import APP_DB, APP_PASSWORD, APP_USER, PostgresServer
 
-from pooler.config import AuthType
+from pooler.config import AuthType, DatabaseConfig
 
 
 @pytest.fixture(autouse=True)
@@ -181,6 +181,31 @@ async def test_backend_terminated_while_idle_in_the_pool(postgres: PostgresServe
         new_pid = await asyncio.wait_for(conn.fetchval("SELECT pg_backend_pid()"), 5)  # same client, fresh backend
         assert new_pid != pid
         await conn.close()
+
+
+async def test_backend_terminated_while_its_client_sits_in_a_transaction(postgres: PostgresServer, activity: Activity):
+    with running_pooler(make_config(postgres, default_pool_size=1)) as p:
+        conn = await psycopg.AsyncConnection.connect(p.dsn())
+        cur = await conn.execute("SELECT pg_backend_pid()")  # the transaction keeps this backend linked
+        (pid,) = await cur.fetchone() or (0,)
+        await activity.aexecute("SELECT pg_terminate_backend(%s)", [pid])
+        await wait_until(lambda: client_count(p) == 0, what="the linked client to be closed with its backend")
+        with pytest.raises(psycopg.OperationalError):
+            await conn.execute("SELECT 1")  # the transaction is gone: the client must not carry on in it
+        async with await psycopg.AsyncConnection.connect(p.dsn(), autocommit=True) as fresh:
+            cur = await fresh.execute("SELECT pg_backend_pid()")
+            assert (await cur.fetchone() or (0,))[0] != pid
+        await conn.close()
+
+
+def test_unreachable_postgres_fails_the_login_with_the_reason(postgres: PostgresServer):
+    port = free_port()  # nothing listens there
+    dbs = {"nowhere": DatabaseConfig("nowhere", host="127.0.0.1", port=port, dbname=APP_DB)}
+    with running_pooler(make_config(postgres, databases=dbs)) as p:
+        started = time.monotonic()
+        with pytest.raises(psycopg.OperationalError, match=rf"could not connect to server 127.0.0.1:{port}"):
+            psycopg.connect(p.dsn("nowhere"), connect_timeout=10)
+        assert time.monotonic() - started < 2  # refused at once, not after a timeout
 
 
 # -- cancel ----------------------------------------------------------------------------------------------------
