@@ -115,10 +115,10 @@ def _up(args: argparse.Namespace) -> int:
         )
 
         def announce() -> None:
+            if args.env_file:  # first, so whoever reads the printed URLs finds the file written too
+                Path(args.env_file).write_text(urls)
             sys.stdout.write(urls)
             sys.stdout.flush()
-            if args.env_file:
-                Path(args.env_file).write_text(urls)
 
         return _serve(config, on_ready=announce)
     except ConfigError as exc:
