@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -264,7 +265,7 @@ async def test_min_pool_size_keeps_servers_open_without_clients(postgres: Postgr
         await wait_until(lambda: p.call(lambda pl: len(pl.clients)) == 0, what="the client to leave")
         pids = await wait_until(lambda: _exactly(activity, 3), what="min_pool_size backends")
         assert p.pool_stat()["idle"] == 3
-        await asyncio.sleep(0.8)  # four server_idle_timeouts: idle servers beyond min_pool_size would be gone
+        await asyncio.sleep(0.5)  # 2.5 server_idle_timeouts: idle servers beyond min_pool_size would be gone
         assert await activity.apids() == pids
 
 
@@ -334,6 +335,7 @@ def test_pgbench_through_a_small_pool(postgres: PostgresServer, pgbench: Path, s
         peak = 0
         while proc.poll() is None:
             peak = max(peak, len(sync_activity.pids()))
+            time.sleep(0.005)
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, err
         assert "number of transactions actually processed: 180/180" in out, out
