@@ -94,6 +94,13 @@ def describe_portal(portal: str = "") -> bytes:
     return pq.build(b"D", b"P" + pq.cstring(portal))
 
 
+def describe_statement(name: str = "") -> bytes:
+    return pq.build(b"D", b"S" + pq.cstring(name))
+
+
+FLUSH_MESSAGE = pq.build(b"H")
+
+
 def data_row_values(message: Message) -> list[str | None]:
     """The columns of a DataRow ('D'), decoded as text."""
     assert message.kind == "D", message

@@ -29,12 +29,14 @@ import pytest
 from harness import RunningPooler, free_port, make_config, running_pooler
 from psycopg import errors as pg_errors
 from rawclient import (
+    FLUSH_MESSAGE,
     LoginFailedError,
     Message,
     RawClient,
     bind,
     data_row_values,
     describe_portal,
+    describe_statement,
     execute,
     function_call,
     gssenc_request,
@@ -46,7 +48,7 @@ from support import APP_DB, APP_PASSWORD, APP_USER, MD5_PASSWORD, MD5_USER, OTHE
 
 from pooler import protocol as pq
 from pooler.auth import md5_secret, scram_verifier
-from pooler.config import AuthType, DatabaseConfig, UserlistEntry, load_config
+from pooler.config import AuthType, DatabaseConfig, PoolMode, UserlistEntry, load_config
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 
@@ -66,6 +68,11 @@ def assert_serving(p: RunningPooler) -> None:
     """The pooler still logs in and runs queries for a fresh client."""
     with connect(p.dsn()) as conn:
         assert conn.execute("select 41 + 1").fetchone() == (42,)
+
+
+def assert_serving_as(p: RunningPooler, user: str, password: str) -> None:
+    with connect(p.dsn(APP_DB, user, password)) as conn:
+        assert conn.execute("select 1").fetchone() == (1,)
 
 
 def psycopg_login_error(dsn: str) -> str:
@@ -209,11 +216,6 @@ def test_login_by_auth_type_and_secret(
         assert_serving_as(p, user, password)
 
 
-def assert_serving_as(p: RunningPooler, user: str, password: str) -> None:
-    with connect(p.dsn(APP_DB, user, password)) as conn:
-        assert conn.execute("select 1").fetchone() == (1,)
-
-
 def test_scram_auth_type_refuses_an_md5_userlist_secret(postgres: PostgresServer) -> None:
     """PgBouncer: under scram-sha-256, auth_file must hold SCRAM verifiers or plain passwords."""
     config = make_config(
@@ -278,6 +280,8 @@ log_disconnections = 0
             assert conn.execute("select current_user").fetchone() == (APP_USER,)
         with connect(p.dsn("other_alias", MD5_USER, MD5_PASSWORD)) as conn:
             assert conn.execute("select current_user, current_database()").fetchone() == (MD5_USER, OTHER_DB)
+            pool = p.call(lambda pl: pl.pools[("other_alias", MD5_USER)])
+            assert (pool.mode, pool.size) == (PoolMode.SESSION, 1)  # from [users] and the connstring
         with RawClient(p.port) as raw:  # extra_float_digits is accepted: it is in ignore_startup_parameters
             messages = raw.login(APP_USER, APP_PASSWORD, APP_DB, extra_float_digits="3")
             assert auth_request_codes(messages)[0] == pq.AUTH_MD5
@@ -303,6 +307,7 @@ def test_auth_user_and_auth_query(postgres: PostgresServer) -> None:
         # A role that does not exist: auth_query finds no row, the login fails the same way.
         fields = raw_login_error(p.port, "ghost", "whatever")
         assert (fields["C"], fields["M"]) == ("28P01", 'password authentication failed for user "ghost"')
+        assert p.call(lambda pl: APP_USER in pl.auth_cache and "ghost" in pl.auth_cache)
         with connect(p.dsn(APP_DB, APP_USER, APP_PASSWORD)) as conn:  # served from the auth cache now
             assert conn.execute("select 1").fetchone() == (1,)
 
@@ -536,7 +541,9 @@ def test_message_length_below_four_after_login(pooler: RunningPooler, in_transac
         fields = raw.expect_fatal()
     assert (fields["C"], fields["M"]) == ("08P01", "invalid message length 2 for message type 'Q'")
     # The server went back clean (rolled back if needed): nobody inherits the transaction.
-    wait_until(lambda: pooler.pool_stat()["active"] == 0, what="the server to be released")
+    wait_until(lambda: pooler.pool_stat()["idle"] == pooler.pool_stat()["servers"], what="the server to be released")
+    statuses = pooler.call(lambda pl: {chr(s.tx_status) for s in pl.pools[(APP_DB, APP_USER)].servers})
+    assert statuses == {"I"}
     with connect(pooler.dsn()) as conn:
         assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
         assert conn.execute("select now() = statement_timestamp()").fetchone() == (True,)
@@ -710,6 +717,34 @@ def test_raw_pipeline_with_several_syncs_in_flight(pooler: RunningPooler) -> Non
     assert kinds(third) == "12TDCZ" and data_row_values(third[3]) == ["ok"]
 
 
+def test_server_stays_linked_between_flush_and_sync(postgres: PostgresServer) -> None:
+    """Parse/Describe/Flush then, later, Bind/Execute/Sync of the same unnamed statement (asyncpg's shape):
+    no ReadyForQuery in between, yet the server must not go to another client, who would replace the
+    unnamed statement."""
+    with running_pooler(make_config(postgres, default_pool_size=1)) as p, RawClient(p.port) as raw:
+        raw.login(APP_USER, APP_PASSWORD, APP_DB)
+        raw.send(parse("select $1::int + 1") + describe_statement() + FLUSH_MESSAGE)
+        assert [raw.expect(kind).kind for kind in "1tT"] == ["1", "t", "T"]
+
+        other_result: list[object] = []
+
+        def other_client() -> None:
+            with connect(p.dsn()) as conn:
+                other_result.append(conn.execute("select 'other'").fetchone())
+
+        thread = threading.Thread(target=other_client)
+        thread.start()
+        try:
+            wait_until(lambda: p.pool_stat()["waiting"] == 1, what="the other client to queue")
+            assert other_result == []
+            raw.send(bind([b"41"]) + execute() + pq.SYNC_MESSAGE)
+            answer = raw.read_until("Z")
+            assert kinds(answer) == "2DCZ" and data_row_values(answer[1]) == ["42"]
+        finally:
+            thread.join(20)
+        assert other_result == [("other",)]
+
+
 def test_psycopg_pipeline_mode(pooler: RunningPooler, table: str) -> None:
     with connect(pooler.dsn()) as conn, connect(pooler.dsn()) as other:
         with conn.pipeline() as p:
@@ -763,7 +798,7 @@ def test_copy_in_and_out_10mb(pooler: RunningPooler, table: str) -> None:
                 for start in range(0, len(data), 1 << 20):
                     copy.write(data[start : start + (1 << 20)])
             assert cur.rowcount == rows
-        # Another client meanwhile, then the copy is visible to it: the server was released clean.
+        # The COPY committed and released its server: another client sees every row.
         assert other.execute(f"select count(*), sum(length(payload)) from {table}").fetchone() == (rows, rows * 56)
         out = bytearray()
         with conn.cursor() as cur, cur.copy(f"copy (select id, payload from {table} order by id) to stdout") as copy:
