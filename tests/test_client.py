@@ -957,8 +957,8 @@ def run_psql(psql: Path, dsn: str, *args: str, cwd: Path | None = None) -> str:
 
 @pytest.mark.parametrize("direct", [False, True], ids=["pooled", "direct"])
 def test_psql_command(pooler: RunningPooler, psql: Path, direct: bool) -> None:
-    out = run_psql(psql, pooler.dsn(direct=direct), "-c", "select 1, current_user")
-    assert out.strip() == f"1|{APP_USER}"
+    out = run_psql(psql, pooler.dsn(direct=direct), "-c", "select 1, current_user, current_setting('application_name')")
+    assert out.strip() == f"1|{APP_USER}|psql"  # psql's fallback_application_name, applied on either endpoint
 
 
 def test_psql_script_with_copy(pooler: RunningPooler, psql: Path, table: str, tmp_path: Path) -> None:
