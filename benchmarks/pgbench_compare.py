@@ -2,7 +2,7 @@
 
 Why this shape: absolute tps on a laptop or CI box mean little, ratios measured side by side do.
 Every round runs each contender once, in a rotating order, so drift (thermal, page cache, noisy
-neighbours) hits all of them alike; the report gives medians, min–max and the ratios.
+neighbours) hits all of them alike; the report gives medians, min-max and the ratios.
 
 Both poolers read the very same ``pgbouncer.ini`` (pooler reads PgBouncer's format as is), with only
 the listen port overridden for pooler through ``POOLER_LISTEN_PORT``.

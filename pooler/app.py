@@ -216,6 +216,7 @@ class Pooler:
         pool = self._pool_for(db, client.user, step)
         client.pool = pool
         client.pool_mode = pool.mode
+        client.stats = pool.stats
         self.clients_by_key[client.key] = client
         if client.direct:
             pool.open_direct(client)

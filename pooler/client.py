@@ -17,6 +17,7 @@ import asyncio
 import enum
 import secrets
 import struct
+from bisect import bisect_left
 from typing import TYPE_CHECKING, cast
 
 from pooler import protocol as pq
@@ -24,12 +25,14 @@ from pooler.auth import AuthStep, ClientAuth
 from pooler.config import AuthType, DatabaseConfig, PoolMode, find_database
 from pooler.log import log
 from pooler.server import WRITE_BUFFER_HIGH, WRITE_BUFFER_LOW, ServerConnection, ServerState
+from pooler.stats import LATENCY_BUCKETS, PoolStats
 
 if TYPE_CHECKING:
     from pooler.app import Pooler
     from pooler.pool import Pool
 
 _unpack_length = struct.Struct("!i").unpack_from
+_NO_POOL_STATS = PoolStats()  # counts nothing anyone reads: a client's bytes before it has a pool
 
 #: Bytes a client may send while it waits for a server before we stop reading from it.
 HOLD_LIMIT = 256 * 1024
@@ -77,6 +80,7 @@ class ClientConnection(asyncio.Protocol):
         "server",
         "startup_params",
         "state",
+        "stats",
         "transport",
         "user",
         "wait_started",
@@ -100,6 +104,7 @@ class ClientConnection(asyncio.Protocol):
         self.auth: ClientAuth | None = None
         self.params: dict[str, str] = {}
         self.params_key: tuple[str | None, ...] = ()
+        self.stats = _NO_POOL_STATS  # the pool's, once logged in
         self.startup_params: dict[str, str] = {}
         self.waiting = False
         self.max_packet = pooler.config.settings.max_packet_size
@@ -146,13 +151,13 @@ class ClientConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         server = self.server
-        if server is not None and server.transport is not None:
-            server.transport.pause_reading()
+        if server is not None:
+            server.pause_reading()
 
     def resume_writing(self) -> None:
         server = self.server
-        if server is not None and server.transport is not None:
-            server.transport.resume_reading()
+        if server is not None:
+            server.resume_reading()
 
     # --- output ---------------------------------------------------------------------------------
 
@@ -199,6 +204,7 @@ class ClientConnection(asyncio.Protocol):
             self._skip = pos - n
             transport.write(data)
             return
+        self.stats.received += n
         pending = server.pending
         was_idle = not pending
         unpack = _unpack_length
@@ -243,7 +249,9 @@ class ClientConnection(asyncio.Protocol):
                 transport.write(data[:stop])
             self._held += data[stop:]
         if was_idle and pending:
-            server.request_started = self.pooler.clock()
+            now = server.request_started = self.pooler.clock()
+            if server.tx_status == pq.TX_IDLE:
+                server.xact_started = now
 
     def _hold(self, data: bytes) -> None:
         """Keep bytes that arrived while no server is linked; ask the pool for one once a message starts."""
@@ -272,19 +280,25 @@ class ClientConnection(asyncio.Protocol):
 
     # --- linking to servers (called by the pool) --------------------------------------------------
 
-    def link(self, server: ServerConnection) -> None:
-        """The pool hands us a server: bring its session parameters in line, then send what we hold."""
-        self.waiting = False
+    def link(self, server: ServerConnection, now: float) -> None:
+        """The pool hands us a server (at ``now``): align its session parameters, send what we hold."""
+        stats = self.stats
+        stats.server_assignment_count += 1
+        if self.waiting:
+            self.waiting = False
+            waited = now - self.wait_started
+            hist = stats.wait_hist
+            hist.counts[bisect_left(LATENCY_BUCKETS, waited)] += 1
+            hist.total += waited
         self.server = server
         server.client = self
         server.state = ServerState.ACTIVE
-        if server.transport is not None:
-            server.transport.resume_reading()
         if server.params_key != self.params_key:
             self._sync_parameters(server)
         if self._held:
             self.forward(b"", server)
-        self.resume_reading()
+        if self._reading_paused:
+            self.resume_reading()
 
     def _sync_parameters(self, server: ServerConnection) -> None:
         """Send one SET for every tracked value in which the server differs from this client."""
@@ -313,8 +327,8 @@ class ClientConnection(asyncio.Protocol):
     def _unlink(self, server: ServerConnection) -> None:
         server.client = None
         self.server = None
-        if self.transport is not None and server.transport is not None:
-            server.transport.resume_reading()
+        if server.reading_paused:  # paused for our slow reading: the next client must not inherit that
+            server.resume_reading()
 
     def server_lost(self, server: ServerConnection) -> None:
         """Our server died while linked: the transaction is gone, so is this session."""

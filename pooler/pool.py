@@ -24,6 +24,7 @@ from pooler import protocol as pq
 from pooler.auth import ServerAuth
 from pooler.config import DatabaseConfig, PoolMode
 from pooler.server import ServerConnection, ServerState
+from pooler.stats import PoolStats
 
 if TYPE_CHECKING:
     from pooler.app import Pooler
@@ -49,6 +50,7 @@ class Pool:
         "reserve_size",
         "servers",
         "size",
+        "stats",
         "user",
         "waiting",
         "welcome",
@@ -68,6 +70,7 @@ class Pool:
         self.waiting: collections.deque[ClientConnection] = collections.deque()
         self.welcome_waiters: list[ClientConnection] = []
         self.connecting = 0
+        self.stats = PoolStats()
         self.welcome: dict[str, str] | None = None
         self.login_error: dict[str, str] | None = None
         self.login_error_until = 0.0
@@ -114,7 +117,7 @@ class Pool:
         idle = self.idle
         if idle:
             server = idle.pop(0) if self.pooler.config.settings.server_round_robin else idle.pop()
-            client.link(server)
+            client.link(server, client.wait_started)
             return
         if self.login_error is not None and self._failing():
             client.waiting = False
@@ -150,7 +153,7 @@ class Pool:
         while waiting:
             client = waiting.popleft()
             if client.waiting and client.server is None:
-                client.link(server)
+                client.link(server, now)
                 return
         if self.pooler.room_wanted_by_other_pool(self):
             server.close("closed to make room for another pool")

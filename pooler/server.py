@@ -24,11 +24,13 @@ import asyncio
 import collections
 import enum
 import struct
+from bisect import bisect_left
 from typing import TYPE_CHECKING, cast
 
 from pooler import protocol as pq
 from pooler.auth import AuthFailed, ServerAuth
 from pooler.config import PoolMode
+from pooler.stats import LATENCY_BUCKETS
 
 if TYPE_CHECKING:
     from pooler.client import ClientConnection
@@ -82,14 +84,17 @@ class ServerConnection(asyncio.Protocol):
         "params_key",
         "pending",
         "pool",
+        "reading_paused",
         "request_started",
         "stale",
         "startup_params",
         "state",
+        "stats",
         "swallow",
         "transport",
         "tx_status",
         "unsynced",
+        "xact_started",
     )
 
     def __init__(self, pool: Pool, startup_params: dict[str, str], auth: ServerAuth, *, direct: bool = False):
@@ -109,6 +114,7 @@ class ServerConnection(asyncio.Protocol):
         self.copy_in = False
         self.swallow = 0
         self.fatal_seen = False
+        self.reading_paused = False
         self.stale = False  # set on RECONNECT/config change: close instead of reuse
         self.login_error: dict[str, str] | None = None
         self.close_reason = ""
@@ -119,7 +125,9 @@ class ServerConnection(asyncio.Protocol):
         self.created_at = loop_time
         self.connect_started = loop_time
         self.last_used = loop_time
-        self.request_started = 0.0
+        self.request_started = 0.0  # when the oldest request still owed was sent
+        self.xact_started = 0.0  # when the transaction in progress began
+        self.stats = pool.stats
 
     # --- asyncio.Protocol -----------------------------------------------------------------------
 
@@ -145,6 +153,18 @@ class ServerConnection(asyncio.Protocol):
         if client is not None:
             client.resume_reading()
 
+    def pause_reading(self) -> None:
+        """Stop reading Postgres's answers: the linked client's socket is full."""
+        if not self.reading_paused and self.transport is not None:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.reading_paused:
+            self.reading_paused = False
+            if self.transport is not None:
+                self.transport.resume_reading()
+
     def data_received(self, data: bytes) -> None:
         if self.state == ServerState.LOGIN:
             self._login_data(data)
@@ -158,6 +178,7 @@ class ServerConnection(asyncio.Protocol):
             # Inside the body of a large message: nothing to look at, forward as is.
             self._skip = pos - n
             if not self.swallow and self.client is not None:
+                self.stats.sent += n
                 self.client.write(data)
             return
         inspect = _INSPECT_TABLE
@@ -165,6 +186,7 @@ class ServerConnection(asyncio.Protocol):
         forward_from = -1 if self.swallow else 0
         refused = -1
         refused_parameters: dict[str, str] | None = None
+        answered = 0
         while True:
             if pos + 5 > n:
                 break
@@ -181,6 +203,7 @@ class ServerConnection(asyncio.Protocol):
                             forward_from = end
                     elif self.pending:
                         self.pending.popleft()
+                        answered += 1
                         if self.tx_status != pq.TX_IDLE and self._refuses_transactions():
                             refused = pos
                             break
@@ -197,6 +220,8 @@ class ServerConnection(asyncio.Protocol):
             pos = end
             if pos >= n:
                 break
+        if answered:
+            self._count_answers(answered)
         if refused >= 0:
             self._refuse_transaction(data, forward_from, refused)
             return
@@ -214,8 +239,10 @@ class ServerConnection(asyncio.Protocol):
         client = self.client
         if forward_from >= 0 and client is not None:
             if forward_from == 0 and stop == n:
+                self.stats.sent += n
                 client.write(data)
             elif stop > forward_from:
+                self.stats.sent += stop - forward_from
                 client.write(data[forward_from:stop])
         if client is None:
             if self.state == ServerState.IDLE and self.fatal_seen:
@@ -227,6 +254,23 @@ class ServerConnection(asyncio.Protocol):
             client.server_ready_for_query(self)
 
     # --- state helpers ----------------------------------------------------------------------------
+
+    def _count_answers(self, answered: int) -> None:
+        """Statistics for the requests a chunk answered: one clock read per chunk, not per message."""
+        now = self.pool.pooler.clock()
+        stats = self.stats
+        stats.query_count += answered
+        elapsed = now - self.request_started
+        hist = stats.query_hist
+        hist.counts[bisect_left(LATENCY_BUCKETS, elapsed)] += 1
+        hist.total += elapsed
+        self.request_started = now  # a pipelined request still owed started no later than this
+        if self.tx_status == pq.TX_IDLE:
+            stats.xact_count += 1
+            elapsed = now - self.xact_started
+            hist = stats.xact_hist
+            hist.counts[bisect_left(LATENCY_BUCKETS, elapsed)] += 1
+            hist.total += elapsed
 
     def is_clean(self) -> bool:
         """True when nothing is in flight and no transaction is open: safe for another client."""

@@ -17,6 +17,7 @@ from pooler.auth import ServerAuth
 from pooler.client import ClientConnection, ClientState
 from pooler.config import Config, PoolMode
 from pooler.server import ServerConnection, ServerState
+from pooler.stats import PoolStats
 
 
 class FakeTransport:
@@ -56,7 +57,7 @@ class FakeClient:
 def make_server() -> tuple[ServerConnection, FakeClient]:
     pooler = SimpleNamespace(clock=time.monotonic, tracked_set=frozenset({"TimeZone"}),
                              params_key=lambda params: (params.get("TimeZone"),))
-    pool: Any = SimpleNamespace(pooler=pooler)
+    pool: Any = SimpleNamespace(pooler=pooler, stats=PoolStats())
     server = ServerConnection(pool, {}, ServerAuth("u", "p"))
     server.transport = FakeTransport()  # type: ignore[assignment]
     server.state = ServerState.ACTIVE
@@ -90,6 +91,8 @@ async def test_response_is_forwarded_unchanged_and_settles_the_request_at_any_sp
         assert server.tx_status == pq.TX_IDLE
         assert client.ready_calls >= 1
         assert server.is_clean()
+        assert (server.stats.query_count, server.stats.xact_count) == (1, 1)
+        assert server.stats.sent == len(SELECT_RESPONSE)
 
 
 async def test_pipelined_responses_settle_one_request_per_ready_for_query() -> None:
