@@ -211,6 +211,10 @@ class Pooler:
         self.auth_cache[user] = (secret, self.clock() + settings.auth_cache_ttl)
         client.begin_auth(settings.auth_type, secret)
 
+    def admin_login(self, client: ClientConnection) -> None:
+        """A client authenticated to the virtual ``pgbouncer`` database (the admin console)."""
+        client.fatal("3D000", "no such database: pgbouncer", hint="the admin console is not available yet")
+
     def client_authenticated(self, client: ClientConnection, db: DatabaseConfig, step: AuthStep) -> None:
         """Route a logged-in client to its pool (and its own backend, on the direct endpoint)."""
         pool = self._pool_for(db, client.user, step)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, cast
 
 from pooler import protocol as pq
 from pooler.auth import AuthStep, ClientAuth
-from pooler.config import AuthType, DatabaseConfig, PoolMode, find_database
+from pooler.config import ADMIN_DATABASE, AuthType, DatabaseConfig, PoolMode, find_database
 from pooler.log import log
 from pooler.server import WRITE_BUFFER_HIGH, WRITE_BUFFER_LOW, ServerConnection, ServerState
 from pooler.stats import LATENCY_BUCKETS, PoolStats
@@ -437,9 +437,10 @@ class ClientConnection(asyncio.Protocol):
         if not self._check_startup_parameters(params):
             return
         settings = self.pooler.config.settings
-        if self.database == "pgbouncer":
-            self.fatal("3D000", "no such database: pgbouncer",
-                       hint="the admin console is not available in this version")
+        if self.database == ADMIN_DATABASE:
+            # The admin console: authenticated like anyone (auth_file / auth_query), then handed over.
+            self.state = ClientState.AUTH
+            self.begin_auth(settings.auth_type, self.pooler.lookup_secret(user))
             return
         db = find_database(self.pooler.config, self.database)
         if db is None:
@@ -511,8 +512,10 @@ class ClientConnection(asyncio.Protocol):
             self.pooler.pooler_error(self, "28P01", "password authentication failed")
             self.close()
             return
-        assert self.db is not None
         self.state = ClientState.WELCOME
+        if self.db is None:  # only the admin console logs in without a database entry
+            self.pooler.admin_login(self)
+            return
         self.pooler.client_authenticated(self, self.db, step)
 
     def welcome(self, server_params: dict[str, str]) -> None:
