@@ -20,6 +20,7 @@ from pooler.auth import AuthStep, is_md5_secret, parse_scram_verifier
 from pooler.client import TRACKED_PARAMETERS, ClientConnection, ClientState
 from pooler.log import log
 from pooler.pool import Pool
+from pooler.prepared import StatementCache
 from pooler.server import ServerConnection, ServerState
 
 if TYPE_CHECKING:
@@ -41,6 +42,7 @@ class Pooler:
         self.tracked_names: tuple[str, ...] = ()
         self.tracked_set: frozenset[str] = frozenset()
         self.auth_cache: dict[str, tuple[str | None, float]] = {}
+        self.statements = StatementCache()  # protocol-level prepared statements, shared by every pool
         self.listeners: list[asyncio.Server] = []
         self.ports: dict[str, int] = {}
         self._client_seq = 0
@@ -221,6 +223,9 @@ class Pooler:
         client.pool = pool
         client.pool_mode = pool.mode
         client.stats = pool.stats
+        client.track_statements = (
+            not client.direct and pool.mode != cfg.PoolMode.SESSION and self.config.settings.max_prepared_statements > 0
+        )
         self.clients_by_key[client.key] = client
         if client.direct:
             pool.open_direct(client)

@@ -24,6 +24,17 @@ from pooler import protocol as pq
 from pooler.auth import AuthStep, ClientAuth
 from pooler.config import ADMIN_DATABASE, AuthType, DatabaseConfig, PoolMode, find_database
 from pooler.log import log
+from pooler.prepared import (
+    CLOSE_COMPLETE,
+    DESCRIBE_STATEMENT,
+    FORWARD,
+    PARSE_COMPLETE,
+    SKIP,
+    PreparedStatement,
+    did_not_exist,
+    name_in_use,
+    statement_name,
+)
 from pooler.server import WRITE_BUFFER_HIGH, WRITE_BUFFER_LOW, ServerConnection, ServerState
 from pooler.stats import LATENCY_BUCKETS, PoolStats
 
@@ -80,7 +91,9 @@ class ClientConnection(asyncio.Protocol):
         "server",
         "startup_params",
         "state",
+        "statements",
         "stats",
+        "track_statements",
         "transport",
         "user",
         "wait_started",
@@ -105,6 +118,8 @@ class ClientConnection(asyncio.Protocol):
         self.params: dict[str, str] = {}
         self.params_key: tuple[str | None, ...] = ()
         self.stats = _NO_POOL_STATS  # the pool's, once logged in
+        self.statements: dict[bytes, PreparedStatement] = {}  # this client's prepared statement names
+        self.track_statements = False  # named statements are rewritten (transaction/statement pooling)
         self.startup_params: dict[str, str] = {}
         self.waiting = False
         self.max_packet = pooler.config.settings.max_packet_size
@@ -209,20 +224,27 @@ class ClientConnection(asyncio.Protocol):
         was_idle = not pending
         unpack = _unpack_length
         max_packet = self.max_packet
+        track = self.track_statements
+        parts: list[bytes] | None = None  # set when a message is rewritten or dropped
+        sent_from = 0  # bytes before this offset are already in parts
         while pos + 5 <= n:
             kind = data[pos]
             length = unpack(data, pos + 1)[0]
             if length < 4 or length > max_packet:
-                if pos:
+                if parts is not None:
+                    parts.append(data[sent_from:pos])
+                    transport.write(b"".join(parts))
+                elif pos:
                     transport.write(data[:pos])
                 self._bad_length(kind, length)
                 return
+            end = pos + 1 + length
             if kind in (pq.QUERY, pq.FUNCTION_CALL):
                 pending.append(kind)
                 server.unsynced = False
             elif kind == pq.SYNC:
                 if not server.copy_in:
-                    pending.append(kind)
+                    pending.append(server.end_segment() if track else kind)
                 server.unsynced = False
             elif kind == pq.COPY_DATA:
                 pass
@@ -235,14 +257,45 @@ class ClientConnection(asyncio.Protocol):
                 return
             else:
                 server.unsynced = True
-            pos += 1 + length
+                if track and kind != pq.FLUSH:
+                    segment = server.open_segment
+                    if segment is not None and segment.dropping:  # refused earlier in this segment
+                        if end > n:
+                            break  # dropped whole: wait for the rest of it
+                        if parts is None:
+                            parts = []
+                        parts.append(data[sent_from:pos])
+                        sent_from = pos = end
+                        continue
+                    if kind == pq.EXECUTE:
+                        server.record(kind)
+                    else:
+                        span = statement_name(kind, data, pos, min(end, n))
+                        if span is None or (span[1] > span[0] and end > n):
+                            break  # a named message is rewritten whole: wait for the rest of it
+                        if span[1] > span[0]:
+                            if parts is None:
+                                parts = []
+                            parts.append(data[sent_from:pos])
+                            parts.extend(self._named_statement(kind, data, pos, end, span=span, server=server))
+                            sent_from = end
+                        elif kind == pq.DESCRIBE and data[pos + 5] == ord("S"):
+                            server.record(DESCRIBE_STATEMENT)
+                        else:
+                            server.record(kind)
+            pos = end
         if pos > n:
             self._skip = pos - n
             stop = n
         else:
             self._skip = 0
             stop = pos
-        if stop == n:
+        if parts is not None:
+            parts.append(data[sent_from:stop])
+            transport.write(b"".join(parts))
+            if stop < n:
+                self._held += data[stop:]
+        elif stop == n:
             transport.write(data)
         else:
             if stop:
@@ -252,6 +305,47 @@ class ClientConnection(asyncio.Protocol):
             now = server.request_started = self.pooler.clock()
             if server.tx_status == pq.TX_IDLE:
                 server.xact_started = now
+
+    def _named_statement(
+        self, kind: int, data: bytes, pos: int, end: int, *, span: tuple[int, int], server: ServerConnection
+    ) -> list[bytes]:
+        """A Parse/Bind/Describe/Close of a named statement: what to send the server in its place."""
+        name = data[span[0] : span[1]]
+        if kind == pq.PARSE:
+            self.stats.client_parse_count += 1
+            if name in self.statements:
+                server.synthesize(pq.PARSE, name_in_use(name), refuse=True)
+                return []
+            statement = self.pooler.statements.get(data[span[1] + 1 : end])
+            self.statements[name] = statement
+            if statement in server.prepared:
+                server.use(statement)
+                server.synthesize(pq.PARSE, PARSE_COMPLETE)
+                return []
+            return server.prepare(statement, FORWARD, name, self.pooler.config.settings.max_prepared_statements)
+        if kind == pq.CLOSE:
+            self.statements.pop(name, None)
+            server.synthesize(pq.CLOSE, CLOSE_COMPLETE)
+            return []
+        known = self.statements.get(name)
+        if known is None:
+            server.synthesize(kind, did_not_exist(name), refuse=True)
+            return []
+        statement = known
+        out: list[bytes] = []
+        if statement in server.prepared:
+            server.use(statement)
+        else:  # prepared by this client on another server (or evicted here): prepare it first, quietly
+            out = server.prepare(statement, SKIP, None, self.pooler.config.settings.max_prepared_statements)
+        if kind == pq.BIND:
+            self.stats.bind_count += 1
+            server.record(kind)
+            head, tail = data[pos + 5 : span[0]], data[span[1] : end]
+        else:
+            server.record(DESCRIBE_STATEMENT)
+            head, tail = b"S", b"\x00"
+        out.append(pq.build(bytes((kind,)), head + statement.name + tail))
+        return out
 
     def _hold(self, data: bytes) -> None:
         """Keep bytes that arrived while no server is linked; ask the pool for one once a message starts."""

@@ -53,6 +53,9 @@ BACKEND_KEY_DATA = ord("K")
 COPY_IN_RESPONSE = ord("G")
 COPY_OUT_RESPONSE = ord("H")
 COPY_BOTH_RESPONSE = ord("W")
+COMMAND_COMPLETE = ord("C")
+DATA_ROW = ord("D")
+NOTIFICATION_RESPONSE = ord("A")
 NEGOTIATE_PROTOCOL_VERSION = ord("v")
 
 # Authentication request codes (payload of an 'R' message).

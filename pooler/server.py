@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, cast
 from pooler import protocol as pq
 from pooler.auth import AuthFailed, ServerAuth
 from pooler.config import PoolMode
+from pooler.prepared import DESCRIBE_STATEMENT, FORWARD, SKIP, SYNTH, Action, PreparedStatement, Segment
 from pooler.stats import LATENCY_BUCKETS
 
 if TYPE_CHECKING:
@@ -41,9 +42,24 @@ _unpack_length = _LENGTH.unpack_from
 
 # Which backend message types the scanner must look inside (everything else is only skipped).
 _INSPECT = bytearray(256)
-for _t in (pq.READY_FOR_QUERY, pq.PARAMETER_STATUS, pq.COPY_IN_RESPONSE, pq.ERROR_RESPONSE):
+for _t in (pq.READY_FOR_QUERY, pq.PARAMETER_STATUS, pq.COPY_IN_RESPONSE, pq.ERROR_RESPONSE, pq.COMMAND_COMPLETE):
     _INSPECT[_t] = 1
 _INSPECT_TABLE = bytes(_INSPECT)
+
+#: CommandComplete tags after which Postgres has no prepared statements left on this server.
+_FORGET_STATEMENTS = (b"DISCARD ALL\x00", b"DEALLOCATE ALL\x00")
+_FORGET_LENGTHS = frozenset(4 + len(tag) for tag in _FORGET_STATEMENTS)
+
+# How a tracked request's answer ends, by request code: the message types that complete it.
+_COMPLETES: dict[int, bytes] = {
+    pq.PARSE: b"1",
+    pq.BIND: b"2",
+    pq.CLOSE: b"3",
+    pq.DESCRIBE: b"Tn",
+    DESCRIBE_STATEMENT: b"Tn",
+    pq.EXECUTE: b"CIs",
+}
+_PASS_THROUGH = frozenset((pq.NOTICE_RESPONSE, pq.PARAMETER_STATUS, pq.NOTIFICATION_RESPONSE))
 
 _FATAL_PREFIX = b"SFATAL\x00"
 _PANIC_PREFIX = b"SPANIC\x00"
@@ -80,17 +96,22 @@ class ServerConnection(asyncio.Protocol):
         "key",
         "last_used",
         "login_error",
+        "open_segment",
         "params",
         "params_key",
         "pending",
+        "pinned",
         "pool",
+        "prepared",
         "reading_paused",
         "request_started",
+        "segment",
         "stale",
         "startup_params",
         "state",
         "stats",
         "swallow",
+        "tracked_inflight",
         "transport",
         "tx_status",
         "unsynced",
@@ -108,12 +129,21 @@ class ServerConnection(asyncio.Protocol):
         self.params: dict[str, str] = {}
         self.params_key: tuple[str | None, ...] = ()  # tracked values, in pooler.tracked_names order
         self.key: tuple[int, int] | None = None
-        self.pending: collections.deque[int] = collections.deque()
+        # What each ReadyForQuery still owed answers: QUERY / SYNC / FUNCTION_CALL, or a tracked Segment.
+        self.pending: collections.deque[int | Segment] = collections.deque()
         self.tx_status = pq.TX_IDLE
         self.unsynced = False
         self.copy_in = False
         self.swallow = 0
         self.fatal_seen = False
+        # Prepared statements (see pooler.prepared): the statements this server has, least recently used
+        # first; the kinds of the extended messages of the open segment; that segment once it is tracked;
+        # statements the open segment uses (never evicted under it); tracked segments not answered yet.
+        self.prepared: dict[PreparedStatement, None] = {}
+        self.segment = bytearray()
+        self.open_segment: Segment | None = None
+        self.pinned: set[PreparedStatement] = set()
+        self.tracked_inflight = 0
         self.reading_paused = False
         self.stale = False  # set on RECONNECT/config change: close instead of reuse
         self.login_error: dict[str, str] | None = None
@@ -181,6 +211,9 @@ class ServerConnection(asyncio.Protocol):
                 self.stats.sent += n
                 self.client.write(data)
             return
+        if self.tracked_inflight:
+            self._data_tracked(data, pos)
+            return
         inspect = _INSPECT_TABLE
         unpack = _unpack_length
         forward_from = -1 if self.swallow else 0
@@ -209,6 +242,9 @@ class ServerConnection(asyncio.Protocol):
                             break
                 elif kind == pq.PARAMETER_STATUS:
                     self._parameter_status(data[pos + 5 : end - 1])
+                elif kind == pq.COMMAND_COMPLETE:
+                    if end - pos - 1 in _FORGET_LENGTHS and data[pos + 5 : end] in _FORGET_STATEMENTS:
+                        self._statements_forgotten()
                 elif kind == pq.COPY_IN_RESPONSE:
                     self._copy_in_started()
                 elif data.startswith(_FATAL_PREFIX, pos + 5) or data.startswith(_PANIC_PREFIX, pos + 5):
@@ -282,6 +318,7 @@ class ServerConnection(asyncio.Protocol):
             and self._skip == 0
             and not self._partial
             and self.tx_status == pq.TX_IDLE
+            and self.open_segment is None
         )
 
     def _refuses_transactions(self) -> bool:
@@ -335,8 +372,9 @@ class ServerConnection(asyncio.Protocol):
         # the client already sent after its Execute will never be answered: forget them. The Sync the
         # client sends after CopyDone/CopyFail is the one that gets the ReadyForQuery.
         self.copy_in = True
-        if self.pending and self.pending[0] == pq.SYNC:
+        if self.pending and (self.pending[0] == pq.SYNC or isinstance(self.pending[0], Segment)):
             self.pending.clear()
+            self.tracked_inflight = 1 if self.open_segment is not None else 0
 
     def run_internal(self, sql: str) -> None:
         """Send the pooler's own query; its whole answer is dropped. Only call when nothing is pending."""
@@ -364,6 +402,200 @@ class ServerConnection(asyncio.Protocol):
             self.pool.server_login_failed(self, self.login_error or {"C": "08006", "M": reason})
         else:
             self.pool.server_closed(self, previous)
+
+    # --- prepared statements: the client side records, the tracked scanner answers -------------------
+
+    def tracked(self) -> Segment:
+        """The open segment as a tracked one (its earlier requests all forwarded as they are)."""
+        segment = self.open_segment
+        if segment is None:
+            segment = self.open_segment = Segment(self.segment)
+            self.segment.clear()
+            self.tracked_inflight += 1
+        return segment
+
+    def record(self, code: int) -> None:
+        """A request of the open segment whose answer goes to the client unchanged."""
+        segment = self.open_segment
+        if segment is None:
+            self.segment.append(code)
+        else:
+            segment.actions.append(Action(code, FORWARD))
+
+    def end_segment(self) -> int | Segment:
+        """The client sent Sync: what the ReadyForQuery it owes will answer (SYNC, or the tracked segment)."""
+        if self.pinned:
+            self.pinned.clear()
+        segment = self.open_segment
+        if segment is None:
+            if self.segment:
+                self.segment.clear()
+            return pq.SYNC
+        self.open_segment = None
+        return segment
+
+    def synthesize(self, code: int, payload: bytes, *, refuse: bool = False) -> None:
+        """Answer a request for the server, in its place in the response order.
+
+        ``refuse``: the answer is an error, and like Postgres after an error the rest of the client's
+        segment is not run (the client side drops it) until Sync.
+        """
+        segment = self.tracked()
+        segment.actions.append(Action(code, SYNTH, payload))
+        if refuse:
+            segment.dropping = True
+        if not self.pending and segment.head == len(segment.actions) - 1 and self.client is not None:
+            out: list[bytes] = []  # nothing before it is owed: answer at once (the client may be waiting)
+            self._emit_synthesized(segment, out)
+            self.client.write(b"".join(out))
+
+    def prepare(self, statement: PreparedStatement, mode: int, client_name: bytes | None, limit: int) -> list[bytes]:
+        """Messages that prepare ``statement`` here: Close of least recently used ones over ``limit``, then Parse."""
+        out: list[bytes] = []
+        segment = self.tracked()
+        prepared = self.prepared
+        if limit:
+            for old in list(prepared):
+                if len(prepared) < limit:
+                    break
+                if old in self.pinned:
+                    continue
+                del prepared[old]
+                out.append(old.close_message())
+                segment.actions.append(Action(pq.CLOSE, SKIP))
+        prepared[statement] = None
+        self.pinned.add(statement)
+        segment.actions.append(Action(pq.PARSE, mode, statement=statement, client_name=client_name))
+        self.stats.server_parse_count += 1
+        out.append(statement.parse_message())
+        return out
+
+    def use(self, statement: PreparedStatement) -> None:
+        """The open segment uses a statement this server has: most recently used, not evictable for now."""
+        prepared = self.prepared
+        del prepared[statement]
+        prepared[statement] = None
+        self.pinned.add(statement)
+
+    def _statements_forgotten(self) -> None:
+        """DISCARD ALL / DEALLOCATE ALL ran: Postgres dropped every prepared statement of this session."""
+        self.prepared.clear()
+        client = self.client
+        if client is not None:
+            client.statements.clear()
+
+    def _emit_synthesized(self, segment: Segment, out: list[bytes]) -> None:
+        actions = segment.actions
+        while segment.head < len(actions) and actions[segment.head].mode == SYNTH:
+            if not segment.failed:
+                out.append(actions[segment.head].payload)
+            segment.head += 1
+
+    def _segment_failed(self, segment: Segment) -> None:
+        """Postgres reported an error: it skips the segment's remaining requests until Sync, so the Parses
+        among them (and the failing one) left no statement behind, and the pooler's answers are void."""
+        segment.failed = True
+        client = self.client
+        for action in segment.actions[segment.head :]:
+            statement = action.statement
+            if action.code == pq.PARSE and statement is not None and action.mode != SYNTH:
+                self.prepared.pop(statement, None)
+                name = action.client_name
+                if name is not None and client is not None and client.statements.get(name) is statement:
+                    del client.statements[name]
+        segment.head = len(segment.actions)
+
+    def _data_tracked(self, data: bytes, pos: int) -> None:
+        """The slow scanner, for chunks answering a tracked segment: every message is matched to its request."""
+        n = len(data)
+        out: list[bytes] = [data[:pos]] if pos else []  # the end of a row streamed from the last chunk
+        pending = self.pending
+        answered = 0
+        while pos + 5 <= n:
+            kind = data[pos]
+            end = pos + 1 + _unpack_length(data, pos + 1)[0]
+            head = pending[0] if pending else self.open_segment
+            if end > n:
+                if kind == pq.DATA_ROW and self.swallow == 0 and (
+                        not isinstance(head, Segment) or head.head >= len(head.actions)
+                        or head.actions[head.head].mode == FORWARD):
+                    out.append(data[pos:])  # a large row of a forwarded answer: stream it
+                    self._skip = end - n
+                    pos = n
+                break
+            if self.swallow:
+                if kind == pq.READY_FOR_QUERY:
+                    self.swallow -= 1
+                    self.tx_status = data[pos + 5]
+                elif kind == pq.PARAMETER_STATUS:
+                    self._parameter_status(data[pos + 5 : end - 1])
+                elif kind == pq.ERROR_RESPONSE and self.client is not None:
+                    self._parameters_refused(pq.parse_error_fields(data[pos + 5 : end]))
+                    return
+                pos = end
+                continue
+            if kind in _PASS_THROUGH:
+                if kind == pq.PARAMETER_STATUS:
+                    self._parameter_status(data[pos + 5 : end - 1])
+                out.append(data[pos:end])
+                pos = end
+                continue
+            if kind == pq.ERROR_RESPONSE and (
+                    data.startswith(_FATAL_PREFIX, pos + 5) or data.startswith(_PANIC_PREFIX, pos + 5)):
+                self.fatal_seen = True
+            elif kind == pq.COMMAND_COMPLETE and data[pos + 5 : end] in _FORGET_STATEMENTS:
+                self._statements_forgotten()
+            elif kind == pq.COPY_IN_RESPONSE:
+                self._copy_in_started()
+            if not isinstance(head, Segment):  # an untracked request: forwarded as is
+                out.append(data[pos:end])
+                if kind == pq.READY_FOR_QUERY:
+                    self.tx_status = data[pos + 5]
+                    if pending:
+                        pending.popleft()
+                        answered += 1
+                pos = end
+                continue
+            self._emit_synthesized(head, out)
+            if kind == pq.READY_FOR_QUERY:
+                out.append(data[pos:end])
+                self.tx_status = data[pos + 5]
+                if head is self.open_segment:  # cannot happen: a ReadyForQuery answers a Sync, which closed it
+                    self.open_segment = None
+                elif pending:
+                    pending.popleft()
+                    answered += 1
+                self.tracked_inflight -= 1
+            elif kind == pq.ERROR_RESPONSE:
+                out.append(data[pos:end])  # an error always reaches the client, even one to a hidden Parse
+                self._segment_failed(head)
+            elif head.head < len(head.actions):
+                action = head.actions[head.head]
+                if action.mode == FORWARD:
+                    out.append(data[pos:end])
+                if action.code == DESCRIBE_STATEMENT and kind == ord("t"):
+                    pass  # ParameterDescription; its RowDescription / NoData completes the Describe
+                elif kind in _COMPLETES.get(action.code, b""):
+                    head.head += 1
+                    self._emit_synthesized(head, out)
+            else:
+                out.append(data[pos:end])
+            pos = end
+        if pos < n:
+            self._partial = data[pos:]
+        if answered:
+            self._count_answers(answered)
+        client = self.client
+        if client is None:
+            if self.state == ServerState.BUSY and not self.swallow and not self.pending:
+                self.pool.server_done_busy(self)
+            return
+        if out:
+            payload = b"".join(out)
+            self.stats.sent += len(payload)
+            client.write(payload)
+        if not pending and not self.swallow:
+            client.server_ready_for_query(self)
 
     # --- login ------------------------------------------------------------------------------------
 

@@ -1,0 +1,153 @@
+"""Protocol-level named prepared statements under transaction pooling.
+
+Theory of operation. Drivers prepare a statement once per connection (``Parse`` with a name) and
+then only ``Bind`` it. Under transaction pooling the next Bind may land on a server that never saw
+the Parse, and two clients' ``s0`` would collide on one server. So, like PgBouncer:
+
+* one pooler-wide cache maps a statement's body (query text + parameter types) to a server-side
+  name (``pooler_<n>``): every client preparing the same query shares one server statement;
+* each client maps *its* names to cache entries; each server keeps an LRU of the entries prepared
+  on it (``max_prepared_statements``), closing the least recently used one to make room;
+* the client's Parse/Bind/Describe/Close are rewritten to the server-side name; a Parse the
+  server already has is answered by the pooler; a Bind on a server that lacks the statement gets
+  a hidden Parse first.
+
+Responses must reach the client in the order it sent requests, with the pooler's own answers in
+their place and the answers to its hidden messages removed. Requests are grouped in *segments*
+(everything up to a Sync). An ordinary segment is forwarded blind: only the kinds of its extended
+messages are recorded, one byte each. A segment that contains a message the pooler answers
+(``SYNTH``), a hidden message whose answer is dropped (``SKIP``), or a new Parse whose failure must
+be undone becomes a ``Segment`` of actions, and the server's answers are matched to it message by
+message. That slow path runs once per statement per server, not per query.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from pooler import protocol as pq
+
+# What happens to the answer of a request in a tracked segment.
+FORWARD = 0  # the server answers, the client sees it
+SKIP = 1  # the pooler added the request: the server's answer is dropped
+SYNTH = 2  # the server never sees the request: the pooler answers in its place
+
+#: Request codes recorded per segment: the message type, except Describe of a statement (which
+#: answers ParameterDescription before its RowDescription/NoData) gets a code of its own.
+DESCRIBE_STATEMENT = 1
+
+PARSE_COMPLETE = pq.build(b"1")
+CLOSE_COMPLETE = pq.build(b"3")
+
+_INT32 = struct.Struct("!i")
+
+
+class PreparedStatement:
+    """A cache entry: one query body, one name on every server it is prepared on."""
+
+    __slots__ = ("body", "name")
+
+    def __init__(self, body: bytes, name: bytes) -> None:
+        self.body = body  # the Parse payload after the statement name: query, parameter count and types
+        self.name = name
+
+    def parse_message(self) -> bytes:
+        payload = self.name + b"\x00" + self.body
+        return b"P" + _INT32.pack(len(payload) + 4) + payload
+
+    def close_message(self) -> bytes:
+        payload = b"S" + self.name + b"\x00"
+        return b"C" + _INT32.pack(len(payload) + 4) + payload
+
+
+class StatementCache:
+    """The pooler-wide map from statement body to server-side name."""
+
+    __slots__ = ("_by_body", "_next")
+
+    def __init__(self) -> None:
+        self._by_body: dict[bytes, PreparedStatement] = {}
+        self._next = 0
+
+    def get(self, body: bytes) -> PreparedStatement:
+        statement = self._by_body.get(body)
+        if statement is None:
+            self._next += 1
+            statement = PreparedStatement(body, b"pooler_%d" % self._next)
+            self._by_body[body] = statement
+        return statement
+
+    def __len__(self) -> int:
+        return len(self._by_body)
+
+
+class Action:
+    """One request of a tracked segment and what to do with its answer."""
+
+    __slots__ = ("client_name", "code", "mode", "payload", "statement")
+
+    def __init__(
+        self,
+        code: int,
+        mode: int,
+        payload: bytes = b"",
+        statement: PreparedStatement | None = None,
+        client_name: bytes | None = None,
+    ) -> None:
+        self.code = code
+        self.mode = mode
+        self.payload = payload  # what the pooler sends the client, for SYNTH
+        self.statement = statement  # for Parse: undone if Postgres refuses or skips it
+        self.client_name = client_name  # for a client's Parse: its name, forgotten on failure
+
+
+class Segment:
+    """The requests of one Sync-terminated segment, tracked because the pooler answers some of them."""
+
+    __slots__ = ("actions", "dropping", "failed", "head", "started")
+
+    def __init__(self, codes: bytes | bytearray) -> None:
+        self.actions = [Action(code, FORWARD) for code in codes]
+        self.head = 0  # the first request whose answer is not complete yet
+        self.failed = False  # Postgres reported an error: it skips the rest until Sync
+        self.dropping = False  # the pooler refused a message: the client's rest until Sync is dropped
+        self.started = False  # the head request's answer has begun (Describe statement: 't' seen)
+
+
+def statement_name(kind: int, data: bytes, pos: int, limit: int) -> tuple[int, int] | None:
+    """Where the statement name of a Parse/Bind/Describe/Close at ``pos`` lies in ``data``.
+
+    ``(start, stop)``, empty for the unnamed statement and for portal operations; None when the
+    bytes up to ``limit`` do not reach the end of the name yet.
+    """
+    body = pos + 5
+    if kind == pq.PARSE:
+        start = body
+    elif kind == pq.BIND:
+        portal_end = data.find(b"\x00", body, limit)
+        if portal_end < 0:
+            return None
+        start = portal_end + 1
+    else:  # Describe / Close: 'S' statement or 'P' portal, then the name
+        if body >= limit:
+            return None
+        if data[body] != ord("S"):
+            return (body, body)
+        start = body + 1
+    stop = data.find(b"\x00", start, limit)
+    if stop < 0:
+        return None
+    return (start, stop)
+
+
+def name_in_use(name: bytes) -> bytes:
+    return pq.error_response(
+        "42P05", "prepared statement name is already in use",
+        detail=f'"{name.decode(errors="replace")}" is already prepared on this connection',
+        hint="Close (deallocate) it first, or prepare under another name")
+
+
+def did_not_exist(name: bytes) -> bytes:
+    return pq.error_response(
+        "26000", "prepared statement did not exist",
+        detail=f'this connection never prepared "{name.decode(errors="replace")}", or closed it')
