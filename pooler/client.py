@@ -36,6 +36,7 @@ from pooler.prepared import (
     statement_name,
 )
 from pooler.server import WRITE_BUFFER_HIGH, WRITE_BUFFER_LOW, ServerConnection, ServerState
+from pooler.session_state import SessionStateChecker
 from pooler.stats import LATENCY_BUCKETS, PoolStats
 
 if TYPE_CHECKING:
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
     from pooler.pool import Pool
 
 _unpack_length = struct.Struct("!i").unpack_from
+_SESSION_STATE_CHECKER = SessionStateChecker()  # one parse cache for the whole pooler
 _NO_POOL_STATS = PoolStats()  # counts nothing anyone reads: a client's bytes before it has a pool
 
 #: Bytes a client may send while it waits for a server before we stop reading from it.
@@ -91,6 +93,9 @@ class ClientConnection(asyncio.Protocol):
         "server",
         "startup_params",
         "state",
+        "state_checker",
+        "state_refuse",
+        "state_warned",
         "statements",
         "stats",
         "track_statements",
@@ -120,6 +125,10 @@ class ClientConnection(asyncio.Protocol):
         self.stats = _NO_POOL_STATS  # the pool's, once logged in
         self.statements: dict[bytes, PreparedStatement] = {}  # this client's prepared statement names
         self.track_statements = False  # named statements are rewritten (transaction/statement pooling)
+        # Session-state checks (pooled endpoint, transaction/statement mode): see pooler.session_state.
+        self.state_checker: SessionStateChecker | None = None
+        self.state_refuse = False  # session_state_check = error
+        self.state_warned: set[str] = set()  # kinds this client was already warned about
         self.startup_params: dict[str, str] = {}
         self.waiting = False
         self.max_packet = pooler.config.settings.max_packet_size
@@ -240,6 +249,16 @@ class ClientConnection(asyncio.Protocol):
                 return
             end = pos + 1 + length
             if kind in (pq.QUERY, pq.FUNCTION_CALL):
+                if kind == pq.QUERY and self.state_checker is not None:
+                    if end > n:
+                        break  # checked whole: wait for the rest of it
+                    refusal = self._check_session_state(data[pos + 5 : end - 1], server)
+                    if refusal is not None:
+                        if parts is None:
+                            parts = []
+                        parts.append(data[sent_from:pos])
+                        parts.append(refusal)  # Postgres raises the refusal: order and tx state stay right
+                        sent_from = end
                 pending.append(kind)
                 server.unsynced = False
             elif kind == pq.SYNC:
@@ -257,16 +276,28 @@ class ClientConnection(asyncio.Protocol):
                 return
             else:
                 server.unsynced = True
-                if track and kind != pq.FLUSH:
-                    segment = server.open_segment
-                    if segment is not None and segment.dropping:  # refused earlier in this segment
-                        if end > n:
-                            break  # dropped whole: wait for the rest of it
+                segment = server.open_segment
+                if segment is not None and segment.dropping and kind != pq.FLUSH:  # refused earlier in it
+                    if end > n:
+                        break  # dropped whole: wait for the rest of it
+                    if parts is None:
+                        parts = []
+                    parts.append(data[sent_from:pos])
+                    sent_from = pos = end
+                    continue
+                if kind == pq.PARSE and self.state_checker is not None:
+                    if end > n:
+                        break  # checked whole: wait for the rest of it
+                    name_end = data.find(b"\x00", pos + 5, end)
+                    query_end = data.find(b"\x00", name_end + 1, end)
+                    if name_end > 0 and query_end > 0 and self._check_session_state(
+                            data[name_end + 1 : query_end], server, extended=True) is not None:
                         if parts is None:
                             parts = []
-                        parts.append(data[sent_from:pos])
+                        parts.append(data[sent_from:pos])  # the Parse is refused in its place
                         sent_from = pos = end
                         continue
+                if track and kind != pq.FLUSH:
                     if kind == pq.EXECUTE:
                         server.record(kind)
                     else:
@@ -305,6 +336,40 @@ class ClientConnection(asyncio.Protocol):
             now = server.request_started = self.pooler.clock()
             if server.tx_status == pq.TX_IDLE:
                 server.xact_started = now
+
+    def _check_session_state(self, sql: bytes, server: ServerConnection, *, extended: bool = False) -> bytes | None:
+        """Warn about (or refuse) SQL whose effect outlives the transaction; once per kind per connection.
+
+        Returns what to send in place of a refused simple Query (a DO block raising the refusal, so that
+        Postgres reports it with the right transaction status); a refused Parse is answered here.
+        """
+        assert self.state_checker is not None
+        findings = self.state_checker.check(sql.decode("utf-8", "replace"), server.tx_status != pq.TX_IDLE)
+        if not findings:
+            return None
+        counts = self.stats.session_state
+        for finding in findings:
+            counts[finding.kind] = counts.get(finding.kind, 0) + 1
+        first = findings[0]
+        message = f"{first.statement} does not survive transaction pooling: {first.why}"
+        if self.state_refuse:
+            self.pooler.pooler_error(self, "0A000", message)
+            if extended:
+                server.synthesize(pq.PARSE, pq.error_response("0A000", message, hint=first.fix), refuse=True)
+                return b""
+            return pq.query(
+                "DO $pooler$ BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', "
+                f"MESSAGE = {_quote(message)}, HINT = {_quote(first.fix)}; END $pooler$"
+            )
+        for finding in findings:
+            if finding.kind in self.state_warned:
+                continue
+            self.state_warned.add(finding.kind)
+            text = f"{finding.statement} does not survive transaction pooling: {finding.why}"
+            self.write(pq.notice_response(text, sqlstate="01000", severity="WARNING", hint=finding.fix))
+            log.warning("session state", kind=str(finding.kind), statement=finding.statement, client=self.id,
+                        remote=self.remote, database=self.database, user=self.user)
+        return None
 
     def _named_statement(
         self, kind: int, data: bytes, pos: int, end: int, *, span: tuple[int, int], server: ServerConnection
@@ -626,6 +691,11 @@ class ClientConnection(asyncio.Protocol):
         out.append(pq.READY_FOR_QUERY_IDLE)
         self.write(b"".join(out))
         self.state = ClientState.READY
+        check = self.pooler.config.settings.session_state_check
+        if check != "off" and not self.direct and self.pool_mode != PoolMode.SESSION:
+            self.state_checker = _SESSION_STATE_CHECKER
+            self.state_refuse = check == "error"
+            self.track_statements = self.track_statements or self.state_refuse  # refusals use tracked segments
         if self.pooler.config.settings.log_connections:
             log.info("login", client=self.id, remote=self.remote, database=self.database, user=self.user,
                      direct=self.direct)

@@ -61,6 +61,7 @@ class PoolStats:
         "sent",
         "server_assignment_count",
         "server_parse_count",
+        "session_state",
         "wait_hist",
         "xact_count",
         "xact_hist",
@@ -75,6 +76,7 @@ class PoolStats:
         self.client_parse_count = 0
         self.server_parse_count = 0
         self.bind_count = 0
+        self.session_state: dict[str, int] = {}  # statements leaving session state, by kind
         self.wait_hist = Histogram()
         self.xact_hist = Histogram()
         self.query_hist = Histogram()

@@ -612,6 +612,7 @@ def test_simple_and_multi_statement_queries(pooler: RunningPooler) -> None:
     with RawClient(pooler.port) as raw:
         raw.login(APP_USER, APP_PASSWORD, APP_DB)
         messages = raw.simple_query("select 1; select 'two', 3; create temp table x (); drop table x")
+        messages = [m for m in messages if m.kind != "N"]  # the temp table earns a session-state warning
         assert kinds(messages) == "TDCTDCCCZ"
         assert [data_row_values(m) for m in messages if m.kind == "D"] == [["1"], ["two", "3"]]
         # An error in the middle stops the rest of the string; the connection goes on.
