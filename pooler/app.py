@@ -9,16 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import socket
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING
 
 from pooler import config as cfg
+from pooler import control
 from pooler import protocol as pq
 from pooler.auth import AuthStep, is_md5_secret, parse_scram_verifier
 from pooler.client import TRACKED_PARAMETERS, ClientConnection, ClientState
-from pooler.log import log
+from pooler.introspect import RESTART_ONLY_SETTINGS
+from pooler.log import configure_from_settings, log
+from pooler.metrics import MetricsServer, error_kind
+from pooler.periodic import StatsPeriod
 from pooler.pool import Pool
 from pooler.prepared import StatementCache
 from pooler.server import ServerConnection, ServerState
@@ -46,24 +51,46 @@ class Pooler:
         self.listeners: list[asyncio.Server] = []
         self.ports: dict[str, int] = {}
         self._client_seq = 0
-        #: The event loop's clock, bound once: ``asyncio.get_running_loop()`` costs a getpid() per call,
-        #: and the data path reads the time several times per transaction.
+        #: The clock of every timestamp, bound once (``asyncio.get_running_loop()`` costs a getpid() per call,
+        #: and the data path reads the time several times per transaction). time.monotonic, not uvloop's
+        #: loop.time(): that one is libuv's cached millisecond clock, which would put every sub-millisecond
+        #: query in the latency histograms' first bucket; both cost ~45 ns a call.
         self.clock: Callable[[], float] = time.monotonic
         self._sweeper: asyncio.Task[None] | None = None
-        self._apply(config)
+        # Operations (pooler.control, the admin console, metrics): read by them, not by the data path.
+        self.admin_sessions: set[ClientConnection] = set()
+        self.paused = False
+        self.paused_dbs: set[str] = set()
+        self.disabled_dbs: set[str] = set()
+        self.shutdown_mode: control.ShutdownMode | None = None
+        self.finished = asyncio.Event()  # set once the pooler has shut down (any mode)
+        self.config_loader: Callable[[], Config] | None = None  # what RELOAD / SIGHUP re-read
+        self.error_counts: dict[str, int] = {}  # pooler_errors_total{kind}
+        self.login_counts: dict[tuple[str, str], int] = {}  # SHOW STATS' client_login_count, per pool key
+        self.server_ids: dict[ServerConnection, int] = {}  # SHOW SERVERS' id, handed out on first sight
+        self._server_seq = 0
+        self.stats_period = StatsPeriod(self)
+        self.metrics: MetricsServer | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._apply(config, self._read_userlist(config))
 
     # --- configuration ----------------------------------------------------------------------------
 
-    def _apply(self, config: Config) -> None:
+    @staticmethod
+    def _read_userlist(config: Config) -> dict[str, str]:
+        """The auth_file's users and the config's own; raises ConfigError (before anything is changed)."""
+        userlist: dict[str, str] = {}
+        if config.settings.auth_file:
+            userlist.update((e.user, e.secret) for e in cfg.read_userlist(config.settings.auth_file))
+        userlist.update((e.user, e.secret) for e in config.extra_userlist)
+        return userlist
+
+    def _apply(self, config: Config, userlist: dict[str, str]) -> None:
         self.config = config
         tracked = list(TRACKED_PARAMETERS) + list(config.settings.track_extra_parameters)
         self.tracked_parameters = {name.lower(): name for name in tracked}
         self.tracked_names = tuple(self.tracked_parameters.values())
         self.tracked_set = frozenset(self.tracked_names)
-        userlist: dict[str, str] = {}
-        if config.settings.auth_file:
-            userlist.update((e.user, e.secret) for e in cfg.read_userlist(config.settings.auth_file))
-        userlist.update((e.user, e.secret) for e in config.extra_userlist)
         self.userlist = userlist
         for pool in self.pools.values():
             db = cfg.find_database(config, pool.db.name)
@@ -87,14 +114,39 @@ class Pooler:
         return tuple(params.get(name) for name in self.tracked_names)
 
     def reload(self, config: Config) -> None:
-        """Swap in a new config; pools pick up new sizes, modes and [databases] entries, connected clients stay."""
-        self._apply(config)
+        """Swap in a new config; pools pick up new sizes, modes and [databases] entries, connected clients stay.
+
+        Everything that can fail (reading the auth_file) happens before anything changes: a ConfigError leaves
+        the running config whole. Settings that only apply at start (listening addresses and ports) keep their
+        running values, with a warning.
+        """
+        old = self.config
+        kept = {name: getattr(old.settings, name) for name in RESTART_ONLY_SETTINGS
+                if getattr(config.settings, name) != getattr(old.settings, name)}
+        if kept:
+            log.warning("settings changed that take effect only at restart; keeping the running values",
+                        settings=sorted(kept))
+            config = dataclasses.replace(config, settings=dataclasses.replace(config.settings, **kept))
+        userlist = self._read_userlist(config)
+        self._apply(config, userlist)
+        for pool in list(self.pools.values()):
+            limit = pool.size + (pool.reserve_size if pool.reserve_active else 0)
+            while len(pool.servers) > limit and pool.idle:
+                pool.idle.pop(0).close("pool size reduced")
+            if not pool.paused:
+                pool.grow_for_waiters()
+        changed = sorted(f.name for f in dataclasses.fields(config.settings)
+                         if getattr(config.settings, f.name) != getattr(old.settings, f.name))
+        s, o = config.settings, old.settings
+        if (s.log_format, s.verbose, s.logfile) != (o.log_format, o.verbose, o.logfile):
+            configure_from_settings(s)
+        log.info("config reloaded", source=config.source, changed=changed,
+                 databases_changed=config.databases != old.databases, users_changed=config.users != old.users)
 
     # --- lifecycle --------------------------------------------------------------------------------
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self.clock = loop.time
         s = self.config.settings
         pooled = await self._listen(lambda: ClientConnection(self), s.listen_addr, s.listen_port)
         self.ports["pooled"] = pooled
@@ -105,7 +157,15 @@ class Pooler:
             server = await loop.create_unix_server(
                 lambda: ClientConnection(self), f"{s.unix_socket_dir}/.s.PGSQL.{pooled}", backlog=s.listen_backlog)
             self.listeners.append(server)
+        if s.metrics_port:
+            self.metrics = MetricsServer(self)
+            try:
+                self.ports["metrics"] = await self.metrics.start(s.listen_addr, s.metrics_port)
+            except OSError:
+                self.close_listeners()
+                raise
         self._sweeper = loop.create_task(self._sweep_forever())
+        self._spawn(self.stats_period.run())
         for line in self.config.ignored:
             log.warning("config setting ignored", detail=line)
 
@@ -125,12 +185,30 @@ class Pooler:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return int(bound)
 
-    async def stop(self) -> None:
-        """Close listeners first (so the port is free at once), then every connection."""
+    def close_listeners(self) -> None:
+        """Stop accepting: the listening sockets (and the metrics port) close now, so the ports are free."""
         for listener in self.listeners:
             listener.close()
+        if self.metrics is not None:
+            self.metrics.close()
+
+    def start_shutdown(self, mode: control.ShutdownMode) -> None:
+        """Begin a shutdown in ``mode`` (see pooler.control); ``finished`` is set when it is done."""
+        self._spawn(control.shutdown(self, mode))
+
+    def _spawn(self, coro: Coroutine[None, None, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def stop(self) -> None:
+        """Close listeners first (so the port is free at once), then every connection."""
+        self.close_listeners()
         if self._sweeper is not None:
             self._sweeper.cancel()
+        for task in list(self._tasks):
+            if task is not asyncio.current_task():
+                task.cancel()
         for client in list(self.clients):
             if client.state == ClientState.READY and client.server is None:
                 client.fatal("57P01", "pooler is shutting down")
@@ -148,6 +226,10 @@ class Pooler:
     def next_client_id(self) -> int:
         self._client_seq += 1
         return self._client_seq
+
+    def next_server_id(self) -> int:
+        self._server_seq += 1
+        return self._server_seq
 
     def client_connected(self, client: ClientConnection) -> None:
         """Every accepted connection counts toward max_client_conn; the limit is checked at its startup packet."""
@@ -215,11 +297,22 @@ class Pooler:
 
     def admin_login(self, client: ClientConnection) -> None:
         """A client authenticated to the virtual ``pgbouncer`` database (the admin console)."""
-        client.fatal("3D000", "no such database: pgbouncer", hint="the admin console is not available yet")
+        from pooler.admin import start_session
+
+        start_session(self, client)
 
     def client_authenticated(self, client: ClientConnection, db: DatabaseConfig, step: AuthStep) -> None:
         """Route a logged-in client to its pool (and its own backend, on the direct endpoint)."""
+        if self.disabled_dbs and db.name in self.disabled_dbs:
+            client.fatal("08P01", f"database \"{db.name}\" is disabled",
+                         hint="an admin ran DISABLE on it; ENABLE on the admin console lets clients in again")
+            return
+        if self.shutdown_mode == control.ShutdownMode.WAIT_FOR_SERVERS:
+            client.fatal("57P01", "pooler is shutting down")
+            return
         pool = self._pool_for(db, client.user, step)
+        key = self._pool_key(db, pool.user)
+        self.login_counts[key] = self.login_counts.get(key, 0) + 1
         client.pool = pool
         client.pool_mode = pool.mode
         client.stats = pool.stats
@@ -234,14 +327,19 @@ class Pooler:
 
     def _pool_for(self, db: DatabaseConfig, client_user: str, step: AuthStep) -> Pool:
         user = db.user or client_user
-        key = (db.name if db.name != "*" else f"*{db.dbname}", user)
+        key = self._pool_key(db, user)
         pool = self.pools.get(key)
         if pool is None:
             pool = Pool(self, db, user, self._server_credentials(db, user, step))
+            pool.paused = control.is_paused(self, db.name)
             self.pools[key] = pool
         elif pool.credentials == (None, None):
             pool.credentials = self._server_credentials(db, user, step)
         return pool
+
+    @staticmethod
+    def _pool_key(db: DatabaseConfig, user: str) -> tuple[str, str]:
+        return (db.name if db.name != "*" else f"*{db.dbname}", user)
 
     def _server_credentials(
         self, db: DatabaseConfig, user: str, step: AuthStep | None
@@ -258,6 +356,8 @@ class Pooler:
         return step.password, step.scram_keys
 
     def pooler_error(self, client: ClientConnection | None, sqlstate: str, message: str) -> None:
+        kind = error_kind(sqlstate, message)
+        self.error_counts[kind] = self.error_counts.get(kind, 0) + 1
         if self.config.settings.log_pooler_errors:
             if client is None:
                 log.warning("pooler error", sqlstate=sqlstate, error=message)

@@ -39,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args)
     if args.command == "up":
         return _up(args)
+    if args.command == "check":
+        return _check(args)
     parser.print_help()
     return EXIT_BAD_CONFIG
 
@@ -49,6 +51,13 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
     run = sub.add_parser("run", help="run the pooler from a config file (pooler.toml or pgbouncer.ini) and env")
     run.add_argument("-c", "--config", help="pooler.toml or pgbouncer.ini (optional with DATABASE_URL set)")
+    check = sub.add_parser("check", help="exit 0 if the pooler is serving, 1 (with the reason) if not; for "
+                           "healthchecks")
+    check.add_argument("-c", "--config", help="the config the pooler runs with (to find its ports)")
+    check.add_argument("--url", help="log in with this URL and run SELECT 1 (default: GET /readyz on metrics_port)")
+    check.add_argument("--login", action="store_true",
+                       help="log in through the pooled port with DATABASE_URL's credentials and run SELECT 1")
+    check.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for an answer (default 5)")
     up = sub.add_parser("up", help="start an embedded Postgres and a pooler in front of it")
     up.add_argument("--port", type=int, default=6432, help="pooled endpoint port (default 6432)")
     up.add_argument("--direct-port", type=int, default=6433, help="direct endpoint port (default 6433)")
@@ -70,8 +79,22 @@ def _run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"pooler: {exc}", file=sys.stderr)
         return EXIT_BAD_CONFIG
-    configure(config.settings.log_format, config.settings.verbose)
+    configure(config.settings.log_format, config.settings.verbose, config.settings.logfile)
     return _serve(config, reload=lambda: load_config(args.config, os.environ))
+
+
+def _check(args: argparse.Namespace) -> int:
+    from pooler.check import run_check
+
+    try:
+        config = load_config(args.config, os.environ)
+        ok, reason = run_check(config, os.environ, url=args.url, login=args.login, timeout=args.timeout)
+    except ConfigError as exc:
+        print(f"pooler check: {exc}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    print(f"{'ok' if ok else 'not ready'}: {reason}" if not reason.startswith(("ready", "not ready")) else reason,
+          file=sys.stdout if ok else sys.stderr)
+    return 0 if ok else 1
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -85,7 +108,7 @@ def _up(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"pooler: {exc}", file=sys.stderr)
         return EXIT_BAD_CONFIG
-    configure(base.settings.log_format, base.settings.verbose)
+    configure(base.settings.log_format, base.settings.verbose, base.settings.logfile)
     role, database = "app", "app"
     password = _persistent_secret(data_dir / "app-password")
     pg = EmbeddedPostgres(data_dir / "pgdata", port=args.pg_port, max_connections=100)
@@ -147,32 +170,55 @@ def _serve(config: Config, *, reload: Callable[[], Config] | None = None,
 
 async def serve(config: Config, *, reload: Callable[[], Config] | None = None,
                 on_ready: Callable[[], None] | None = None) -> int:
-    """Run a pooler until SIGINT/SIGTERM; SIGHUP re-reads the config."""
+    """Run a pooler until it shuts down, with PgBouncer's signals:
+
+    SIGHUP reloads the config; SIGTERM stops accepting and exits once the clients are gone; SIGINT exits
+    once the transactions in flight have finished; SIGQUIT, or any second SIGTERM/SIGINT, exits now.
+    SIGUSR1 pauses, SIGUSR2 resumes.
+    """
+    from pooler import control
     from pooler.app import Pooler
 
     pooler = Pooler(config)
-    stop = asyncio.Event()
+    pooler.config_loader = reload
     loop = asyncio.get_running_loop()
+
+    def on_stop(mode: control.ShutdownMode) -> None:
+        if pooler.shutdown_mode is not None and mode != control.ShutdownMode.IMMEDIATE:
+            log.info("second shutdown signal: closing everything now")
+            mode = control.ShutdownMode.IMMEDIATE
+        pooler.start_shutdown(mode)
+
+    def on_hup() -> None:
+        try:
+            control.reload(pooler)
+        except (ConfigError, control.ControlError) as exc:
+            log.error("config reload failed, keeping the old config", error=str(exc))
+
+    def on_pause(resume: bool) -> None:
+        try:
+            if resume:
+                control.resume(pooler, None)
+            else:
+                control.pause(pooler, None)
+        except control.ControlError as exc:
+            log.warning("signal ignored", error=str(exc))
+
     # Handlers go in before anything is announced, so a signal right after the URLs print is not lost.
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    if reload is not None:
-        def on_hup() -> None:
-            try:
-                pooler.reload(reload())
-                log.info("config reloaded")
-            except ConfigError as exc:
-                log.error("config reload failed, keeping the old config", error=str(exc))
-        loop.add_signal_handler(signal.SIGHUP, on_hup)
+    loop.add_signal_handler(signal.SIGTERM, on_stop, control.ShutdownMode.WAIT_FOR_CLIENTS)
+    loop.add_signal_handler(signal.SIGINT, on_stop, control.ShutdownMode.WAIT_FOR_SERVERS)
+    loop.add_signal_handler(signal.SIGQUIT, on_stop, control.ShutdownMode.IMMEDIATE)
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    loop.add_signal_handler(signal.SIGUSR1, on_pause, False)
+    loop.add_signal_handler(signal.SIGUSR2, on_pause, True)
     try:
         await pooler.start()
     except OSError as exc:
         print(f"pooler: cannot listen: {exc}", file=sys.stderr)
+        await pooler.stop()
         return 1
     log.info("listening", addr=config.settings.listen_addr, **{f"{k}_port": v for k, v in pooler.ports.items()})
     if on_ready is not None:
         on_ready()
-    await stop.wait()
-    log.info("shutting down")
-    await pooler.stop()
+    await pooler.finished.wait()
     return 0

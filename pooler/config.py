@@ -162,7 +162,7 @@ class Settings:
     log_format: str = "auto"  # ours: auto | json | console
     logfile: str = ""
     pidfile: str = ""
-    metrics_port: int = 0  # ours: Prometheus listener; 0 = off
+    metrics_port: int = 9127  # ours: Prometheus /metrics, /healthz, /readyz (pgbouncer_exporter's port); 0 = off
     session_state_check: str = "warn"  # ours: warn | error | off
 
 

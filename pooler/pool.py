@@ -45,6 +45,7 @@ class Pool:
         "login_error_until",
         "min_size",
         "mode",
+        "paused",
         "pooler",
         "reserve_active",
         "reserve_size",
@@ -75,6 +76,7 @@ class Pool:
         self.login_error: dict[str, str] | None = None
         self.login_error_until = 0.0
         self.reserve_active = False
+        self.paused = False  # PAUSE / shutdown: released servers close, none open (pooler.control sets it)
         self.mode = PoolMode.TRANSACTION
         self.size = 0
         self.reserve_size = 0
@@ -144,10 +146,10 @@ class Pool:
         if touch:
             server.last_used = now
         lifetime = self.lifetime
-        if server.stale or (lifetime and now - server.created_at > lifetime) or len(self.servers) > self.size + (
-            self.reserve_size if self.reserve_active else 0
-        ):
-            server.close("server_lifetime" if not server.stale else "reconnect")
+        if server.stale or self.paused or (lifetime and now - server.created_at > lifetime) or len(
+            self.servers
+        ) > self.size + (self.reserve_size if self.reserve_active else 0):
+            server.close("paused" if self.paused else "reconnect" if server.stale else "server_lifetime")
             return
         waiting = self.waiting
         while waiting:
@@ -228,7 +230,7 @@ class Pool:
 
     def _grow(self, at_least: int = 0) -> None:
         """Open servers while clients wait for more than the logins already in flight."""
-        if self._failing():
+        if self._failing() or self.paused:
             return
         need = max(len(self.waiting), at_least) - self.connecting
         limit = self.size + (self.reserve_size if self.reserve_active else 0)
@@ -237,7 +239,7 @@ class Pool:
             need -= 1
 
     def grow_to_minimum(self) -> None:
-        if self.min_size and not self._failing():
+        if self.min_size and not self._failing() and not self.paused:
             while len(self.servers) < self.min_size and self.pooler.may_open_server(self):
                 self._open(self._startup_params())
 

@@ -55,6 +55,7 @@ def make_config(
         "auth_type": AuthType.SCRAM_SHA_256,
         "log_connections": False,
         "log_disconnections": False,
+        "metrics_port": 0,  # the default 9127 would collide between poolers; metrics tests pass a free port
     }
     base.update(settings)
     return Config(

@@ -24,6 +24,7 @@ def pooler_cmd(*args: str) -> list[str]:
 
 def clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("POOLER_") and k != "DATABASE_URL"}
+    env["POOLER_METRICS_PORT"] = "0"  # the default 9127 is a fixed port: tests that want metrics pick a free one
     env.update(extra)
     return env
 
