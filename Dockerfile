@@ -1,0 +1,35 @@
+# pooler as a container: configured by environment only (DATABASE_URL, POOLER_<SETTING>), no config file.
+#
+#   docker build -t pooler .
+#   docker run -e DATABASE_URL=postgresql://app:app@db:5432/app -p 6432:6432 -p 9127:9127 pooler
+#
+# See docker-compose.yml for the sidecar setup (Postgres, pooler, Prometheus) and docs/operations.md.
+FROM python:3.12-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /opt/pooler
+COPY pyproject.toml README.md ./
+COPY pooler ./pooler
+RUN pip install . \
+    && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin pooler
+
+# Listen on every interface of the container; JSON log lines on stderr; metrics and health on 9127.
+ENV POOLER_LISTEN_ADDR=0.0.0.0 \
+    POOLER_LISTEN_PORT=6432 \
+    POOLER_METRICS_PORT=9127 \
+    POOLER_LOG_FORMAT=json
+
+USER pooler
+EXPOSE 6432 6433 9127
+
+# Ready = accepting clients and able to reach Postgres (GET /readyz on the metrics port).
+HEALTHCHECK --interval=5s --timeout=5s --start-period=5s --retries=10 CMD ["pooler", "check"]
+
+# SIGINT: finish the transactions in flight, then exit (a plain `docker stop` sends SIGTERM: wait for clients).
+STOPSIGNAL SIGINT
+ENTRYPOINT ["pooler"]
+CMD ["run"]
