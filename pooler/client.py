@@ -36,7 +36,7 @@ from pooler.prepared import (
     statement_name,
 )
 from pooler.server import WRITE_BUFFER_HIGH, WRITE_BUFFER_LOW, ServerConnection, ServerState
-from pooler.session_state import SessionStateChecker
+from pooler.session_state import Finding, SessionStateChecker
 from pooler.stats import LATENCY_BUCKETS, PoolStats
 
 if TYPE_CHECKING:
@@ -249,10 +249,13 @@ class ClientConnection(asyncio.Protocol):
                 return
             end = pos + 1 + length
             if kind in (pq.QUERY, pq.FUNCTION_CALL):
-                if kind == pq.QUERY and self.state_checker is not None:
+                checker = self.state_checker
+                if kind == pq.QUERY and checker is not None:
                     if end > n:
                         break  # checked whole: wait for the rest of it
-                    refusal = self._check_session_state(data[pos + 5 : end - 1], server)
+                    findings = checker.check(data[pos + 5 : end - 1].decode("utf-8", "replace"),
+                                             server.tx_status != pq.TX_IDLE)
+                    refusal = self._session_state(findings, server) if findings else None
                     if refusal is not None:
                         if parts is None:
                             parts = []
@@ -290,8 +293,10 @@ class ClientConnection(asyncio.Protocol):
                         break  # checked whole: wait for the rest of it
                     name_end = data.find(b"\x00", pos + 5, end)
                     query_end = data.find(b"\x00", name_end + 1, end)
-                    if name_end > 0 and query_end > 0 and self._check_session_state(
-                            data[name_end + 1 : query_end], server, extended=True) is not None:
+                    findings = self.state_checker.check(
+                        data[name_end + 1 : query_end].decode("utf-8", "replace"), server.tx_status != pq.TX_IDLE
+                    ) if name_end > 0 and query_end > 0 else ()
+                    if findings and self._session_state(findings, server, extended=True) is not None:
                         if parts is None:
                             parts = []
                         parts.append(data[sent_from:pos])  # the Parse is refused in its place
@@ -337,16 +342,14 @@ class ClientConnection(asyncio.Protocol):
             if server.tx_status == pq.TX_IDLE:
                 server.xact_started = now
 
-    def _check_session_state(self, sql: bytes, server: ServerConnection, *, extended: bool = False) -> bytes | None:
+    def _session_state(
+        self, findings: tuple[Finding, ...], server: ServerConnection, *, extended: bool = False
+    ) -> bytes | None:
         """Warn about (or refuse) SQL whose effect outlives the transaction; once per kind per connection.
 
         Returns what to send in place of a refused simple Query (a DO block raising the refusal, so that
         Postgres reports it with the right transaction status); a refused Parse is answered here.
         """
-        assert self.state_checker is not None
-        findings = self.state_checker.check(sql.decode("utf-8", "replace"), server.tx_status != pq.TX_IDLE)
-        if not findings:
-            return None
         counts = self.stats.session_state
         for finding in findings:
             counts[finding.kind] = counts.get(finding.kind, 0) + 1
