@@ -442,3 +442,24 @@ def test_shutdown_wait_for_clients_from_the_console(pooler: RunningPooler) -> No
         assert conn.execute("select 1").fetchone() == (1,)  # still served
         assert not pooler.call(lambda pl: pl.finished.is_set())
     wait_until_sync(lambda: pooler.call(lambda pl: pl.finished.is_set()), what="shut down after the last client")
+
+
+def test_shutdown_now_from_the_console_closes_everyone(pooler: RunningPooler) -> None:
+    with app_conn(pooler, autocommit=True) as conn, console(pooler) as admin:
+        conn.execute("select 1")
+        with pytest.raises(psycopg.OperationalError, match="shutting down"):
+            admin.execute("SHUTDOWN")  # never answered: the console is closed with everyone else
+        wait_until_sync(lambda: pooler.call(lambda pl: pl.finished.is_set()), what="shut down")
+        with pytest.raises(psycopg.OperationalError):
+            conn.execute("select 1")
+
+
+def test_server_ids_are_stable_and_semicolons_are_fine(pooler: RunningPooler) -> None:
+    with app_conn(pooler) as conn, console(pooler) as admin:
+        pid = conn.execute("select pg_backend_pid()").fetchone()
+        first = admin.execute("SHOW SERVERS;").fetchall()  # pgbouncer_exporter's spelling
+        second = admin.execute("show servers ;").fetchall()
+        assert len(first) == 1 and first[0][-1] == second[0][-1] >= 1  # id
+        assert pid is not None and first[0][16] == pid[0]  # remote_pid is the backend's pid
+        conn.commit()
+        assert admin.execute("SHOW LISTS;").fetchall()
