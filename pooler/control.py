@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from pooler import config as cfg
@@ -88,8 +89,7 @@ def _server_count(pooler: Pooler, database: str | None) -> int:
     return sum(len(p.servers) for p in pools_of(pooler, database))
 
 
-async def _until(condition: object) -> None:
-    assert callable(condition)
+async def _until(condition: Callable[[], bool]) -> None:
     while not condition():
         await asyncio.sleep(POLL_INTERVAL)
 
