@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import secrets
 import socket
 import time
 from collections.abc import Callable, Coroutine, Iterable
@@ -27,6 +28,7 @@ from pooler.periodic import StatsPeriod
 from pooler.pool import Pool
 from pooler.prepared import StatementCache
 from pooler.server import ServerConnection, ServerState
+from pooler.workers import SINGLE, WORKER_BITS, Worker
 
 if TYPE_CHECKING:
     from pooler.config import Config, DatabaseConfig
@@ -35,8 +37,9 @@ if TYPE_CHECKING:
 class Pooler:
     """Everything one pooler process serves."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, worker: Worker = SINGLE) -> None:
         self.config = config
+        self.worker = worker  # which of `workers` processes this is (pooler.workers)
         self.pools: dict[tuple[str, str], Pool] = {}
         self.clients: set[ClientConnection] = set()
         self.clients_by_key: dict[tuple[int, int], ClientConnection] = {}
@@ -157,6 +160,10 @@ class Pooler:
             server = await loop.create_unix_server(
                 lambda: ClientConnection(self), f"{s.unix_socket_dir}/.s.PGSQL.{pooled}", backlog=s.listen_backlog)
             self.listeners.append(server)
+        if self.worker.count > 1:  # cancels other workers received for our clients arrive here
+            relay = await loop.create_unix_server(
+                lambda: _CancelRelay(self), self.worker.cancel_socket(self.worker.index))
+            self.listeners.append(relay)
         if s.metrics_port:
             self.metrics = MetricsServer(self)
             try:
@@ -416,14 +423,37 @@ class Pooler:
 
     # --- cancel -------------------------------------------------------------------------------------
 
+    def new_cancel_key(self) -> tuple[int, int]:
+        """A client's own BackendKeyData: random, with this worker's index in the low bits."""
+        worker = self.worker
+        return ((secrets.randbits(31 - WORKER_BITS) << WORKER_BITS) | worker.index, secrets.randbits(31))
+
     def cancel(self, key: tuple[int, int]) -> None:
-        """A CancelRequest for one of our clients: forward it only to the server it is using now."""
+        """A CancelRequest for one of our clients: forward it only to the server it is using now.
+
+        With several workers the key may belong to another worker's client: relay it there.
+        """
+        owner = self.worker.owner_of(key)
+        if owner != self.worker.index and owner < self.worker.count:
+            self._spawn(self._relay_cancel(owner, key))
+            return
         client = self.clients_by_key.get(key)
         if client is None or client.server is None:
             return
         server = client.server
         if server.pending or server.state == ServerState.LOGIN:
             self.cancel_server(server)
+
+    async def _relay_cancel(self, owner: int, key: tuple[int, int]) -> None:
+        try:
+            async with asyncio.timeout(self.config.settings.cancel_wait_timeout or None):
+                _, writer = await asyncio.open_unix_connection(self.worker.cancel_socket(owner))
+                writer.write(pq.cancel_request(*key))
+                await writer.drain()
+                writer.close()
+                await writer.wait_closed()
+        except (OSError, TimeoutError) as exc:
+            log.warning("cancel relay failed", worker=owner, error=str(exc))
 
     def cancel_server(self, server: ServerConnection) -> None:
         if server.key is None:
@@ -536,3 +566,20 @@ class Pooler:
                 server.state = ServerState.BUSY
                 server.run_internal(s.server_check_query)
         pool.grow_to_minimum()
+
+
+class _CancelRelay(asyncio.Protocol):
+    """A CancelRequest another worker received for one of our clients: 16 bytes, then the relay hangs up."""
+
+    def __init__(self, pooler: Pooler) -> None:
+        self.pooler = pooler
+        self.buffer = b""
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        if len(self.buffer) >= 16:
+            packet = pq.parse_startup_packet(self.buffer[:16])
+            if packet.cancel_key is not None and self.pooler.worker.owner_of(packet.cancel_key) == (
+                    self.pooler.worker.index):
+                self.pooler.cancel(packet.cancel_key)
+            self.buffer = b""

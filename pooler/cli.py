@@ -27,6 +27,7 @@ from pooler.config import (
     replace_settings,
 )
 from pooler.log import configure, log
+from pooler.workers import SINGLE, Worker, run_workers, worker_config
 
 #: Exit code for a config that cannot be used (nothing started).
 EXIT_BAD_CONFIG = 2
@@ -165,11 +166,22 @@ def _serve(config: Config, *, reload: Callable[[], Config] | None = None,
            on_ready: Callable[[], None] | None = None) -> int:
     import uvloop
 
-    return int(uvloop.run(serve(config, reload=reload, on_ready=on_ready)))
+    if config.settings.workers <= 1:
+        return int(uvloop.run(serve(config, reload=reload, on_ready=on_ready)))
+
+    def serve_worker(share: Config, worker: Worker) -> int:
+        def reload_share() -> Config:
+            assert reload is not None
+            return worker_config(reload(), worker.index, worker.count)
+
+        return int(uvloop.run(serve(share, reload=reload_share if reload is not None else None,
+                                    on_ready=on_ready if worker.index == 0 else None, worker=worker)))
+
+    return run_workers(config, serve_worker)
 
 
 async def serve(config: Config, *, reload: Callable[[], Config] | None = None,
-                on_ready: Callable[[], None] | None = None) -> int:
+                on_ready: Callable[[], None] | None = None, worker: Worker = SINGLE) -> int:
     """Run a pooler until it shuts down, with PgBouncer's signals:
 
     SIGHUP reloads the config; SIGTERM stops accepting and exits once the clients are gone; SIGINT exits
@@ -179,7 +191,7 @@ async def serve(config: Config, *, reload: Callable[[], Config] | None = None,
     from pooler import control
     from pooler.app import Pooler
 
-    pooler = Pooler(config)
+    pooler = Pooler(config, worker)
     pooler.config_loader = reload
     loop = asyncio.get_running_loop()
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import secrets
 import struct
 from bisect import bisect_left
 from typing import TYPE_CHECKING, cast
@@ -111,7 +110,7 @@ class ClientConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.state = ClientState.STARTUP
         self.id = pooler.next_client_id()
-        self.key = (secrets.randbits(31), secrets.randbits(31))
+        self.key = pooler.new_cancel_key()
         self.remote = ""
         self.user = ""
         self.database = ""
