@@ -28,7 +28,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from benchmarks.pgbench_compare import free_port, pgbench, postgres, prepare, wait_port, write_pgbouncer_ini
+from benchmarks.pgbench_compare import (
+    BENCH_DB,
+    BENCH_PASSWORD,
+    BENCH_USER,
+    free_port,
+    pgbench,
+    postgres,
+    prepare,
+    tool,
+    wait_port,
+    write_pgbouncer_ini,
+)
 
 OFF = {
     "POOLER_METRICS_PORT": "0",
@@ -99,6 +110,27 @@ class Scraper:
             self._thread.join(10)
 
 
+def idle_scrape_ms(pooler_port: int, metrics_port: int, clients: int) -> float:
+    """Median scrape time with ``clients`` connected but nearly idle (pgbench -R 20): about the event-loop
+    time one scrape takes, i.e. what it can take away from forwarding."""
+    cmd = [tool("pgbench"), "-n", "-S", "-h", "127.0.0.1", "-p", str(pooler_port), "-U", BENCH_USER, "-c",
+           str(clients), "-j", "2", "-R", "20", "-T", "6", BENCH_DB]
+    bench = subprocess.Popen(cmd, env={**os.environ, "PGPASSWORD": BENCH_PASSWORD}, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(2)  # all clients connected
+        times = []
+        for _ in range(30):
+            started = time.perf_counter()
+            with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
+                response.read()
+            times.append(time.perf_counter() - started)
+            time.sleep(0.05)
+    finally:
+        bench.wait(30)
+    return 1000 * statistics.median(times)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--dsn", help="superuser URL of an existing Postgres (default: start an embedded one)")
@@ -136,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
                             tps, _ = pgbench(contenders[name], bench_args, args.seconds)
                         samples[name].append(tps)
                         print(f"  round {round_no + 1} {name:<3} tps={tps:9.0f}", file=sys.stderr, flush=True)
-                time.sleep(0.1)
+                scrape_ms = idle_scrape_ms(on_port, metrics_port, args.clients)
             log_lines = sum(1 for _ in log_path.open())
     off, on = statistics.median(samples["off"]), statistics.median(samples["on"])
     print(f"\npgbench {' '.join(bench_args)}, {args.rounds} rounds x {args.seconds}s, default_pool_size="
@@ -149,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\non/off = {on / off:.3f}: cost {100 * (1 - on / off):+.1f}% "
           f"({scraper.scrapes} scrapes, {scraper.bytes // max(scraper.scrapes, 1)} bytes and "
           f"{1000 * scraper.seconds / max(scraper.scrapes, 1):.2f} ms each under load; {log_lines} log lines)")
+    print(f"one scrape with {args.clients} clients connected, loop otherwise idle: {scrape_ms:.2f} ms of event-loop "
+          f"time: {scrape_ms / 10 / args.scrape_interval:.2f}% of it at one scrape every {args.scrape_interval:g} s, "
+          f"{scrape_ms / 150:.3f}% at Prometheus' default 15 s")
     return 0
 
 

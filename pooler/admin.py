@@ -416,8 +416,15 @@ class AdminSession(asyncio.Protocol):
             self.client.fatal("08P01", f"unsupported message type {chr(kind)!r} for the admin console")
 
     def _error(self, exc: AdminError, *, ready: bool = True) -> None:
+        """Answer a refused command with an ERROR; count it (``admin_command`` / ``admin_not_allowed``: a
+        console typo is not a protocol violation) and log it as every error sent to a client is."""
         message = str(exc)
-        self.pooler.pooler_error(self.client, exc.sqlstate, message)
+        pooler, client = self.pooler, self.client
+        kind = "admin_not_allowed" if message.startswith("admin access needed") else "admin_command"
+        pooler.error_counts[kind] = pooler.error_counts.get(kind, 0) + 1
+        if pooler.config.settings.log_pooler_errors:
+            log.warning("pooler error", sqlstate=exc.sqlstate, error=message, client=client.id, remote=client.remote,
+                        database=client.database, user=client.user)
         self._write(pq.error_response(exc.sqlstate, message, hint=exc.hint)
                     + (pq.READY_FOR_QUERY_IDLE if ready else b""))
 

@@ -189,7 +189,7 @@ def test_stats_users_show_only_and_others_not_allowed(pooler: RunningPooler, pos
     with running_pooler(config) as p, pytest.raises(psycopg.OperationalError, match="not allowed"):
         console(p)
     errors = pooler.call(lambda pl: dict(pl.error_counts))
-    assert errors == {"protocol_violation": 1}
+    assert errors == {"admin_not_allowed": 1}
 
 
 def test_unknown_command_lists_the_commands(pooler: RunningPooler) -> None:
@@ -202,6 +202,8 @@ def test_unknown_command_lists_the_commands(pooler: RunningPooler) -> None:
         with pytest.raises(psycopg.errors.ProtocolViolation, match="invalid command"):
             conn.execute("FLY me to the moon")
         assert conn.execute("SHOW STATE").fetchall()
+    # counted apart from real protocol violations, which an alert may watch
+    assert pooler.call(lambda pl: dict(pl.error_counts)) == {"admin_command": 2}
 
 
 def test_extended_protocol_gets_an_error_and_the_session_goes_on(pooler: RunningPooler) -> None:
