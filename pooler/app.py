@@ -51,6 +51,7 @@ class Pooler:
         self.tracked_set: frozenset[str] = frozenset()
         self.auth_cache: dict[str, tuple[str | None, float]] = {}
         self.statements = StatementCache()  # protocol-level prepared statements, shared by every pool
+        self._shared_params: dict[tuple[str | None, ...], tuple[dict[str, str], tuple[str | None, ...]]] = {}
         self.listeners: list[asyncio.Server] = []
         self.ports: dict[str, int] = {}
         self._client_seq = 0
@@ -115,6 +116,21 @@ class Pooler:
     def params_key(self, params: dict[str, str]) -> tuple[str | None, ...]:
         """The tracked values of a session as one tuple: equal keys mean no SET is needed on link."""
         return tuple(params.get(name) for name in self.tracked_names)
+
+    def shared_params(self, params: dict[str, str]) -> tuple[dict[str, str], tuple[str | None, ...]]:
+        """One read-only dict (and its key) for every client with these tracked values.
+
+        An idle client costs memory that matters at ten thousand clients, and the clients of one app
+        nearly all carry the same values: they share one dict instead of a copy each. Callers never
+        mutate the result; a change makes a new dict (see ServerConnection._parameter_status).
+        """
+        key = self.params_key(params)
+        shared = self._shared_params.get(key)
+        if shared is not None and shared[0] == params:
+            return shared
+        if len(self._shared_params) < _MAX_SHARED_PARAMS:
+            self._shared_params[key] = (params, key)
+        return params, key
 
     def reload(self, config: Config) -> None:
         """Swap in a new config; pools pick up new sizes, modes and [databases] entries, connected clients stay.
@@ -566,6 +582,10 @@ class Pooler:
                 server.state = ServerState.BUSY
                 server.run_internal(s.server_check_query)
         pool.grow_to_minimum()
+
+
+#: Distinct tracked-parameter sets shared between clients; past this, clients keep their own copies.
+_MAX_SHARED_PARAMS = 1024
 
 
 class _CancelRelay(asyncio.Protocol):

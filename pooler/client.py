@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import struct
+import sys
 from bisect import bisect_left
 from typing import TYPE_CHECKING, cast
 
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
 _unpack_length = struct.Struct("!i").unpack_from
 _SESSION_STATE_CHECKER = SessionStateChecker()  # one parse cache for the whole pooler
 _NO_POOL_STATS = PoolStats()  # counts nothing anyone reads: a client's bytes before it has a pool
+_NO_PARAMS: dict[str, str] = {}  # shared and never mutated
 
 #: Bytes a client may send while it waits for a server before we stop reading from it.
 HOLD_LIMIT = 256 * 1024
@@ -127,7 +129,7 @@ class ClientConnection(asyncio.Protocol):
         # Session-state checks (pooled endpoint, transaction/statement mode): see pooler.session_state.
         self.state_checker: SessionStateChecker | None = None
         self.state_refuse = False  # session_state_check = error
-        self.state_warned: set[str] = set()  # kinds this client was already warned about
+        self.state_warned: set[str] | None = None  # kinds this client was already warned about
         self.startup_params: dict[str, str] = {}
         self.waiting = False
         self.max_packet = pooler.config.settings.max_packet_size
@@ -363,6 +365,8 @@ class ClientConnection(asyncio.Protocol):
                 "DO $pooler$ BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', "
                 f"MESSAGE = {_quote(message)}, HINT = {_quote(first.fix)}; END $pooler$"
             )
+        if self.state_warned is None:
+            self.state_warned = set()
         for finding in findings:
             if finding.kind in self.state_warned:
                 continue
@@ -593,8 +597,8 @@ class ClientConnection(asyncio.Protocol):
         if not user:
             self.fatal("28000", "no PostgreSQL user name specified in startup packet")
             return
-        self.user = user
-        self.database = params.get("database") or user
+        self.user = sys.intern(user)  # one string per name, not one per connection
+        self.database = sys.intern(params.get("database") or user)
         if not self._check_startup_parameters(params):
             return
         settings = self.pooler.config.settings
@@ -661,7 +665,7 @@ class ClientConnection(asyncio.Protocol):
                     self.fatal("08P01", f"unsupported startup parameter in options: {key}",
                                hint=f"add {key} to ignore_startup_parameters, or use the direct endpoint")
                     return False
-        self.startup_params = startup
+        self.startup_params = self.pooler.shared_params(startup)[0] if startup else _NO_PARAMS
         return True
 
     def _auth_step(self, step: AuthStep) -> None:
@@ -669,6 +673,7 @@ class ClientConnection(asyncio.Protocol):
             self.write(step.send)
         if not step.done:
             return
+        self.auth = None  # the exchange's state (nonces, keys) is not kept for the whole session
         if not step.ok:
             self.pooler.pooler_error(self, "28P01", "password authentication failed")
             self.close()
@@ -686,8 +691,7 @@ class ClientConnection(asyncio.Protocol):
         values = dict(server_params)
         values.update(self.startup_params)
         tracked = self.pooler.tracked_parameters.values()
-        self.params = {k: values[k] for k in tracked if k in values}
-        self.params_key = self.pooler.params_key(self.params)
+        self.params, self.params_key = self.pooler.shared_params({k: values[k] for k in tracked if k in values})
         out = [pq.parameter_status(k, v) for k, v in values.items()]
         out.append(pq.backend_key_data(*self.key))
         out.append(pq.READY_FOR_QUERY_IDLE)

@@ -363,9 +363,8 @@ class ServerConnection(asyncio.Protocol):
             return
         self.params_key = self.pool.pooler.params_key(self.params)
         client = self.client
-        if client is not None and key in client.params:
-            client.params[key] = text
-            client.params_key = self.pool.pooler.params_key(client.params)
+        if client is not None and key in client.params:  # client.params may be shared: replace, never mutate
+            client.params, client.params_key = self.pool.pooler.shared_params({**client.params, key: text})
 
     def _copy_in_started(self) -> None:
         # In copy-in mode Postgres ignores Sync. If the COPY came from the extended protocol, the Syncs

@@ -10,6 +10,7 @@ import asyncio
 import os
 import re
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -106,6 +107,10 @@ def test_a_statement_prepared_on_one_server_is_bound_on_another(
         pid = int(next(m for m in first if m.kind == "D").payload[6:])
         with psycopg.connect(postgres.dsn(APP_DB), autocommit=True) as admin:  # kill the server it used
             admin.execute("select pg_terminate_backend(%s)", (pid,))
+        deadline = time.monotonic() + 10  # until the pooler has read its FATAL (else the next Bind could race it)
+        while pid in pooler.call(lambda p: {s.key[0] for s in p.pools[(APP_DB, APP_USER)].servers if s.key}):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
         for _ in range(4):  # whichever server the Bind lands on, it works: a hidden Parse comes first
             client.send(bind([b"41"], "s1") + execute() + pq.SYNC_MESSAGE)
             messages = client.read_until("Z")

@@ -56,7 +56,8 @@ class FakeClient:
 
 def make_server() -> tuple[ServerConnection, FakeClient]:
     pooler = SimpleNamespace(clock=time.monotonic, tracked_set=frozenset({"TimeZone"}),
-                             params_key=lambda params: (params.get("TimeZone"),))
+                             params_key=lambda params: (params.get("TimeZone"),),
+                             shared_params=lambda params: (params, (params.get("TimeZone"),)))
     pool: Any = SimpleNamespace(pooler=pooler, stats=PoolStats())
     server = ServerConnection(pool, {}, ServerAuth("u", "p"))
     server.transport = FakeTransport()  # type: ignore[assignment]
