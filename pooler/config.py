@@ -414,7 +414,7 @@ def _build_setting_converters() -> dict[str, _Converter]:
         "direct_port": _int_converter(0, _PORT_MAX, port=True),
         "metrics_port": _int_converter(0, _PORT_MAX, port=True),
         "max_packet_size": _int_converter(1024, _MAX_PACKET_SIZE_LIMIT),
-        "workers": _int_converter(1),
+        "workers": _int_converter(1, 16),  # the cancel key has 4 bits for the worker (pooler.workers)
         "pkt_buf": _int_converter(1),
         "auth_type": _to_auth_type,
         "log_format": _choice_converter("auto", "json", "console"),
