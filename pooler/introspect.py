@@ -336,7 +336,8 @@ def client_rows(pooler: Pooler) -> list[ConnectionRow]:
             request_time=_timestamp(client.last_active + wall_offset),
             wait=int(waited), wait_us=int((waited % 1) * 1_000_000), close_needed=0,
             ptr=f"{id(client):#x}", link=f"{id(server):#x}" if server is not None else "", remote_pid=0, tls="",
-            application_name=client.params.get("application_name", ""), prepared_statements=0, id=client.id,
+            application_name=client.params.get("application_name", ""),
+            prepared_statements=len(client.statements), id=client.id,
         ))
     return rows
 
@@ -378,7 +379,7 @@ def _server_row(pooler: Pooler, pool: Pool, server: ServerConnection, wall_offse
         ptr=f"{id(server):#x}", link=f"{id(client):#x}" if client is not None else "",
         remote_pid=server.key[0] if server.key else 0, tls="",
         application_name=client.params.get("application_name", "") if client is not None else "",
-        prepared_statements=0, id=server_id,
+        prepared_statements=len(server.prepared), id=server_id,
     )
 
 

@@ -228,3 +228,21 @@ def test_shared_cache_prepares_one_server_statement_per_query(pooler: RunningPoo
         return len(p.statements)
 
     assert pooler.call(cache_size) >= 1
+
+
+def test_admin_console_counts_prepared_statements(postgres: PostgresServer) -> None:
+    config = make_config(postgres, default_pool_size=1, admin_users=(APP_USER,))
+    with running_pooler(config) as pooler, login(pooler) as client:
+        client.send(parse("select 11", "a") + parse("select 12", "b") + pq.SYNC_MESSAGE)
+        assert kinds(client.read_until("Z")) == "11Z"
+        with psycopg.connect(pooler.dsn("pgbouncer"), autocommit=True) as admin:
+            cur = admin.execute("SHOW CLIENTS")
+            clients = cur.fetchall()
+            names = [d.name for d in cur.description or ()]
+            counts = [row[names.index("prepared_statements")] for row in clients
+                      if row[names.index("database")] == APP_DB]
+            assert counts == [2]  # the raw client's two names
+            cur = admin.execute("SHOW SERVERS")
+            servers = cur.fetchall()
+            names = [d.name for d in cur.description or ()]
+            assert [row[names.index("prepared_statements")] for row in servers] == [2]
