@@ -182,6 +182,13 @@ class PoolerCollector(Collector):
         for kind, count in sorted(pooler.error_counts.items()):
             errors.add_metric([kind], count)
         yield errors
+        session = CounterMetricFamily(
+            "pooler_session_state", "Statements whose session state does not survive transaction pooling "
+            "(see session_state_check), by database, user and kind", labels=["database", "user", "kind"])
+        for pool in pooler.pools.values():
+            for kind, count in sorted(pool.stats.session_state.items()):
+                session.add_metric([pool.db.name, pool.user, kind], count)
+        yield session
 
     def _general(self, pooler: Pooler) -> Iterator[Metric]:
         yield GaugeMetricFamily("pgbouncer_up", "The pooler answers (always 1 when this is scraped)", value=1)

@@ -240,3 +240,17 @@ def test_a_scrape_while_clients_come_and_go_is_consistent(pooler: RunningPooler)
     final = scrape(port)
     assert sample(final, "pgbouncer_stats_totals_server_assignments_total", database=APP_DB) == 40
     assert not [k for k in final if k[0] == "pooler_errors_total"]  # the churn logged in fine: no error counted
+
+
+def test_session_state_findings_are_counted_by_kind(pooler: RunningPooler) -> None:
+    with psycopg.connect(pooler.dsn(), autocommit=True) as conn:
+        conn.execute("SET search_path = public")
+        conn.execute("SET search_path = public")  # warned once, counted twice
+        conn.execute("LISTEN somewhere")
+        _, _, body = http_get(metrics_port(pooler), "/metrics")
+    samples = {
+        s.labels["kind"]: s.value
+        for family in text_string_to_metric_families(body) if family.name == "pooler_session_state"
+        for s in family.samples if s.name == "pooler_session_state_total"
+    }
+    assert samples == {"set": 2, "listen": 1}
