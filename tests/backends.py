@@ -314,3 +314,10 @@ def rows_of(messages: list[Message]) -> list[list[str | None]]:
 
 def errors_of(messages: list[Message]) -> list[dict[str, str]]:
     return [m.error for m in messages if m.kind == b"E"]
+
+
+def pid_of(conn: psycopg.Connection[Any]) -> int:
+    """The backend pid a psycopg connection is using now (through the pooler: the server of this moment)."""
+    row = conn.execute("SELECT pg_backend_pid()").fetchone()
+    assert row is not None
+    return int(row[0])

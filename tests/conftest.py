@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import secrets
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from pytest_asyncio import is_async_test
 if str(Path(__file__).parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).parent))
 
+from backends import Activity, wait_for_no_test_backends
 from support import MD5_HBA_RULE, PostgresServer, find_bin_dir, provision
 
 # -- asyncio ---------------------------------------------------------------------------------------------
@@ -170,3 +171,27 @@ def psql(postgres: PostgresServer) -> Path:
 def pgbench(postgres: PostgresServer) -> Path:
     """Path of the ``pgbench`` binary to run in subprocess tests."""
     return _tool(postgres, "pgbench")
+
+
+# --- pg_stat_activity, for tests that count real backends (see tests/backends.py) -----------------------
+
+
+@pytest.fixture
+def no_leftover_backends(postgres: PostgresServer) -> None:
+    """Start from a Postgres with no test backends left by an earlier test (modules opt in with usefixtures)."""
+    wait_for_no_test_backends(postgres)
+
+
+@pytest.fixture
+def activity(postgres: PostgresServer) -> Iterator[Activity]:
+    act = Activity(postgres)
+    yield act
+    act.close()
+
+
+@pytest.fixture
+async def aactivity(postgres: PostgresServer) -> AsyncIterator[Activity]:
+    act = Activity(postgres)
+    yield act
+    act.close()
+    await act.aclose()

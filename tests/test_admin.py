@@ -11,13 +11,12 @@ import os
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-from backends import Activity, in_thread, wait_for_no_test_backends, wait_until_sync
+from backends import Activity, in_thread, wait_until_sync
 from harness import RunningPooler, make_config, running_pooler
 from opshelp import BLOCKED_QUERY, blocking, console, pool_row, show
 from support import APP_DB, APP_PASSWORD, APP_USER, MD5_PASSWORD, MD5_USER, OTHER_DB, PostgresServer
@@ -25,19 +24,9 @@ from support import APP_DB, APP_PASSWORD, APP_USER, MD5_PASSWORD, MD5_USER, OTHE
 from pooler import config as cfg
 from pooler.admin import AdminCommand, AdminSyntaxError, parse_command
 
+pytestmark = pytest.mark.usefixtures("no_leftover_backends")
+
 TEXT, INT4, INT8, NUMERIC = 25, 23, 20, 1700
-
-
-@pytest.fixture(autouse=True)
-def _no_leftover_backends(postgres: PostgresServer) -> None:
-    wait_for_no_test_backends(postgres)
-
-
-@pytest.fixture
-def sync_activity(postgres: PostgresServer) -> Iterator[Activity]:
-    act = Activity(postgres)
-    yield act
-    act.close()
 
 
 @pytest.fixture
@@ -219,7 +208,7 @@ def test_extended_protocol_gets_an_error_and_the_session_goes_on(pooler: Running
 
 
 def test_30_clients_on_a_pool_of_5(pooler: RunningPooler, postgres: PostgresServer,
-                                   sync_activity: Activity) -> None:
+                                   activity: Activity) -> None:
     conns = [app_conn(pooler, autocommit=True) for _ in range(30)]
     try:
         with blocking(postgres, APP_DB) as blocker:
@@ -229,12 +218,12 @@ def test_30_clients_on_a_pool_of_5(pooler: RunningPooler, postgres: PostgresServ
             assert (row["cl_active"], row["cl_waiting"], row["sv_active"], row["sv_idle"], row["sv_login"]) == (
                 5, 25, 5, 0, 0)
             assert row["maxwait"] >= 0 and 0 <= row["maxwait_us"] < 1_000_000
-            assert len(sync_activity.pids(APP_DB)) == 5  # Postgres agrees: five backends
+            assert len(activity.pids(APP_DB)) == 5  # Postgres agrees: five backends
             clients = [r for r in show(pooler, "CLIENTS") if r["database"] == APP_DB]
             assert sorted(r["state"] for r in clients) == ["active"] * 5 + ["waiting"] * 25
             servers = show(pooler, "SERVERS")
             assert [r["state"] for r in servers] == ["active"] * 5
-            assert {r["remote_pid"] for r in servers} == set(sync_activity.pids(APP_DB))
+            assert {r["remote_pid"] for r in servers} == set(activity.pids(APP_DB))
             linked = {r["link"] for r in clients if r["state"] == "active"}
             assert linked == {r["ptr"] for r in servers}  # each active client points at its server
             lists = {r["list"]: r["items"] for r in show(pooler, "LISTS")}
@@ -281,7 +270,7 @@ def test_stats_count_exactly_what_ran(pooler: RunningPooler) -> None:
 
 
 def test_pause_waits_for_the_transaction_in_flight_and_resume_lets_the_queue_go(
-        pooler: RunningPooler, sync_activity: Activity) -> None:
+        pooler: RunningPooler, activity: Activity) -> None:
     with app_conn(pooler) as in_tx, app_conn(pooler, autocommit=True) as later, console(pooler) as admin:
         in_tx.execute("CREATE TEMP TABLE t (x int)")  # a transaction is open on a server now
         paused = threading.Event()
@@ -294,7 +283,7 @@ def test_pause_waits_for_the_transaction_in_flight_and_resume_lets_the_queue_go(
         in_tx.execute("INSERT INTO t VALUES (1)")  # the transaction in flight still runs
         in_tx.commit()
         pause.result(10)
-        wait_until_sync(lambda: not sync_activity.pids(APP_DB), what="servers of the paused database closed")
+        wait_until_sync(lambda: not activity.pids(APP_DB), what="servers of the paused database closed")
         time.sleep(0.2)
         assert not queued.done(), "a query ran on a paused database"
         assert pool_row(pooler, APP_DB)["cl_waiting"] == 1
@@ -334,7 +323,7 @@ def test_disable_refuses_new_logins_only(pooler: RunningPooler) -> None:
             assert again.execute("select 1").fetchone() == (1,)
 
 
-def test_kill_client_and_kill_database(pooler: RunningPooler, sync_activity: Activity) -> None:
+def test_kill_client_and_kill_database(pooler: RunningPooler, activity: Activity) -> None:
     with app_conn(pooler, autocommit=True) as victim, app_conn(pooler, autocommit=True) as bystander, \
             app_conn(pooler, OTHER_DB, autocommit=True) as other, console(pooler) as admin:
         victim.execute("select 1")
@@ -350,7 +339,7 @@ def test_kill_client_and_kill_database(pooler: RunningPooler, sync_activity: Act
         with pytest.raises(psycopg.OperationalError, match="killed"):
             bystander.execute("select 1")
         assert other.execute("select 1").fetchone() == (1,)  # another database is untouched
-        wait_until_sync(lambda: not sync_activity.pids(APP_DB), what="appdb's servers closed")
+        wait_until_sync(lambda: not activity.pids(APP_DB), what="appdb's servers closed")
         assert {r["name"]: r["paused"] for r in show(pooler, "DATABASES")}[APP_DB] == 1
         admin.execute("RESUME appdb")
         with app_conn(pooler, autocommit=True) as again:
@@ -358,7 +347,7 @@ def test_kill_client_and_kill_database(pooler: RunningPooler, sync_activity: Act
 
 
 def test_reconnect_closes_servers_once_released_and_wait_close_waits(
-        pooler: RunningPooler, sync_activity: Activity) -> None:
+        pooler: RunningPooler, activity: Activity) -> None:
     with app_conn(pooler) as conn, console(pooler) as admin:
         before = conn.execute("select pg_backend_pid()").fetchone()
         admin.execute("RECONNECT appdb")
@@ -371,11 +360,11 @@ def test_reconnect_closes_servers_once_released_and_wait_close_waits(
         after = conn.execute("select pg_backend_pid()").fetchone()
         assert after != before
         conn.commit()
-    assert before is not None and before[0] not in sync_activity.pids(APP_DB)
+    assert before is not None and before[0] not in activity.pids(APP_DB)
 
 
 def test_set_changes_a_setting_live(pooler: RunningPooler, postgres: PostgresServer,
-                                    sync_activity: Activity) -> None:
+                                    activity: Activity) -> None:
     with console(pooler) as admin:
         cur = admin.execute("SET default_pool_size = 2")
         assert cur.statusmessage == "SET default_pool_size=2"
@@ -394,10 +383,10 @@ def test_set_changes_a_setting_live(pooler: RunningPooler, postgres: PostgresSer
         with blocking(postgres, APP_DB):
             futures = [in_thread(lambda c=c: c.execute(BLOCKED_QUERY)) for c in conns]
             wait_until_sync(lambda: pool_row(pooler, APP_DB)["cl_waiting"] == 2, what="two queued")
-            assert len(sync_activity.pids(APP_DB)) == 2
+            assert len(activity.pids(APP_DB)) == 2
             with console(pooler) as admin:
                 admin.execute("SET default_pool_size = 4")  # the queued clients get servers at once
-            wait_until_sync(lambda: len(sync_activity.pids(APP_DB)) == 4, what="pool grown to 4")
+            wait_until_sync(lambda: len(activity.pids(APP_DB)) == 4, what="pool grown to 4")
         for future in futures:
             future.result(10)
     finally:

@@ -6,41 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
 
 import asyncpg
 import psycopg
 import pytest
-from backends import Activity, PeakSampler, wait_for_no_test_backends, wait_until, wait_until_sync
+from backends import Activity, PeakSampler, pid_of, wait_until, wait_until_sync
 from harness import RunningPooler, make_config, running_pooler
 from support import APP_DB, APP_USER, MD5_PASSWORD, MD5_USER, OTHER_DB, PostgresServer
 
+pytestmark = pytest.mark.usefixtures("no_leftover_backends")
+
 MD5 = {"user": MD5_USER, "password": MD5_PASSWORD}
-
-
-@pytest.fixture(autouse=True)
-def _no_leftover_backends(postgres: PostgresServer) -> None:
-    wait_for_no_test_backends(postgres)
-
-
-@pytest.fixture
-def activity(postgres: PostgresServer) -> Iterator[Activity]:
-    act = Activity(postgres)
-    yield act
-    act.close()
-
-
-@pytest.fixture
-async def aactivity(postgres: PostgresServer) -> AsyncIterator[Activity]:
-    act = Activity(postgres)
-    yield act
-    await act.aclose()
-
-
-def pid_of(conn: psycopg.Connection) -> int:
-    row = conn.execute("SELECT pg_backend_pid()").fetchone()
-    assert row is not None
-    return int(row[0])
 
 
 def direct(p: RunningPooler, dbname: str = APP_DB, *, autocommit: bool = False, **kw: str) -> psycopg.Connection:

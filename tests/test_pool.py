@@ -11,39 +11,20 @@ import asyncio
 import os
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import asyncpg
 import psycopg
 import pytest
-from backends import Activity, PeakSampler, in_thread, wait_for_no_test_backends, wait_until, wait_until_sync
+from backends import Activity, PeakSampler, in_thread, wait_until, wait_until_sync
 from harness import RunningPooler, make_config, running_pooler
 from support import APP_DB, APP_PASSWORD, APP_USER, MD5_PASSWORD, MD5_USER, OTHER_DB, PostgresServer
 
 from pooler.config import DatabaseConfig, PoolMode, UserConfig
 
+pytestmark = pytest.mark.usefixtures("no_leftover_backends")
+
 MD5 = {"user": MD5_USER, "password": MD5_PASSWORD}
-
-
-@pytest.fixture(autouse=True)
-def _no_leftover_backends(postgres: PostgresServer) -> None:
-    wait_for_no_test_backends(postgres)
-
-
-@pytest.fixture
-async def activity(postgres: PostgresServer) -> AsyncIterator[Activity]:
-    act = Activity(postgres)
-    yield act
-    act.close()
-    await act.aclose()
-
-
-@pytest.fixture
-def sync_activity(postgres: PostgresServer) -> Iterator[Activity]:
-    act = Activity(postgres)
-    yield act
-    act.close()
 
 
 def databases(postgres: PostgresServer, **entries: DatabaseConfig) -> dict[str, DatabaseConfig]:
@@ -79,14 +60,14 @@ async def hold_transactions(p: RunningPooler, count: int, hold: float, dbname: s
 # -- pool size ---------------------------------------------------------------------------------------------
 
 
-async def test_default_pool_size_caps_backends_and_queues_the_rest(postgres: PostgresServer, activity: Activity):
+async def test_default_pool_size_caps_backends_and_queues_the_rest(postgres: PostgresServer, aactivity: Activity):
     with running_pooler(make_config(postgres, default_pool_size=5)) as p:
-        async with PeakSampler(activity) as sampler:
+        async with PeakSampler(aactivity) as sampler:
             pids = await hold_transactions(p, 30, 0.1)
         assert len(pids) == 30  # every client completed
         assert len(set(pids)) == 5
         assert sampler.peak == 5, f"{sampler.peak} backends for (appdb, app) at once with default_pool_size=5"
-        assert await activity.apids() == set(pids)
+        assert await aactivity.apids() == set(pids)
         assert p.pool_stat() == {"servers": 5, "idle": 5, "waiting": 0, "active": 0}
 
 
@@ -110,7 +91,7 @@ async def test_queued_clients_are_served_in_arrival_order(postgres: PostgresServ
             await conn.close()
 
 
-def test_max_client_conn_refuses_the_extra_client_only(postgres: PostgresServer, sync_activity: Activity):
+def test_max_client_conn_refuses_the_extra_client_only(postgres: PostgresServer, activity: Activity):
     with running_pooler(make_config(postgres, max_client_conn=2)) as p:
         a = psycopg.connect(p.dsn(), autocommit=True)
         b = psycopg.connect(p.dsn(), autocommit=True)
@@ -122,7 +103,7 @@ def test_max_client_conn_refuses_the_extra_client_only(postgres: PostgresServer,
         pid = a.execute("SELECT pg_backend_pid()").fetchone()
         sleeping = in_thread(lambda: a.execute("SELECT pg_sleep(10)"))
         wait_until_sync(
-            lambda: any(r["query"] == "SELECT pg_sleep(10)" and (r["pid"],) == pid for r in sync_activity.rows()),
+            lambda: any(r["query"] == "SELECT pg_sleep(10)" and (r["pid"],) == pid for r in activity.rows()),
             what="the query to run",
         )
         a.cancel_safe(timeout=5)
@@ -135,25 +116,25 @@ def test_max_client_conn_refuses_the_extra_client_only(postgres: PostgresServer,
         a.close()
 
 
-async def test_max_db_connections_spans_the_pools_of_one_database(postgres: PostgresServer, activity: Activity):
+async def test_max_db_connections_spans_the_pools_of_one_database(postgres: PostgresServer, aactivity: Activity):
     """Two users' pools of appdb share max_db_connections=2; when the second pool needs a server, an idle
     server of the first is closed to make room, and Postgres never sees more than 2 backends of appdb."""
     config = make_config(postgres, max_db_connections=2, default_pool_size=5)
     with running_pooler(config) as p:
-        async with PeakSampler(activity, APP_DB, None) as sampler:
+        async with PeakSampler(aactivity, APP_DB, None) as sampler:
             holders = [await psycopg.AsyncConnection.connect(p.dsn()) for _ in range(2)]
             for h in holders:
                 await h.execute("SELECT 1")  # both hold a transaction: appdb is at its cap
             md5 = asyncio.create_task(psycopg.AsyncConnection.connect(p.dsn(**MD5), autocommit=True))
             await wait_until(lambda: p.call(lambda pl: len(pl.pools)) == 2, what="md5user's pool")
             await asyncio.sleep(0.2)  # room would have been made by now if the cap were not enforced
-            assert await activity.acount(APP_DB, None) == 2
+            assert await aactivity.acount(APP_DB, None) == 2
             assert not md5.done()
             await holders[0].commit()  # one app server goes idle: it must make room for md5user
             conn = await asyncio.wait_for(md5, 5)
             cur = await conn.execute("SELECT current_user")
             assert await cur.fetchone() == (MD5_USER,)
-            assert await activity.acount(APP_DB, MD5_USER) == 1
+            assert await aactivity.acount(APP_DB, MD5_USER) == 1
             await holders[1].execute("SELECT 2")  # the app client still in its transaction is unaffected
             # Now a queued client (md5user's pool has its parameters): app takes the whole cap again...
             await holders[0].execute("SELECT 3")  # ...closing md5user's idle server to make room
@@ -170,7 +151,7 @@ async def test_max_db_connections_spans_the_pools_of_one_database(postgres: Post
 
 @pytest.mark.parametrize("where", ["global", "database entry"])
 async def test_max_db_connections_closes_idle_servers_of_another_pool(
-    postgres: PostgresServer, activity: Activity, where: str
+    postgres: PostgresServer, aactivity: Activity, where: str
 ):
     if where == "global":
         config = make_config(postgres, max_db_connections=2, default_pool_size=5)
@@ -178,7 +159,7 @@ async def test_max_db_connections_closes_idle_servers_of_another_pool(
         entry = DatabaseConfig(APP_DB, host=postgres.host, port=postgres.port, max_db_connections=2)
         config = make_config(postgres, databases=databases(postgres, appdb=entry), default_pool_size=5)
     with running_pooler(config) as p:
-        async with PeakSampler(activity, APP_DB, None) as sampler:
+        async with PeakSampler(aactivity, APP_DB, None) as sampler:
             await hold_transactions(p, 2, 0.05)  # two app servers, now idle
             assert p.pool_stat()["idle"] == 2
             conn = await asyncio.wait_for(psycopg.AsyncConnection.connect(p.dsn(**MD5), autocommit=True), 5)
@@ -189,10 +170,10 @@ async def test_max_db_connections_closes_idle_servers_of_another_pool(
         assert sampler.peak == 2
 
 
-async def test_max_user_connections_spans_databases(postgres: PostgresServer, activity: Activity):
+async def test_max_user_connections_spans_databases(postgres: PostgresServer, aactivity: Activity):
     config = make_config(postgres, databases=databases(postgres), max_user_connections=2, default_pool_size=5)
     with running_pooler(config) as p:
-        async with PeakSampler(activity, None, APP_USER) as sampler:
+        async with PeakSampler(aactivity, None, APP_USER) as sampler:
             holders = [await psycopg.AsyncConnection.connect(p.dsn(APP_DB)) for _ in range(2)]
             for h in holders:
                 await h.execute("SELECT 1")
@@ -201,7 +182,7 @@ async def test_max_user_connections_spans_databases(postgres: PostgresServer, ac
             await wait_until(lambda: p.call(lambda pl: len(pl.pools)) == 2, what="otherdb's pool")
             await asyncio.sleep(0.2)  # room would have been made by now if the cap were not enforced
             assert not connecting.done()
-            assert await activity.acount(None, APP_USER) == 2
+            assert await aactivity.acount(None, APP_USER) == 2
             await holders[0].commit()  # an appdb server goes idle: it must make room for otherdb
             other = await asyncio.wait_for(connecting, 5)
             assert await other.fetchval("SELECT current_database()") == OTHER_DB
@@ -213,10 +194,10 @@ async def test_max_user_connections_spans_databases(postgres: PostgresServer, ac
         await other.close()
 
 
-async def test_per_user_max_user_connections(postgres: PostgresServer, activity: Activity):
+async def test_per_user_max_user_connections(postgres: PostgresServer, aactivity: Activity):
     users = {APP_USER: UserConfig(APP_USER, max_user_connections=2)}
     with running_pooler(make_config(postgres, users=users, default_pool_size=10)) as p:
-        async with PeakSampler(activity, None, APP_USER) as sampler:
+        async with PeakSampler(aactivity, None, APP_USER) as sampler:
             pids = await hold_transactions(p, 8, 0.05)
             md5_pids = await hold_transactions(p, 6, 0.05, **MD5)
         assert len(set(pids)) == 2
@@ -224,7 +205,7 @@ async def test_per_user_max_user_connections(postgres: PostgresServer, activity:
         assert len(set(md5_pids)) > 2  # the cap is app's only
 
 
-async def test_reserve_pool_opens_only_after_the_oldest_client_waited(postgres: PostgresServer, activity: Activity):
+async def test_reserve_pool_opens_only_after_the_oldest_client_waited(postgres: PostgresServer, aactivity: Activity):
     timeout = 0.5
     config = make_config(postgres, default_pool_size=1, reserve_pool_size=2, reserve_pool_timeout=timeout)
     with running_pooler(config) as p:
@@ -241,7 +222,7 @@ async def test_reserve_pool_opens_only_after_the_oldest_client_waited(postgres: 
                 await conn.execute("SELECT pg_sleep(0.3)")
             return int(pid), loop.time() - started
 
-        async with PeakSampler(activity) as sampler:
+        async with PeakSampler(aactivity) as sampler:
             results = await asyncio.wait_for(asyncio.gather(*(timed(w) for w in waiters)), 10)
         waited = sorted(t for _, t in results)
         assert waited[0] >= timeout * 0.9, f"a reserve server was used before reserve_pool_timeout: {waited}"
@@ -256,31 +237,31 @@ async def test_reserve_pool_opens_only_after_the_oldest_client_waited(postgres: 
             await w.close()
 
 
-async def test_min_pool_size_keeps_servers_open_without_clients(postgres: PostgresServer, activity: Activity):
+async def test_min_pool_size_keeps_servers_open_without_clients(postgres: PostgresServer, aactivity: Activity):
     config = make_config(postgres, min_pool_size=3, server_idle_timeout=0.2)
     with running_pooler(config) as p:
         conn = await apg(p)
         assert await conn.fetchval("SELECT 1") == 1
         await conn.close()
         await wait_until(lambda: p.call(lambda pl: len(pl.clients)) == 0, what="the client to leave")
-        pids = await wait_until(lambda: _exactly(activity, 3), what="min_pool_size backends")
+        pids = await wait_until(lambda: _exactly(aactivity, 3), what="min_pool_size backends")
         assert p.pool_stat()["idle"] == 3
         await asyncio.sleep(0.5)  # 2.5 server_idle_timeouts: idle servers beyond min_pool_size would be gone
-        assert await activity.apids() == pids
+        assert await aactivity.apids() == pids
 
 
-async def _exactly(activity: Activity, count: int) -> set[int] | None:
-    pids = await activity.apids()
+async def _exactly(aactivity: Activity, count: int) -> set[int] | None:
+    pids = await aactivity.apids()
     return pids if len(pids) == count else None
 
 
-async def test_pool_size_per_database_and_per_user(postgres: PostgresServer, activity: Activity):
+async def test_pool_size_per_database_and_per_user(postgres: PostgresServer, aactivity: Activity):
     dbs = databases(postgres, appdb=DatabaseConfig(APP_DB, host=postgres.host, port=postgres.port, pool_size=2))
     users = {MD5_USER: UserConfig(MD5_USER, pool_size=1)}  # the user's entry beats the database's
     with running_pooler(make_config(postgres, databases=dbs, users=users, default_pool_size=10)) as p:
         async with (
-            PeakSampler(activity, APP_DB, APP_USER) as app_peak,
-            PeakSampler(activity, APP_DB, MD5_USER) as md5_peak,
+            PeakSampler(aactivity, APP_DB, APP_USER) as app_peak,
+            PeakSampler(aactivity, APP_DB, MD5_USER) as md5_peak,
         ):
             app_pids, md5_pids = await asyncio.gather(hold_transactions(p, 6, 0.1), hold_transactions(p, 4, 0.1, **MD5))
             other_pids = await hold_transactions(p, 6, 0.05, OTHER_DB)  # no entry: default_pool_size
@@ -289,7 +270,7 @@ async def test_pool_size_per_database_and_per_user(postgres: PostgresServer, act
         assert len(set(other_pids)) > 2
 
 
-async def test_one_pool_per_database_user_pair(postgres: PostgresServer, activity: Activity):
+async def test_one_pool_per_database_user_pair(postgres: PostgresServer, aactivity: Activity):
     with running_pooler(make_config(postgres, databases=databases(postgres), default_pool_size=1)) as p:
         pairs = [(APP_DB, {}), (APP_DB, MD5), (OTHER_DB, {})]
         conns = [await psycopg.AsyncConnection.connect(p.dsn(db, **kw)) for db, kw in pairs]
@@ -300,13 +281,13 @@ async def test_one_pool_per_database_user_pair(postgres: PostgresServer, activit
         assert len({pid for pid, _, _ in seen}) == 3
         assert [(db, user) for _, db, user in seen] == [(APP_DB, APP_USER), (APP_DB, MD5_USER), (OTHER_DB, APP_USER)]
         assert p.call(lambda pl: set(pl.pools)) == {(APP_DB, APP_USER), (APP_DB, MD5_USER), (OTHER_DB, APP_USER)}
-        rows = await activity.arows(None, None)
+        rows = await aactivity.arows(None, None)
         assert {(r["datname"], r["usename"]) for r in rows} >= {(APP_DB, APP_USER), (APP_DB, MD5_USER)}
         for conn in conns:
             await conn.close()
 
 
-async def test_forced_user_puts_every_client_on_one_pool(postgres: PostgresServer, activity: Activity):
+async def test_forced_user_puts_every_client_on_one_pool(postgres: PostgresServer, aactivity: Activity):
     forced = DatabaseConfig(APP_DB, host=postgres.host, port=postgres.port, user=APP_USER, password=APP_PASSWORD)
     with running_pooler(make_config(postgres, databases={APP_DB: forced}, default_pool_size=1)) as p:
         md5 = await psycopg.AsyncConnection.connect(p.dsn(**MD5))
@@ -319,12 +300,12 @@ async def test_forced_user_puts_every_client_on_one_pool(postgres: PostgresServe
         await md5.commit()
         assert tuple(await asyncio.wait_for(task, 5)) == (md5_pid, APP_USER)
         assert p.call(lambda pl: set(pl.pools)) == {(APP_DB, APP_USER)}
-        assert await activity.acount(APP_DB, None) == 1
+        assert await aactivity.acount(APP_DB, None) == 1
         await md5.close()
         await app.close()
 
 
-def test_pgbench_through_a_small_pool(postgres: PostgresServer, pgbench: Path, sync_activity: Activity, tmp_path):
+def test_pgbench_through_a_small_pool(postgres: PostgresServer, pgbench: Path, activity: Activity, tmp_path):
     script = tmp_path / "tx.sql"
     script.write_text("BEGIN;\nSELECT pg_backend_pid();\nSELECT pg_sleep(0.002);\nEND;\n")
     with running_pooler(make_config(postgres, default_pool_size=3)) as p:
@@ -334,14 +315,14 @@ def test_pgbench_through_a_small_pool(postgres: PostgresServer, pgbench: Path, s
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         peak = 0
         while proc.poll() is None:
-            peak = max(peak, len(sync_activity.pids()))
+            peak = max(peak, len(activity.pids()))
             time.sleep(0.005)
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, err
         assert "number of transactions actually processed: 180/180" in out, out
         assert "number of failed transactions: 0" in out, out
         assert 0 < peak <= 3
-        assert len(sync_activity.pids()) <= 3
+        assert len(activity.pids()) <= 3
 
 
 # -- pool modes --------------------------------------------------------------------------------------------
@@ -400,7 +381,7 @@ def test_session_mode_keeps_the_backend_and_resets_it_for_the_next_client(postgr
         b.close()
 
 
-def test_statement_mode_refuses_transaction_blocks(postgres: PostgresServer, sync_activity: Activity):
+def test_statement_mode_refuses_transaction_blocks(postgres: PostgresServer, activity: Activity):
     config = make_config(postgres, pool_mode=PoolMode.STATEMENT, default_pool_size=1)
     with running_pooler(config) as p:
         a = psycopg.connect(p.dsn(), autocommit=True)
@@ -413,7 +394,7 @@ def test_statement_mode_refuses_transaction_blocks(postgres: PostgresServer, syn
         assert a.closed or a.broken
         # The pool goes on serving, and no backend is left inside the refused transaction.
         assert b.execute("SELECT txid_current_if_assigned()").fetchone() == (None,)
-        wait_until_sync(lambda: [r["state"] for r in sync_activity.rows()] == ["idle"], what="only idle backends")
+        wait_until_sync(lambda: [r["state"] for r in activity.rows()] == ["idle"], what="only idle backends")
         b.close()
         a.close()
 

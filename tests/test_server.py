@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import asyncpg
 import psycopg
@@ -21,7 +21,6 @@ from backends import (
     message,
     query_message,
     rows_of,
-    wait_for_no_test_backends,
     wait_until,
 )
 from harness import RunningPooler, free_port, make_config, running_pooler
@@ -29,18 +28,7 @@ from support import APP_DB, APP_PASSWORD, APP_USER, PostgresServer
 
 from pooler.config import AuthType, DatabaseConfig
 
-
-@pytest.fixture(autouse=True)
-def _no_leftover_backends(postgres: PostgresServer) -> None:
-    wait_for_no_test_backends(postgres)
-
-
-@pytest.fixture
-async def activity(postgres: PostgresServer) -> AsyncIterator[Activity]:
-    act = Activity(postgres)
-    yield act
-    act.close()
-    await act.aclose()
+pytestmark = pytest.mark.usefixtures("no_leftover_backends")
 
 
 @pytest.fixture

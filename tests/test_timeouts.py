@@ -12,7 +12,7 @@ import asyncio
 import socket
 import struct
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import psycopg
 import pytest
@@ -21,8 +21,8 @@ from backends import (
     RawClient,
     error_fields,
     in_thread,
+    pid_of,
     startup_packet,
-    wait_for_no_test_backends,
     wait_until,
     wait_until_sync,
 )
@@ -31,26 +31,9 @@ from support import APP_DB, APP_PASSWORD, APP_USER, MD5_PASSWORD, MD5_USER, Post
 
 from pooler.config import AuthType, DatabaseConfig, PoolMode, UserConfig
 
+pytestmark = pytest.mark.usefixtures("no_leftover_backends")
+
 MD5 = {"user": MD5_USER, "password": MD5_PASSWORD}
-
-
-@pytest.fixture(autouse=True)
-def _no_leftover_backends(postgres: PostgresServer) -> None:
-    wait_for_no_test_backends(postgres)
-
-
-@pytest.fixture
-def activity(postgres: PostgresServer) -> Iterator[Activity]:
-    act = Activity(postgres)
-    yield act
-    act.close()
-
-
-@pytest.fixture
-async def aactivity(postgres: PostgresServer) -> AsyncIterator[Activity]:
-    act = Activity(postgres)
-    yield act
-    await act.aclose()
 
 
 @pytest.fixture
@@ -67,12 +50,6 @@ def table(postgres: PostgresServer) -> Iterator[str]:
 
 def client_count(p: RunningPooler) -> int:
     return p.call(lambda pooler: len(pooler.clients))
-
-
-def pid_of(conn: psycopg.Connection) -> int:
-    row = conn.execute("SELECT pg_backend_pid()").fetchone()
-    assert row is not None
-    return int(row[0])
 
 
 # -- waiting for a server ------------------------------------------------------------------------------------
