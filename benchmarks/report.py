@@ -52,6 +52,7 @@ def added_latency(results: Results, key: str, contender: str) -> float | None:
 
 def launch_summary(rounds: Sequence[LaunchRound]) -> dict[str, Any]:
     """Medians over rounds (failures: the worst round; backends: the most)."""
+    worst = max(rounds, key=lambda r: r.failures, default=None)
     p50s = [p for r in rounds if (p := r.pct(0.5)) is not None]
     p99s = [p for r in rounds if (p := r.pct(0.99)) is not None]
     errors: dict[str, int] = {}
@@ -61,8 +62,8 @@ def launch_summary(rounds: Sequence[LaunchRound]) -> dict[str, Any]:
     return {
         "rounds": len(rounds),
         "functions": rounds[0].functions if rounds else 0,
-        "ok": statistics.median([len(r.times) for r in rounds]) if rounds else 0,
-        "failures_worst": max((r.failures for r in rounds), default=0),
+        "ok": len(worst.times) if worst else 0,  # in the round with the most failures
+        "failures_worst": worst.failures if worst else 0,
         "failures_median": statistics.median([r.failures for r in rounds]) if rounds else 0,
         "p50": statistics.median(p50s) if p50s else None,
         "p99": statistics.median(p99s) if p99s else None,
@@ -172,7 +173,7 @@ def targets(results: Results) -> list[tuple[str, str, str]]:
 def _added(ms: float | None) -> str:
     if ms is None:
         return "n/a"
-    return f"{ms * 1000:+.0f} µs" if abs(ms) < 10 else f"{ms:+.1f} ms"
+    return f"{ms * 1000:+.0f} µs" if abs(ms) < 1 else f"{ms:+.1f} ms"
 
 
 def _ms(seconds: float | None) -> str:
@@ -277,8 +278,12 @@ def markdown(results: Results, charts: dict[str, str]) -> str:
         w(f"## d. Launch day: {first.functions} functions connect at the same instant, run `select 1`, "
           f"disconnect; Postgres max_connections = {results.launch_max_connections}\n")
         w(f"{len(groups[first.contender])} round(s) per contender, poolers restarted (empty pools) each round; "
-          "times are from the storm's start to each function's result; medians over rounds, failures and "
-          "backends the worst round.\n")
+          "times are from the storm's start to each function's result; p50/p99 are medians over rounds, "
+          "succeeded/failed are from the round with the most failures, peak backends the highest of any round, "
+          "errors are summed over all rounds. Each function logs in (md5 to the poolers, SCRAM to Postgres) as its "
+          "own connection; both poolers listen with their default listen_backlog = 128, so connections beyond "
+          "what the kernel's accept queue holds wait for a SYN retry (about 1 s). Peak backends: "
+          "pg_stat_activity polled every few ms during the storm.\n")
         w("| contender | succeeded | failed | p50 | p99 | slowest | peak Postgres backends | errors |")
         w("|---|---|---|---|---|---|---|---|")
         for contender, rounds in groups.items():
@@ -368,8 +373,11 @@ def _tps_chart(results: Results, path: Path) -> bool:
         _bar_panel(ax, [name(c) for c in contenders], [row.get(c) for c in contenders],
                    [color(c) for c in contenders], what="tps", fmt=lambda v: f"{v:,.0f}")
         r = ratio(results, s.key, POOLER, PGBOUNCER)
-        ax.set_title(f"{s.family}. {s.title}\npooler = {_x(r)} PgBouncer" if r else f"{s.family}. {s.title}",
-                     fontsize=9)
+        bouncer = row.get(PGBOUNCER)
+        sub = f"pooler = {_x(r)} PgBouncer" if r else ""
+        if bouncer is not None and bouncer.error and bouncer.error != "not installed":
+            sub = f"PgBouncer failed: {bouncer.error.replace('ERROR:', '').strip()[:48]}"
+        ax.set_title(f"{s.family}. {s.title}\n{sub}", fontsize=9)
         ax.set_ylabel("transactions / s", fontsize=8)
     for ax in list(axes.flat)[len(scenarios):]:
         ax.axis("off")
@@ -388,7 +396,7 @@ def _latency_chart(results: Results, path: Path) -> bool:
     scenarios = [s for s in results.scenarios if s.family == "a"]
     if not scenarios:
         return False
-    fig, axes = plt.subplots(1, len(scenarios), figsize=(4.0 * len(scenarios), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(scenarios), figsize=(4.2 * len(scenarios), 3.9), squeeze=False)
     contenders = [DIRECT, PGBOUNCER, POOLER]
     for ax, s in zip(axes.flat, scenarios, strict=True):
         row = results.pgbench.get(s.key, {})
@@ -397,7 +405,7 @@ def _latency_chart(results: Results, path: Path) -> bool:
         added = [added_latency(results, s.key, c) for c in (PGBOUNCER, POOLER)]
         sub = ", ".join(f"{n} {_added(a)}" for n, a in zip(("PgBouncer", "pooler"), added, strict=True)
                         if a is not None)
-        ax.set_title(f"{s.title}\nadded over direct: {sub}" if sub else s.title, fontsize=9)
+        ax.set_title(f"{s.title}\nadded over direct:\n{sub}" if sub else s.title, fontsize=9)
         ax.set_ylabel("ms per transaction", fontsize=8)
     fig.suptitle("pgbench -S average latency, lower is better (median of rounds; whiskers: min-max)", fontsize=11)
     fig.tight_layout()
@@ -423,7 +431,9 @@ def _variants_chart(results: Results, path: Path) -> bool:
         _bar_panel(ax, [label.replace("pooler ", "") for label in labels], [row[label] for label in labels],
                    list(VARIANT_COLORS), what="tps", fmt=lambda v: f"{v:,.0f}")
         r = ratio(results, s.key, labels[-1], labels[0]) if len(labels) > 1 else None
-        ax.set_title(f"{titles[s.family]}: {_x(r, 3)}\n{targets_text[s.family]}", fontsize=9)
+        short = [label.replace("pooler ", "").split("=")[-1].replace("metrics ", "") for label in labels]
+        ax.set_title(f"{titles[s.family]}: {short[-1]}/{short[0]} = {_x(r, 3)}\n{targets_text[s.family]}",
+                     fontsize=9)
         ax.set_ylabel("transactions / s", fontsize=8)
     for ax, family in zip(list(axes.flat)[len(scenarios):], skipped, strict=True):
         ax.axis("off")
@@ -508,7 +518,8 @@ def _idle_chart(results: Results, path: Path) -> bool:
     for x, (i, v) in enumerate(zip(idle, values, strict=True)):
         ax.text(x, v, f"{v:.2f} KiB\n({i.reached:,} clients)", ha="center", va="bottom", fontsize=9)
     ax.axhline(IDLE_TARGET / KIB, color="#c53030", ls="--", lw=1)
-    ax.text(-0.4, IDLE_TARGET / KIB, "target: 1.5 KiB", va="bottom", fontsize=8, color="#c53030")
+    ax.text((len(idle) - 1) / 2, IDLE_TARGET / KIB, "target: 1.5 KiB", ha="center", va="bottom", fontsize=8,
+            color="#c53030")
     ax.set_ylim(0, max([*values, IDLE_TARGET / KIB]) * 1.25)
     ax.set_ylabel("KiB of RSS per idle client")
     ax.spines[["top", "right"]].set_visible(False)

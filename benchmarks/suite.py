@@ -31,11 +31,13 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime
+import functools
 import importlib.metadata
 import json
 import os
 import platform
 import shlex
+import shutil
 import socket
 import statistics
 import subprocess
@@ -383,6 +385,15 @@ async def _wait_backends_gone(server: PgServer, timeout: float = 15.0) -> None:
         await conn.close()
 
 
+def run_launch_day_on_small_postgres(ctx: Context) -> None:
+    args = ctx.args
+    log(f"d: launch day, {args.functions} functions, max_connections={args.launch_max_connections}")
+    with common.postgres(None, ctx.workdir, max_connections=args.launch_max_connections,
+                         name="pgdata-launch") as small:
+        common.prepare(small, None)
+        run_launch_day(ctx, small)
+
+
 def run_launch_day(ctx: Context, server: PgServer) -> None:
     args, results = ctx.args, ctx.results
     results.launch_max_connections = server.max_connections
@@ -435,8 +446,12 @@ async def hold_idle(port: int, target: int, batch: int, on_held: Callable[[int],
         async with asyncio.timeout(30):
             return await AsyncConn.connect(LOOPBACK, port, BENCH_USER, BENCH_PASSWORD, BENCH_DB)
 
+    deadline = time.monotonic() + 300
     try:
         while len(conns) < target and error is None:
+            if time.monotonic() > deadline:
+                error = f"stopped opening connections after 300 s ({len(conns)} open)"
+                break
             size = min(batch, target - len(conns))
             outcomes = await asyncio.gather(*(one() for _ in range(size)), return_exceptions=True)
             for outcome in outcomes:
@@ -457,6 +472,7 @@ async def hold_idle(port: int, target: int, batch: int, on_held: Callable[[int],
 
 def run_idle(ctx: Context, server: PgServer) -> None:
     args, results = ctx.args, ctx.results
+    log(f"e: {args.idle_clients} idle clients")
     limit = common.raise_fd_limit()
     target = args.idle_clients
     if limit < target + 200:
@@ -541,6 +557,7 @@ async def _active_repeat_queries(server: PgServer) -> int:
 
 def run_slow_client(ctx: Context, server: PgServer) -> None:
     args, results = ctx.args, ctx.results
+    log(f"f: one slow client reading {args.slow_rows * 1011 / 1e9:.2f} GB")
     ini = common.write_pgbouncer_ini(ctx.workdir, "slow", server, common.free_port(), pool_size=args.pool_size)
     rows = args.slow_rows
     result_bytes = rows * (1000 + 11)  # DataRow: type, length, column count, column length, value
@@ -666,6 +683,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--slow-rate", type=float, default=4.0, help="scenario f: MiB/s the client reads (default 4)")
     parser.add_argument("--slow-full", action="store_true", help="scenario f: read the whole result, unpaced "
                         "(bounded by --slow-seconds, default 600 s then)")
+    parser.add_argument("--keep-logs", action="store_true", help="copy the contenders' logs to <out>/<date>-logs/")
     parser.add_argument("--wait-quiet", type=float, default=0, metavar="MINUTES",
                         help="first wait up to this long for a 1-minute load average under 1.5")
     args = parser.parse_args(argv)
@@ -677,7 +695,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "rounds": (5, 2, 1), "seconds": (10, 1, 1), "scale": (10, 10, 1), "clients": ("1,50,500", "1,50,500", "1,10"),
         "functions": (500, 500, 50), "launch_max_connections": (100, 100, 20),
         "idle_clients": (10_000, 2_000, 200), "slow_rows": (1_000_000, 1_000_000, 20_000),
-        "slow_seconds": (600.0 if args.slow_full else 30.0, 8.0, 2.0),
+        "slow_seconds": (600.0 if args.slow_full else 30.0, 5.0, 2.0),
     }
     index = ("full", "quick", "smoke").index(mode)
     for name, values in defaults.items():
@@ -737,40 +755,28 @@ def main(argv: list[str] | None = None) -> int:
                           f"{args.rounds} rounds x {args.seconds} s per pgbench scenario, contenders in rotating "
                           "order, no warm-up",
             }
-            main_contenders = [Contender(DIRECT, DIRECT), Contender(PGBOUNCER, PGBOUNCER), Contender(POOLER, POOLER)]
             if "a" in scenarios or "b" in scenarios:
-                log("a/b: pgbench -S")
-                group: list[PgbenchScenario] = []
-                if "a" in scenarios:
-                    group += [_pgbench_scenario(f"a{c}", "a", f"-S simple, {c} client{'s' * (c > 1)}", c,
-                                                "-M", "simple") for c in clients]
-                if "b" in scenarios:
-                    group += [_pgbench_scenario("b-extended", "b", "-S -M extended, 50 clients", 50, "-M", "extended"),
-                              _pgbench_scenario("b-prepared", "b", "-S -M prepared, 50 clients", 50, "-M", "prepared")]
-                ini = common.write_pgbouncer_ini(workdir, "main", server, common.free_port(), pool_size=args.pool_size)
-                run_pgbench_group(ctx, server, ini, main_contenders, group)
+                guarded(ctx, "ab", lambda: run_main_group(ctx, server, clients))
             if "c" in scenarios:
-                log("c: pgbench -S -C with SCRAM")
-                ini = common.write_pgbouncer_ini(workdir, "scram", server, common.free_port(),
-                                                 pool_size=args.pool_size, auth_type="scram-sha-256")
-                run_pgbench_group(ctx, server, ini, main_contenders,
-                                  [_pgbench_scenario("c-churn", "c", "-S -C (connect per tx), SCRAM, 50 clients", 50,
-                                                     "-C", "-M", "simple")])
-            run_pooler_variants(ctx, server, scenarios)
+                guarded(ctx, "c", lambda: run_churn(ctx, server))
+            for family in "smw":
+                if family in scenarios:
+                    guarded(ctx, family, functools.partial(run_pooler_variant, ctx, server, family))
             if "e" in scenarios:
-                log(f"e: {args.idle_clients} idle clients")
-                run_idle(ctx, server)
+                guarded(ctx, "e", lambda: run_idle(ctx, server))
             if "f" in scenarios:
-                log(f"f: one slow client reading {args.slow_rows * 1000 / 1e9:.2f} GB")
-                run_slow_client(ctx, server)
+                guarded(ctx, "f", lambda: run_slow_client(ctx, server))
         if "d" in scenarios:
-            log(f"d: launch day, {args.functions} functions, max_connections={args.launch_max_connections}")
             if args.dsn:
                 results.notes.append("d: ran against an embedded Postgres with the max_connections below, not --dsn")
-            with common.postgres(None, workdir, max_connections=args.launch_max_connections,
-                                 name="pgdata-launch") as small:
-                common.prepare(small, None)
-                run_launch_day(ctx, small)
+            guarded(ctx, "d", lambda: run_launch_day_on_small_postgres(ctx))
+        if args.keep_logs:
+            logs = args.out / f"{date}{'' if args.mode == 'full' else '-' + args.mode}-logs"
+            logs.mkdir(parents=True, exist_ok=True)
+            for file in workdir.glob("*.log"):
+                shutil.copy(file, logs / file.name)
+            for file in workdir.glob("pgdata*/postgres.log"):
+                shutil.copy(file, logs / f"{file.parent.name}.log")
     results.facts["load average at end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     results.facts["suite wall time"] = f"{time.monotonic() - started_at:.0f} s"
     path = report.write(results, args.out)
@@ -787,41 +793,82 @@ METRICS_ON = {"POOLER_LOG_CONNECTIONS": "0", "POOLER_LOG_DISCONNECTIONS": "1", "
               "POOLER_LOG_STATS": "1", "POOLER_STATS_PERIOD": "1"}
 
 
-def run_pooler_variants(ctx: Context, server: PgServer, scenarios: str) -> None:
+def run_main_group(ctx: Context, server: PgServer, clients: list[int]) -> None:
+    """a and b: one set of contenders on one ini."""
+    scenarios = ctx.args.scenarios
+    log("a/b: pgbench -S")
+    group: list[PgbenchScenario] = []
+    if "a" in scenarios:
+        group += [_pgbench_scenario(f"a{c}", "a", f"-S simple, {c} client{'s' * (c > 1)}", c, "-M", "simple")
+                  for c in clients]
+    if "b" in scenarios:
+        group += [_pgbench_scenario("b-extended", "b", "-S -M extended, 50 clients", 50, "-M", "extended"),
+                  _pgbench_scenario("b-prepared", "b", "-S -M prepared, 50 clients", 50, "-M", "prepared")]
+    ini = common.write_pgbouncer_ini(ctx.workdir, "main", server, common.free_port(), pool_size=ctx.args.pool_size)
+    run_pgbench_group(ctx, server, ini, MAIN_CONTENDERS, group)
+
+
+def run_churn(ctx: Context, server: PgServer) -> None:
+    log("c: pgbench -S -C with SCRAM")
+    ini = common.write_pgbouncer_ini(ctx.workdir, "scram", server, common.free_port(), pool_size=ctx.args.pool_size,
+                                     auth_type="scram-sha-256")
+    run_pgbench_group(ctx, server, ini, MAIN_CONTENDERS,
+                      [_pgbench_scenario("c-churn", "c", "-S -C (connect per tx), SCRAM, 50 clients", 50, "-C", "-M",
+                                         "simple")])
+
+
+MAIN_CONTENDERS = [Contender(DIRECT, DIRECT), Contender(PGBOUNCER, PGBOUNCER), Contender(POOLER, POOLER)]
+
+
+def guarded(ctx: Context, families: str, step: Callable[[], None]) -> None:
+    """Run one scenario family; if it breaks (a contender crashed, say), note why and go on."""
+    try:
+        step()
+    except Exception as exc:
+        import traceback
+
+        traceback.print_exc()
+        for family in families:
+            ctx.results.skipped[family] = f"the run failed: {type(exc).__name__}: {str(exc)[:300]}"
+        ctx.results.notes.append(f"{'/'.join(families)}: the run failed: {type(exc).__name__}: {str(exc)[:500]}")
+
+
+def run_pooler_variant(ctx: Context, server: PgServer, family: str) -> None:
     """Pooler against itself: one setting varied, everything else equal (s, m, w)."""
     from pooler.config import Settings
 
     settings = {f.name for f in dataclasses.fields(Settings)}
-    ini = common.write_pgbouncer_ini(ctx.workdir, "variants", server, common.free_port(), pool_size=ctx.args.pool_size)
-    if "s" in scenarios:
+    ini = common.write_pgbouncer_ini(ctx.workdir, f"variant-{family}", server, common.free_port(),
+                                     pool_size=ctx.args.pool_size)
+    scenario = _pgbench_scenario(f"{family}-" + {"s": "check", "m": "metrics", "w": "workers"}[family], family,
+                                 "-S simple, 50 clients", 50, "-M", "simple")
+    if family == "s":
         if "session_state_check" not in settings:
             ctx.results.skipped["s"] = "pooler has no session_state_check setting"
-        else:
-            log("s: session_state_check off vs warn")
-            run_pgbench_group(ctx, server, ini, [
-                Contender("pooler check=off", POOLER, {"POOLER_SESSION_STATE_CHECK": "off"}),
-                Contender("pooler check=warn", POOLER, {"POOLER_SESSION_STATE_CHECK": "warn"})],
-                [_pgbench_scenario("s-check", "s", "-S simple, 50 clients", 50, "-M", "simple")])
-    if "m" in scenarios:
+            return
+        log("s: session_state_check off vs warn")
+        run_pgbench_group(ctx, server, ini, [
+            Contender("pooler check=off", POOLER, {"POOLER_SESSION_STATE_CHECK": "off"}),
+            Contender("pooler check=warn", POOLER, {"POOLER_SESSION_STATE_CHECK": "warn"})], [scenario])
+    elif family == "m":
         if "metrics_port" not in settings:
             ctx.results.skipped["m"] = "pooler has no metrics_port setting"
-        else:
-            log("m: metrics and logging off vs on")
-            metrics_port = common.free_port()
-            run_pgbench_group(ctx, server, ini, [
-                Contender("pooler metrics off", POOLER, METRICS_OFF),
-                Contender("pooler metrics on", POOLER, {**METRICS_ON, "POOLER_METRICS_PORT": str(metrics_port)},
-                          scrape_metrics=True)],
-                [_pgbench_scenario("m-metrics", "m", "-S simple, 50 clients", 50, "-M", "simple")])
-    if "w" in scenarios:
+            return
+        log("m: metrics and logging off vs on")
+        run_pgbench_group(ctx, server, ini, [
+            Contender("pooler metrics off", POOLER, METRICS_OFF),
+            Contender("pooler metrics on", POOLER, {**METRICS_ON, "POOLER_METRICS_PORT": str(common.free_port())},
+                      scrape_metrics=True)], [scenario])
+    else:
         if "workers" not in settings:
             ctx.results.skipped["w"] = "pooler has no workers setting"
-        else:
-            log(f"w: workers 1 vs {ctx.args.workers}")
-            run_pgbench_group(ctx, server, ini, [
-                Contender("pooler workers=1", POOLER, {"POOLER_WORKERS": "1"}),
-                Contender(f"pooler workers={ctx.args.workers}", POOLER, {"POOLER_WORKERS": str(ctx.args.workers)})],
-                [_pgbench_scenario("w-workers", "w", "-S simple, 50 clients", 50, "-M", "simple")], check="workers")
+            return
+        workers = ctx.args.workers
+        log(f"w: workers 1 vs {workers}")
+        run_pgbench_group(ctx, server, ini, [
+            Contender("pooler workers=1", POOLER, {"POOLER_WORKERS": "1"}),
+            Contender(f"pooler workers={workers}", POOLER, {"POOLER_WORKERS": str(workers)})], [scenario],
+            check="workers")
 
 
 def to_json(results: Results) -> str:
