@@ -107,7 +107,7 @@ class Pool:
         if self.welcome is not None:
             client.welcome(self.welcome)
             return
-        if self._failing():
+        if self._failing() and not self.servers:
             client.login_failed(self._cached_error())
             return
         self.welcome_waiters.append(client)
@@ -121,8 +121,8 @@ class Pool:
             server = idle.pop(0) if self.pooler.config.settings.server_round_robin else idle.pop()
             client.link(server, client.wait_started)
             return
-        if self.login_error is not None and self._failing():
-            client.waiting = False
+        if self.login_error is not None and not self.servers and self._failing():
+            client.waiting = False  # nothing could serve it before server_login_retry: fail fast
             client.login_failed(self._cached_error())
             return
         self.waiting.append(client)
@@ -330,6 +330,10 @@ class Pool:
         self.pooler.server_gone(self)
         self.login_error = fields
         self.login_error_until = self._now() + self.pooler.config.settings.server_login_retry
+        if self.servers:
+            # Other servers are up (or still logging in): the queue is served by them. Failing it would turn
+            # one refused login (Postgres out of slots, say) into an error for every waiting client.
+            return
         waiters = self.welcome_waiters + list(self.waiting)
         self.welcome_waiters = []
         self.waiting.clear()

@@ -11,16 +11,17 @@ import asyncio
 import os
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import asyncpg
 import psycopg
 import pytest
-from backends import Activity, PeakSampler, in_thread, wait_until, wait_until_sync
+from backends import Activity, PeakSampler, in_thread, wait_for_no_test_backends, wait_until, wait_until_sync
 from harness import RunningPooler, make_config, running_pooler
 from support import APP_DB, APP_PASSWORD, APP_USER, MD5_PASSWORD, MD5_USER, OTHER_DB, PostgresServer
 
-from pooler.config import DatabaseConfig, PoolMode, UserConfig
+from pooler.config import DatabaseConfig, PoolMode, UserConfig, UserlistEntry
 
 pytestmark = pytest.mark.usefixtures("no_leftover_backends")
 
@@ -432,3 +433,28 @@ def test_pool_mode_per_database_and_per_user_override_the_global(postgres: Postg
         b.commit()
         a.close()
         b.close()
+
+
+def test_a_refused_server_login_does_not_fail_clients_other_servers_can_serve(postgres: PostgresServer) -> None:
+    """Postgres out of slots for one more login (53300) must not fail the queue the open servers serve."""
+    with psycopg.connect(postgres.dsn(), autocommit=True) as admin:
+        admin.execute("DROP ROLE IF EXISTS limited")
+        admin.execute("CREATE ROLE limited LOGIN PASSWORD 'limited-secret' CONNECTION LIMIT 2")
+        admin.execute(f"GRANT CONNECT ON DATABASE {APP_DB} TO limited")
+    userlist = (UserlistEntry("limited", "limited-secret"),)
+    try:
+        with running_pooler(make_config(postgres, default_pool_size=5, userlist=userlist)) as pooler:
+            def work(_: int) -> tuple[int]:
+                with psycopg.connect(pooler.dsn(user="limited", password="limited-secret"), autocommit=True) as c:
+                    row = c.execute("select count(*) from pg_sleep(0.2)").fetchone()
+                    assert row is not None
+                    return (row[0],)
+
+            with ThreadPoolExecutor(10) as executor:
+                results = list(executor.map(work, range(10)))
+            assert results == [(1,)] * 10  # all served by the two servers Postgres allowed
+    finally:
+        with psycopg.connect(postgres.dsn(), autocommit=True) as admin:
+            wait_for_no_test_backends(postgres)
+            admin.execute(f"REVOKE CONNECT ON DATABASE {APP_DB} FROM limited")
+            admin.execute("DROP ROLE limited")
