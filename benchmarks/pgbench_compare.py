@@ -20,17 +20,17 @@ import pwd
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
+
+from benchmarks.common import free_port, tool, wait_port
 
 BENCH_DB = "bench"
 BENCH_USER = "bench"
@@ -56,22 +56,6 @@ class Results:
         return statistics.median(values) if values else float("nan")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on port {port} after {timeout}s")
-
-
 @contextmanager
 def postgres(dsn: str | None, workdir: Path) -> Iterator[tuple[str, int, str, str]]:
     """(host, port, superuser, password) of the Postgres to measure against."""
@@ -88,18 +72,6 @@ def postgres(dsn: str | None, workdir: Path) -> Iterator[tuple[str, int, str, st
         yield pg.host, pg.port, pg.superuser, pg.superuser_password
     finally:
         pg.stop()
-
-
-def tool(name: str) -> str:
-    from pooler.embedded import bin_dir
-
-    try:
-        return str(bin_dir() / name)
-    except RuntimeError:
-        found = shutil.which(name)
-        if not found:
-            raise
-        return found
 
 
 def prepare(host: str, port: int, superuser: str, password: str, scale: int) -> None:

@@ -980,36 +980,28 @@ def effective_max_db_connections(config: Config, db: DatabaseConfig) -> int:
     return config.settings.max_db_connections
 
 
-def effective_max_user_connections(config: Config, user: str) -> int:
+def _user_or_global(config: Config, user: str, name: str) -> typing.Any:
+    """A [users] entry's value for ``name`` if it sets one, else the [pgbouncer] section's."""
     entry = config.users.get(user)
-    if entry is not None and entry.max_user_connections is not None:
-        return entry.max_user_connections
-    return config.settings.max_user_connections
+    value = getattr(entry, name) if entry is not None else None
+    return value if value is not None else getattr(config.settings, name)
+
+
+def effective_max_user_connections(config: Config, user: str) -> int:
+    return int(_user_or_global(config, user, "max_user_connections"))
 
 
 def effective_query_timeout(config: Config, user: str) -> float:
-    entry = config.users.get(user)
-    if entry is not None and entry.query_timeout is not None:
-        return entry.query_timeout
-    return config.settings.query_timeout
+    return float(_user_or_global(config, user, "query_timeout"))
 
 
 def effective_query_wait_timeout(config: Config, user: str) -> float:
-    entry = config.users.get(user)
-    if entry is not None and entry.query_wait_timeout is not None:
-        return entry.query_wait_timeout
-    return config.settings.query_wait_timeout
+    return float(_user_or_global(config, user, "query_wait_timeout"))
 
 
 def effective_idle_transaction_timeout(config: Config, user: str) -> float:
-    entry = config.users.get(user)
-    if entry is not None and entry.idle_transaction_timeout is not None:
-        return entry.idle_transaction_timeout
-    return config.settings.idle_transaction_timeout
+    return float(_user_or_global(config, user, "idle_transaction_timeout"))
 
 
 def effective_client_idle_timeout(config: Config, user: str) -> float:
-    entry = config.users.get(user)
-    if entry is not None and entry.client_idle_timeout is not None:
-        return entry.client_idle_timeout
-    return config.settings.client_idle_timeout
+    return float(_user_or_global(config, user, "client_idle_timeout"))
