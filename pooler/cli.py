@@ -124,6 +124,8 @@ def _up(args: argparse.Namespace) -> int:
         }
         if args.pool_size is not None:
             changes["default_pool_size"] = args.pool_size
+        if not base.settings.admin_users:  # the developer's own role may use the admin console (SHOW POOLS, ...)
+            changes["admin_users"] = (role,)
         config = replace_settings(base, **changes)
         config = Config(
             settings=config.settings,

@@ -148,6 +148,9 @@ def test_up_prints_urls_that_work_and_stops_cleanly(tmp_path: Path, sig: signal.
         assert any("postgres" in p.name() for p in children)
         with psycopg.connect(pooled.split("=", 1)[1]) as conn:
             assert conn.execute("show max_connections").fetchone() == ("100",)
+        admin_url = pooled.split("=", 1)[1].rsplit("/", 1)[0] + "/pgbouncer"
+        with psycopg.connect(admin_url, autocommit=True) as admin:  # the generated role is an admin user
+            assert admin.execute("SHOW VERSION").fetchone() is not None
         with psycopg.connect(unpooled.split("=", 1)[1]) as conn:
             conn.execute("create table if not exists kept (x int)")
             conn.execute("insert into kept values (1)")
