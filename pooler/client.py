@@ -480,9 +480,9 @@ class ClientConnection(asyncio.Protocol):
             return
         if server.is_clean():
             self._unlink(server)
-            self.last_active = self.pooler.clock()
+            now = self.last_active = self.pooler.clock()
             assert self.pool is not None
-            self.pool.release(server)
+            self.pool.release(server, now=now)
             if len(self._held) >= 5:
                 self._hold(b"")
         elif mode == PoolMode.STATEMENT and server.tx_status != pq.TX_IDLE:

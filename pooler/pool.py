@@ -135,14 +135,14 @@ class Pool:
         if client in self.welcome_waiters:
             self.welcome_waiters.remove(client)
 
-    def release(self, server: ServerConnection, *, touch: bool = True) -> None:
+    def release(self, server: ServerConnection, *, touch: bool = True, now: float = 0.0) -> None:
         """A clean server is free: hand it to the first queued client, or park it.
 
         ``touch=False`` keeps its idle clock (after a health check, which is not use).
         """
         if server.state == ServerState.CLOSED:
             return
-        now = self._now()
+        now = now or self._now()
         if touch:
             server.last_used = now
         lifetime = self.lifetime

@@ -220,9 +220,7 @@ class ServerConnection(asyncio.Protocol):
         refused = -1
         refused_parameters: dict[str, str] | None = None
         answered = 0
-        while True:
-            if pos + 5 > n:
-                break
+        while pos + 5 <= n:
             kind = data[pos]
             end = pos + 1 + unpack(data, pos + 1)[0]
             if inspect[kind]:
@@ -254,8 +252,6 @@ class ServerConnection(asyncio.Protocol):
                     refused_parameters = pq.parse_error_fields(data[pos + 5 : end])
                     break
             pos = end
-            if pos >= n:
-                break
         if answered:
             self._count_answers(answered)
         if refused >= 0:
@@ -273,13 +269,13 @@ class ServerConnection(asyncio.Protocol):
             if pos < n:
                 self._partial = data[pos:]
         client = self.client
-        if forward_from >= 0 and client is not None:
+        if forward_from >= 0 and client is not None and client.transport is not None:
             if forward_from == 0 and stop == n:
                 self.stats.sent += n
-                client.write(data)
+                client.transport.write(data)
             elif stop > forward_from:
                 self.stats.sent += stop - forward_from
-                client.write(data[forward_from:stop])
+                client.transport.write(data[forward_from:stop])
         if client is None:
             if self.state == ServerState.IDLE and self.fatal_seen:
                 self.close("server sent FATAL while idle")

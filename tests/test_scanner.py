@@ -46,6 +46,7 @@ class FakeClient:
         self.ready_calls = 0
         self.direct = False
         self.pool_mode = PoolMode.TRANSACTION
+        self.transport = self  # the scanner writes to the client's transport: record it here
 
     def write(self, data: bytes) -> None:
         self.received += data
