@@ -175,6 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", type=int, default=10)
     parser.add_argument("--quick", action="store_true", help="3 rounds of 4 s")
     parser.add_argument("--mode", default="simple", choices=["simple", "extended"], help="pgbench -M")
+    parser.add_argument("--bare", action="store_true",
+                        help="also measure a bare uvloop byte forwarder (benchmarks.bare_forwarder): "
+                        "the ceiling of this design")
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.seconds = 3, 4
@@ -195,6 +198,13 @@ def main(argv: list[str] | None = None) -> int:
                 contenders = [("direct", port), ("pooler", pooler)]
                 if bouncer is not None:
                     contenders.append(("pgbouncer", bouncer))
+                bare = None
+                if args.bare:
+                    bare_port = free_port()
+                    bare = subprocess.Popen([sys.executable, "-m", "benchmarks.bare_forwarder", str(bare_port),
+                                             str(port)])
+                    wait_port(bare_port)
+                    contenders.append(("bare forwarder", bare_port))
                 for scenario in scenarios:
                     for _, contender_port in contenders:  # warm-up, not recorded
                         pgbench(contender_port, scenario.pgbench_args, 2)
@@ -205,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
                             results.add(scenario.name, name, tps if scenario.metric == "tps" else latency)
                             print(f"  round {round_no + 1} {scenario.name:<32} {name:<10} tps={tps:9.0f} "
                                   f"lat={latency:.3f} ms", file=sys.stderr, flush=True)
+                if bare is not None:
+                    bare.terminate()
+                    bare.wait(10)
     report(results, scenarios, args)
     return 0
 
@@ -212,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
 def report(results: Results, scenarios: list[Scenario], args: argparse.Namespace) -> None:
     print(f"\npgbench, {args.rounds} rounds x {args.seconds}s, default_pool_size={args.pool_size}, "
           f"{os.cpu_count()} cores; medians (min-max)\n")
-    names = ["direct", "pgbouncer", "pooler"]
+    names = ["direct", "pgbouncer", "pooler"] + (["bare forwarder"] if args.bare else [])
     print(f"| scenario | {' | '.join(names)} | pooler/pgbouncer | pooler/direct |")
     print("|---|" + "---|" * (len(names) + 2))
     for scenario in scenarios:
