@@ -272,7 +272,7 @@ log_connections = 0
 log_disconnections = 0
 """
     )
-    config = load_config(str(ini), environ={})
+    config = load_config(str(ini), environ={"POOLER_METRICS_PORT": "0"})  # no fixed port in tests
     assert config.settings.auth_file == str(tmp_path / "userlist.txt")
     with running_pooler(config) as p:
         assert p.port == port
