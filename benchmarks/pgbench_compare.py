@@ -137,7 +137,9 @@ def run_pgbouncer(ini: Path, port: int) -> Iterator[int | None]:
 
 @contextmanager
 def run_pooler(ini: Path, port: int, extra_env: dict[str, str] | None = None) -> Iterator[int]:
-    env = {**os.environ, "POOLER_LISTEN_PORT": str(port), "POOLER_LOG_FORMAT": "json", **(extra_env or {})}
+    # Metrics off (and off the fixed port 9127) unless a caller measures them, as in the suite.
+    env = {**os.environ, "POOLER_LISTEN_PORT": str(port), "POOLER_LOG_FORMAT": "json", "POOLER_METRICS_PORT": "0",
+           **(extra_env or {})}
     env.pop("DATABASE_URL", None)
     proc = subprocess.Popen([sys.executable, "-m", "pooler", "run", "-c", str(ini)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
