@@ -97,8 +97,8 @@ async def _until(condition: Callable[[], bool]) -> None:
 # --- commands -------------------------------------------------------------------------------------------
 
 
-def pause(pooler: Pooler, database: str | None) -> None:
-    """Stop handing out servers (all databases, or one); servers close as their transactions end."""
+def _mark_paused(pooler: Pooler, database: str | None) -> None:
+    """PAUSE and KILL both start here: the whole pooler, or one database, hands out no more servers."""
     if pooler.paused:
         raise ControlError("already suspended/paused")
     if database is None:
@@ -106,6 +106,11 @@ def pause(pooler: Pooler, database: str | None) -> None:
     else:
         check_database(pooler, database)
         pooler.paused_dbs.add(database)
+
+
+def pause(pooler: Pooler, database: str | None) -> None:
+    """Stop handing out servers (all databases, or one); servers close as their transactions end."""
+    _mark_paused(pooler, database)
     log.info("pause", database=database or "*")
     apply_pause(pooler)
 
@@ -166,13 +171,7 @@ async def wait_close(pooler: Pooler, database: str | None) -> None:
 
 def kill(pooler: Pooler, database: str | None) -> None:
     """Drop every client and server of ``database`` (or all) now, and pause it until RESUME."""
-    if pooler.paused:
-        raise ControlError("already suspended/paused")
-    if database is None:
-        pooler.paused = True
-    else:
-        check_database(pooler, database)
-        pooler.paused_dbs.add(database)
+    _mark_paused(pooler, database)
     apply_pause(pooler)
     killed = 0
     for client in list(pooler.clients):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import secrets
 import sys
+import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import ExitStack
 from pathlib import Path
@@ -31,7 +32,7 @@ if str(Path(__file__).parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).parent))
 
 from backends import Activity, wait_for_no_test_backends
-from support import MD5_HBA_RULE, PostgresServer, find_bin_dir, provision
+from support import APP_DB, APP_PASSWORD, APP_USER, MD5_HBA_RULE, PostgresServer, find_bin_dir, provision
 
 # -- asyncio ---------------------------------------------------------------------------------------------
 
@@ -195,3 +196,15 @@ async def aactivity(postgres: PostgresServer) -> AsyncIterator[Activity]:
     yield act
     act.close()
     await act.aclose()
+
+
+@pytest.fixture
+def table(postgres: PostgresServer) -> Iterator[str]:
+    """A one-row table (id 1, v 0) that app may update, dropped afterwards."""
+    name = f"t_{time.monotonic_ns()}"
+    with psycopg.connect(postgres.dsn(APP_DB, APP_USER, APP_PASSWORD), autocommit=True) as conn:
+        conn.execute(f"CREATE TABLE {name} (id int PRIMARY KEY, v int NOT NULL)")
+        conn.execute(f"INSERT INTO {name} VALUES (1, 0)")
+    yield name
+    with psycopg.connect(postgres.dsn(APP_DB, APP_USER, APP_PASSWORD), autocommit=True) as conn:
+        conn.execute(f"DROP TABLE {name}")

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Iterator
 
 import asyncpg
 import psycopg
@@ -29,18 +28,6 @@ from support import APP_DB, APP_PASSWORD, APP_USER, PostgresServer
 from pooler.config import AuthType, DatabaseConfig
 
 pytestmark = pytest.mark.usefixtures("no_leftover_backends")
-
-
-@pytest.fixture
-def table(postgres: PostgresServer) -> Iterator[str]:
-    """A one-row table (id 1, v 0) that app may update, dropped afterwards."""
-    name = f"t_{time.monotonic_ns()}"
-    with psycopg.connect(postgres.dsn(APP_DB, APP_USER, APP_PASSWORD), autocommit=True) as conn:
-        conn.execute(f"CREATE TABLE {name} (id int PRIMARY KEY, v int NOT NULL)")
-        conn.execute(f"INSERT INTO {name} VALUES (1, 0)")
-    yield name
-    with psycopg.connect(postgres.dsn(APP_DB, APP_USER, APP_PASSWORD), autocommit=True) as conn:
-        conn.execute(f"DROP TABLE {name}")
 
 
 async def apg(p: RunningPooler) -> asyncpg.Connection:

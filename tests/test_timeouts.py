@@ -12,7 +12,6 @@ import asyncio
 import socket
 import struct
 import time
-from collections.abc import Iterator
 
 import psycopg
 import pytest
@@ -34,18 +33,6 @@ from pooler.config import AuthType, DatabaseConfig, PoolMode, UserConfig
 pytestmark = pytest.mark.usefixtures("no_leftover_backends")
 
 MD5 = {"user": MD5_USER, "password": MD5_PASSWORD}
-
-
-@pytest.fixture
-def table(postgres: PostgresServer) -> Iterator[str]:
-    """A one-row table (id 1, v 0) that app may update, dropped afterwards."""
-    name = f"t_{time.monotonic_ns()}"
-    with psycopg.connect(postgres.dsn(APP_DB, APP_USER, APP_PASSWORD), autocommit=True) as conn:
-        conn.execute(f"CREATE TABLE {name} (id int PRIMARY KEY, v int NOT NULL)")
-        conn.execute(f"INSERT INTO {name} VALUES (1, 0)")
-    yield name
-    with psycopg.connect(postgres.dsn(APP_DB, APP_USER, APP_PASSWORD), autocommit=True) as conn:
-        conn.execute(f"DROP TABLE {name}")
 
 
 def client_count(p: RunningPooler) -> int:
