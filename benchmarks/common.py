@@ -244,18 +244,8 @@ def run_pgbouncer(ini: Path, port: int, label: str = "pgbouncer") -> Iterator[Pr
         pwd.getpwnam("nobody")
         ini.parent.chmod(ini.parent.stat().st_mode | 0o055)
         args = [binary, "-u", "nobody", str(ini)]
-    log = ini.parent / f"{label}.log"
-    with log.open("ab") as out:
-        proc = subprocess.Popen(args, stdout=out, stderr=out, start_new_session=True)
-    handle = Proc(label, port, proc, log)
-    try:
-        try:
-            wait_port(port, proc=proc)
-        except RuntimeError as exc:
-            raise RuntimeError(f"{label} did not start: {exc}\n{handle.log_tail()}") from None
+    with _launched(label, port, args, ini.parent, stop=signal.SIGINT) as handle:
         yield handle
-    finally:
-        _stop(proc, signal.SIGINT)
 
 
 @contextmanager
@@ -268,10 +258,18 @@ def run_pooler(ini: Path, port: int, label: str = "pooler", env: Mapping[str, st
                 "POOLER_METRICS_PORT": "0", **(env or {})}
     full_env.pop("DATABASE_URL", None)
     full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    log = ini.parent / f"{label}.log"
+    args = [sys.executable, "-m", "pooler", "run", "-c", str(ini)]
+    with _launched(label, port, args, ini.parent, stop=signal.SIGTERM, env=full_env, cwd=ROOT) as handle:
+        yield handle
+
+
+@contextmanager
+def _launched(label: str, port: int, args: list[str], logdir: Path, *, stop: signal.Signals,
+              env: Mapping[str, str] | None = None, cwd: Path | None = None) -> Iterator[Proc]:
+    """A contender's process, logging to ``logdir/label.log``, once it listens on ``port``; stopped with ``stop``."""
+    log = logdir / f"{label}.log"
     with log.open("ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "pooler", "run", "-c", str(ini)], env=full_env, cwd=ROOT,
-                                stdout=out, stderr=out, start_new_session=True)
+        proc = subprocess.Popen(args, env=env, cwd=cwd, stdout=out, stderr=out, start_new_session=True)
     handle = Proc(label, port, proc, log)
     try:
         try:
@@ -280,7 +278,7 @@ def run_pooler(ini: Path, port: int, label: str = "pooler", env: Mapping[str, st
             raise RuntimeError(f"{label} did not start: {exc}\n{handle.log_tail()}") from None
         yield handle
     finally:
-        _stop(proc, signal.SIGTERM)
+        _stop(proc, stop)
 
 
 _TPS = re.compile(r"^tps = ([\d.]+)", re.M)

@@ -28,16 +28,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from benchmarks.common import free_port, tool, wait_port
 from benchmarks.pgbench_compare import (
     BENCH_DB,
     BENCH_PASSWORD,
     BENCH_USER,
-    free_port,
     pgbench,
     postgres,
     prepare,
-    tool,
-    wait_port,
     write_pgbouncer_ini,
 )
 

@@ -146,26 +146,16 @@ class AsyncConn:
     async def query(self, sql: str) -> list[list[bytes | None]]:
         """Run ``sql`` (simple protocol); the rows of its last result, as raw text values."""
         self.writer.write(query_message(sql))
-        rows: list[list[bytes | None]] = []
-        error: PgError | None = None
+        reply = _Reply()
         while True:
             try:
                 kind, payload = await self.read_message()
             except PgError:
-                if error:  # an ErrorResponse, then the connection closed (a FATAL)
-                    raise error from None
+                if reply.error:  # an ErrorResponse, then the connection closed (a FATAL)
+                    raise reply.error from None
                 raise
-            if kind == b"D":
-                rows.append(_data_row(payload))
-            elif kind == b"T":
-                rows = []
-            elif kind == b"E":
-                fields = error_fields(payload)
-                error = PgError(fields.get("M", "error"), fields)
-            elif kind == b"Z":
-                if error:
-                    raise error
-                return rows
+            if reply.add(kind, payload):
+                return reply.rows
 
     async def close(self) -> None:
         try:
@@ -220,23 +210,35 @@ def blocking_login(sock: socket.socket, user: str, password: str, database: str,
 def blocking_query(sock: socket.socket, sql: str) -> list[list[bytes | None]]:
     """Run ``sql`` on a logged-in blocking socket; the rows of its last result."""
     sock.sendall(query_message(sql))
-    rows: list[list[bytes | None]] = []
-    error: PgError | None = None
+    reply = _Reply()
     while True:
         header = _recv_exactly(sock, 5)
         payload = _recv_exactly(sock, struct.unpack_from("!I", header, 1)[0] - 4)
-        kind = header[:1]
+        if reply.add(header[:1], payload):
+            return reply.rows
+
+
+class _Reply:
+    """The answer to one simple Query, message by message: the rows of its last result, or its error."""
+
+    def __init__(self) -> None:
+        self.rows: list[list[bytes | None]] = []
+        self.error: PgError | None = None
+
+    def add(self, kind: bytes, payload: bytes) -> bool:
+        """Take one message; True at ReadyForQuery (raising the ErrorResponse, if one came)."""
         if kind == b"D":
-            rows.append(_data_row(payload))
+            self.rows.append(_data_row(payload))
         elif kind == b"T":
-            rows = []
+            self.rows = []
         elif kind == b"E":
             fields = error_fields(payload)
-            error = PgError(fields.get("M", "error"), fields)
+            self.error = PgError(fields.get("M", "error"), fields)
         elif kind == b"Z":
-            if error:
-                raise error
-            return rows
+            if self.error:
+                raise self.error
+            return True
+        return False
 
 
 def _recv_exactly(sock: socket.socket, size: int) -> bytes:
