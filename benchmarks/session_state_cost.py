@@ -34,7 +34,7 @@ from collections.abc import Callable
 
 from pglast.parser import parse_sql, parse_sql_json
 
-from pooler.session_state import SessionStateChecker
+from pooler.core.session_state import SessionStateChecker
 
 
 def _texts(template: str, n: int, unique: bool) -> list[str]:

@@ -17,17 +17,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pooler import __version__
-from pooler.config import (
-    AuthType,
-    Config,
-    ConfigError,
-    DatabaseConfig,
-    UserlistEntry,
-    load_config,
-    replace_settings,
-)
+from pooler.config import Config, ConfigError, DatabaseConfig, UserlistEntry, load_config, replace_settings
 from pooler.log import configure, log
-from pooler.workers import SINGLE, Worker, run_workers, worker_config
+from pooler.runtime.workers import SINGLE, Worker, run_workers, worker_config
+from pooler.wire.auth import AuthType
 
 #: Exit code for a config that cannot be used (nothing started).
 EXIT_BAD_CONFIG = 2
@@ -85,7 +78,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from pooler.check import run_check
+    from pooler.dev.check import run_check
 
     try:
         config = load_config(args.config, os.environ)
@@ -99,7 +92,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _up(args: argparse.Namespace) -> int:
-    from pooler.embedded import EmbeddedPostgres
+    from pooler.dev.embedded import EmbeddedPostgres
 
     data_dir = Path(args.data_dir).expanduser().resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -190,8 +183,8 @@ async def serve(config: Config, *, reload: Callable[[], Config] | None = None,
     once the transactions in flight have finished; SIGQUIT, or any second SIGTERM/SIGINT, exits now.
     SIGUSR1 pauses, SIGUSR2 resumes.
     """
-    from pooler import control
-    from pooler.app import Pooler
+    from pooler.ops import control
+    from pooler.runtime.process import Pooler
 
     pooler = Pooler(config, worker)
     pooler.config_loader = reload

@@ -26,6 +26,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
+from pooler.wire.auth import AuthType
+
 
 class PoolMode(enum.StrEnum):
     """When a backend goes back to the pool."""
@@ -33,15 +35,6 @@ class PoolMode(enum.StrEnum):
     SESSION = "session"
     TRANSACTION = "transaction"
     STATEMENT = "statement"
-
-
-class AuthType(enum.StrEnum):
-    """How clients prove who they are to the pooler (PgBouncer's ``auth_type``)."""
-
-    TRUST = "trust"
-    PLAIN = "plain"
-    MD5 = "md5"
-    SCRAM_SHA_256 = "scram-sha-256"
 
 
 class ConfigError(Exception):
@@ -414,7 +407,7 @@ def _build_setting_converters() -> dict[str, _Converter]:
         "direct_port": _int_converter(0, _PORT_MAX, port=True),
         "metrics_port": _int_converter(0, _PORT_MAX, port=True),
         "max_packet_size": _int_converter(1024, _MAX_PACKET_SIZE_LIMIT),
-        "workers": _int_converter(1, 16),  # the cancel key has 4 bits for the worker (pooler.workers)
+        "workers": _int_converter(1, 16),  # the cancel key has 4 bits for the worker (pooler.runtime.workers)
         "pkt_buf": _int_converter(1),
         "auth_type": _to_auth_type,
         "log_format": _choice_converter("auto", "json", "console"),

@@ -5,7 +5,7 @@ Where the Postgres comes from, first match wins:
 1. ``POOLER_TEST_DSN``: a superuser DSN to a server you already run.
 2. Docker, when a daemon answers (skip with ``POOLER_TEST_DOCKER=0``): testcontainers' ``postgres:18``
    (override the image with ``POOLER_TEST_PG_IMAGE``).
-3. Otherwise (the default in CI): ``pooler.embedded.EmbeddedPostgres`` in a pytest temp dir.
+3. Otherwise (the default in CI): ``pooler.dev.embedded.EmbeddedPostgres`` in a pytest temp dir.
 
 Whatever the source, the roles and databases in ``support`` are provisioned in it.
 """
@@ -120,7 +120,7 @@ def _start_container(stack: ExitStack) -> PostgresServer:
 
 
 def _start_embedded(stack: ExitStack, base: Path) -> PostgresServer:
-    from pooler.embedded import EmbeddedPostgres, bin_dir
+    from pooler.dev.embedded import EmbeddedPostgres, bin_dir
 
     server = EmbeddedPostgres(
         base / "data",

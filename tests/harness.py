@@ -20,8 +20,9 @@ from urllib.parse import quote, urlencode
 import uvloop
 from support import APP_DB, APP_PASSWORD, APP_USER, MD5_PASSWORD, MD5_USER, OTHER_DB, PostgresServer
 
-from pooler.app import Pooler
-from pooler.config import AuthType, Config, DatabaseConfig, Settings, UserConfig, UserlistEntry
+from pooler.config import Config, DatabaseConfig, Settings, UserConfig, UserlistEntry
+from pooler.runtime.process import Pooler
+from pooler.wire.auth import AuthType
 
 T = TypeVar("T")
 

@@ -1,6 +1,6 @@
 """A raw-socket Postgres client for tests that must send what no real driver would.
 
-It frames messages with ``pooler.protocol``'s builders, reads whole backend messages back, and can log
+It frames messages with ``pooler.wire.messages``'s builders, reads whole backend messages back, and can log
 in with cleartext, md5 or SCRAM-SHA-256 (via scramp), so a test can put a malformed packet exactly where
 it wants: before the startup packet, during authentication, or after login. Every read has a timeout,
 so a pooler that goes silent fails the test instead of hanging it.
@@ -16,7 +16,7 @@ from types import TracebackType
 
 from scramp import ScramClient  # type: ignore[import-untyped]
 
-from pooler import protocol as pq
+from pooler.wire import messages as pq
 
 DEFAULT_TIMEOUT = 10.0
 

@@ -22,7 +22,7 @@ from opshelp import BLOCKED_QUERY, blocking, console, pool_row, show
 from support import APP_DB, APP_PASSWORD, APP_USER, MD5_PASSWORD, MD5_USER, OTHER_DB, PostgresServer
 
 from pooler import config as cfg
-from pooler.admin import AdminCommand, AdminSyntaxError, parse_command
+from pooler.ops.admin import AdminCommand, AdminSyntaxError, parse_command
 
 pytestmark = pytest.mark.usefixtures("no_leftover_backends")
 

@@ -1,4 +1,4 @@
-"""Both directions of pooler.auth, mostly by pairing them: the pooler logging in to itself."""
+"""Both directions of pooler.wire.auth, mostly by pairing them: the pooler logging in to itself."""
 
 from __future__ import annotations
 
@@ -9,17 +9,17 @@ import hmac
 import pytest
 from scramp import ScramClient, ScramMechanism  # type: ignore[import-untyped]
 
-from pooler.auth import (
+from pooler.wire.auth import (
     AuthFailed,
     AuthStep,
+    AuthType,
     ClientAuth,
     ServerAuth,
     md5_secret,
     parse_scram_verifier,
     scram_verifier,
 )
-from pooler.config import AuthType
-from pooler.protocol import (
+from pooler.wire.messages import (
     AUTH_CLEARTEXT,
     AUTH_MD5,
     AUTH_OK,

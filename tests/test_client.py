@@ -46,9 +46,9 @@ from rawclient import (
 )
 from support import APP_DB, APP_PASSWORD, APP_USER, MD5_PASSWORD, MD5_USER, OTHER_DB, PostgresServer
 
-from pooler import protocol as pq
-from pooler.auth import md5_secret, scram_verifier
-from pooler.config import AuthType, DatabaseConfig, PoolMode, UserlistEntry, load_config
+from pooler.config import DatabaseConfig, PoolMode, UserlistEntry, load_config
+from pooler.wire import messages as pq
+from pooler.wire.auth import AuthType, md5_secret, scram_verifier
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 

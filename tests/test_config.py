@@ -14,7 +14,6 @@ import scramp
 
 from pooler.config import (
     PGBOUNCER_UNSUPPORTED_SETTINGS,
-    AuthType,
     Config,
     ConfigError,
     DatabaseConfig,
@@ -37,6 +36,7 @@ from pooler.config import (
     read_userlist,
     replace_settings,
 )
+from pooler.wire.auth import AuthType
 
 REPO = Path(__file__).resolve().parent.parent
 

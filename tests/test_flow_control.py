@@ -14,9 +14,9 @@ from harness import RunningPooler, make_config, running_pooler
 from rawclient import RawClient
 from support import APP_DB, APP_PASSWORD, APP_USER, PostgresServer
 
-from pooler import protocol as pq
-from pooler.app import Pooler
-from pooler.server import WRITE_BUFFER_HIGH
+from pooler.net.server import WRITE_BUFFER_HIGH
+from pooler.runtime.process import Pooler
+from pooler.wire import messages as pq
 
 #: What the pooler may hold for one connection beyond the high-water mark: one read from the other side.
 SLACK = 512 * 1024

@@ -21,9 +21,9 @@ from harness import RunningPooler, make_config, running_pooler
 from rawclient import Message, RawClient, bind, describe_statement, execute, parse
 from support import APP_DB, APP_PASSWORD, APP_USER, PostgresServer
 
-from pooler import protocol as pq
-from pooler.app import Pooler
 from pooler.config import PoolMode
+from pooler.runtime.process import Pooler
+from pooler.wire import messages as pq
 
 
 def close_statement(name: str) -> bytes:

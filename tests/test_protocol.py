@@ -6,7 +6,7 @@ import struct
 
 import pytest
 
-from pooler import protocol as pq
+from pooler.wire import messages as pq
 
 
 def split_messages(data: bytes) -> list[tuple[bytes, bytes]]:

@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 
-from pooler import protocol as pq
-from pooler.auth import ServerAuth
-from pooler.client import ClientConnection, ClientState
 from pooler.config import Config, PoolMode
-from pooler.server import ServerConnection, ServerState
-from pooler.stats import PoolStats
+from pooler.core.stats import PoolStats
+from pooler.net.client import ClientConnection, ClientState
+from pooler.net.server import ServerConnection, ServerState
+from pooler.wire import messages as pq
+from pooler.wire.auth import ServerAuth
 
 
 class FakeTransport:

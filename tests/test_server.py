@@ -25,7 +25,8 @@ from backends import (
 from harness import RunningPooler, free_port, make_config, running_pooler
 from support import APP_DB, APP_PASSWORD, APP_USER, PostgresServer
 
-from pooler.config import AuthType, DatabaseConfig
+from pooler.config import DatabaseConfig
+from pooler.wire.auth import AuthType
 
 pytestmark = pytest.mark.usefixtures("no_leftover_backends")
 

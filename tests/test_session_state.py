@@ -17,7 +17,7 @@ import itertools
 import pytest
 from pglast.parser import parse_sql_json
 
-from pooler.session_state import MAX_CACHED_SQL, Finding, SessionStateChecker, SessionStateKind
+from pooler.core.session_state import MAX_CACHED_SQL, Finding, SessionStateChecker, SessionStateKind
 
 K = SessionStateKind
 

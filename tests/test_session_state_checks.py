@@ -16,8 +16,8 @@ import pytest
 from harness import RunningPooler, make_config, running_pooler
 from support import PostgresServer
 
-from pooler.app import Pooler
 from pooler.config import PoolMode
+from pooler.runtime.process import Pooler
 
 #: One statement per kind, each run in autocommit on the pooled endpoint.
 EACH_KIND = {

@@ -28,7 +28,8 @@ from backends import (
 from harness import RunningPooler, make_config, running_pooler
 from support import APP_DB, APP_PASSWORD, APP_USER, MD5_PASSWORD, MD5_USER, PostgresServer
 
-from pooler.config import AuthType, DatabaseConfig, PoolMode, UserConfig
+from pooler.config import DatabaseConfig, PoolMode, UserConfig
+from pooler.wire.auth import AuthType
 
 pytestmark = pytest.mark.usefixtures("no_leftover_backends")
 

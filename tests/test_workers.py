@@ -18,7 +18,7 @@ from harness import free_port, make_config
 from support import APP_DB, APP_PASSWORD, APP_USER, PostgresServer
 
 from pooler.config import DatabaseConfig, UserConfig
-from pooler.workers import MAX_WORKERS, share, worker_config
+from pooler.runtime.workers import MAX_WORKERS, share, worker_config
 
 
 @pytest.mark.parametrize(("total", "count"), [(20, 2), (21, 2), (5, 3), (100, 16), (3, 2)])

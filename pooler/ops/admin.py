@@ -24,16 +24,17 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from pooler import __version__, control, introspect
-from pooler import protocol as pq
-from pooler.client import ClientState
+from pooler import __version__
 from pooler.config import ConfigError
 from pooler.log import log
-from pooler.metrics import VERSION_STRING
+from pooler.net.client import ClientState
+from pooler.ops import control, introspect
+from pooler.ops.metrics import VERSION_STRING
+from pooler.wire import messages as pq
 
 if TYPE_CHECKING:
-    from pooler.app import Pooler
-    from pooler.client import ClientConnection
+    from pooler.net.client import ClientConnection
+    from pooler.runtime.process import Pooler
 
 # --- the wire ------------------------------------------------------------------------------------------
 

@@ -20,15 +20,15 @@ import contextlib
 from typing import TYPE_CHECKING
 
 from pooler import config as cfg
-from pooler import protocol as pq
-from pooler.auth import ServerAuth
 from pooler.config import DatabaseConfig, PoolMode
-from pooler.server import ServerConnection, ServerState
-from pooler.stats import PoolStats
+from pooler.core.stats import PoolStats
+from pooler.net.server import ServerConnection, ServerState
+from pooler.wire import messages as pq
+from pooler.wire.auth import ServerAuth
 
 if TYPE_CHECKING:
-    from pooler.app import Pooler
-    from pooler.client import ClientConnection
+    from pooler.net.client import ClientConnection
+    from pooler.runtime.process import Pooler
 
 
 class Pool:
@@ -76,7 +76,7 @@ class Pool:
         self.login_error: dict[str, str] | None = None
         self.login_error_until = 0.0
         self.reserve_active = False
-        self.paused = False  # PAUSE / shutdown: released servers close, none open (pooler.control sets it)
+        self.paused = False  # PAUSE / shutdown: released servers close, none open (pooler.ops.control sets it)
         self.mode = PoolMode.TRANSACTION
         self.size = 0
         self.reserve_size = 0

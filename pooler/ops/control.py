@@ -28,13 +28,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from pooler import config as cfg
-from pooler.client import ClientState
 from pooler.config import ADMIN_DATABASE, ConfigError
 from pooler.log import log
+from pooler.net.client import ClientState
 
 if TYPE_CHECKING:
-    from pooler.app import Pooler
-    from pooler.pool import Pool
+    from pooler.core.pool import Pool
+    from pooler.runtime.process import Pooler
 
 #: How often the waits (PAUSE, WAIT_CLOSE, shutdown drains) look at the pools again.
 POLL_INTERVAL = 0.05
@@ -212,7 +212,7 @@ def reload(pooler: Pooler) -> None:
 
 def set_setting(pooler: Pooler, key: str, value: str) -> None:
     """SET key = value: validated as if read from a file, applied like a reload (until the next RELOAD)."""
-    from pooler.introspect import RESTART_ONLY_SETTINGS
+    from pooler.ops.introspect import RESTART_ONLY_SETTINGS
 
     name = key.strip().lower()
     if name in RESTART_ONLY_SETTINGS:

@@ -20,13 +20,12 @@ import secrets
 import struct
 from collections import OrderedDict
 from dataclasses import dataclass
-from enum import Enum, auto
+from enum import Enum, StrEnum, auto
 from typing import Any
 
 from scramp import ScramClient, ScramException, ScramMechanism  # type: ignore[import-untyped]
 
-from pooler.config import AuthType
-from pooler.protocol import (
+from pooler.wire.messages import (
     AUTH_CLEARTEXT,
     AUTH_MD5,
     AUTH_OK,
@@ -39,6 +38,16 @@ from pooler.protocol import (
     cstring,
     error_response,
 )
+
+
+class AuthType(StrEnum):
+    """How clients prove who they are to the pooler (PgBouncer's ``auth_type``)."""
+
+    TRUST = "trust"
+    PLAIN = "plain"
+    MD5 = "md5"
+    SCRAM_SHA_256 = "scram-sha-256"
+
 
 SCRAM_SHA_256 = "SCRAM-SHA-256"
 #: Postgres's default ``scram_iterations``; also the lowest count scramp accepts.

@@ -27,15 +27,15 @@ import struct
 from bisect import bisect_left
 from typing import TYPE_CHECKING, cast
 
-from pooler import protocol as pq
-from pooler.auth import AuthFailed, ServerAuth
 from pooler.config import PoolMode
-from pooler.prepared import DESCRIBE_STATEMENT, FORWARD, SKIP, SYNTH, Action, PreparedStatement, Segment
-from pooler.stats import LATENCY_BUCKETS
+from pooler.core.prepared import DESCRIBE_STATEMENT, FORWARD, SKIP, SYNTH, Action, PreparedStatement, Segment
+from pooler.core.stats import LATENCY_BUCKETS
+from pooler.wire import messages as pq
+from pooler.wire.auth import AuthFailed, ServerAuth
 
 if TYPE_CHECKING:
-    from pooler.client import ClientConnection
-    from pooler.pool import Pool
+    from pooler.core.pool import Pool
+    from pooler.net.client import ClientConnection
 
 _LENGTH = struct.Struct("!i")
 _unpack_length = _LENGTH.unpack_from
@@ -136,7 +136,7 @@ class ServerConnection(asyncio.Protocol):
         self.copy_in = False
         self.swallow = 0
         self.fatal_seen = False
-        # Prepared statements (see pooler.prepared): the statements this server has, least recently used
+        # Prepared statements (see pooler.core.prepared): the statements this server has, least recently used
         # first; the kinds of the extended messages of the open segment; that segment once it is tracked;
         # statements the open segment uses (never evicted under it); tracked segments not answered yet.
         self.prepared: dict[PreparedStatement, None] = {}

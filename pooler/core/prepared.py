@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import struct
 
-from pooler import protocol as pq
+from pooler.wire import messages as pq
 
 # What happens to the answer of a request in a tracked segment.
 FORWARD = 0  # the server answers, the client sees it

@@ -28,15 +28,16 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pooler import config as cfg
-from pooler.client import ClientState
 from pooler.config import ADMIN_DATABASE, PoolMode, Settings
-from pooler.server import ServerState
+from pooler.net.client import ClientState
+from pooler.net.server import ServerState
+from pooler.wire.auth import AuthType
 
 if TYPE_CHECKING:
-    from pooler.app import Pooler
-    from pooler.client import ClientConnection
-    from pooler.pool import Pool
-    from pooler.server import ServerConnection
+    from pooler.core.pool import Pool
+    from pooler.net.client import ClientConnection
+    from pooler.net.server import ServerConnection
+    from pooler.runtime.process import Pooler
 
 #: The user PgBouncer shows for the admin console's own pool and database entry.
 ADMIN_USER = "pgbouncer"
@@ -479,7 +480,7 @@ def format_setting(value: object) -> str:
         return str(int(value)) if value.is_integer() else repr(value)
     if isinstance(value, tuple):
         return ",".join(str(v) for v in value)
-    if isinstance(value, PoolMode | cfg.AuthType):
+    if isinstance(value, PoolMode | AuthType):
         return value.value
     return str(value)
 

@@ -443,7 +443,7 @@ SELECT format('CREATE DATABASE %I OWNER %I', :'db', :'role')
     def _write_hba(self, run_as: _RunAs | None) -> None:
         """Our ``hba_file``: the caller's rules first, then initdb's ``pg_hba.conf`` (rewritten at every
         start so rules follow the constructor, and a hand edit of ``pg_hba.conf`` still counts)."""
-        lines = ["# Written by pooler.embedded at each start: edit pg_hba.conf instead.", *self.hba_rules]
+        lines = ["# Written by pooler.dev.embedded at each start: edit pg_hba.conf instead.", *self.hba_rules]
         if self.host.split(",", maxsplit=1)[0].strip() not in {"127.0.0.1", "::1", "localhost"}:
             # Listening beyond loopback: let remote clients in, with a password.
             lines.append("host all all all scram-sha-256")
@@ -471,7 +471,7 @@ SELECT format('CREATE DATABASE %I OWNER %I', :'db', :'role')
             cmd += ["-c", f"{name}={value}"]
         with self.log_file.open("ab") as log:
             self._log_offset = log.tell()
-            log.write(f"--- pooler.embedded: starting on {self.host}:{self.port} ---\n".encode())
+            log.write(f"--- pooler.dev.embedded: starting on {self.host}:{self.port} ---\n".encode())
             log.flush()
             # start_new_session: a terminal's Ctrl-C goes to our process group, not the server's; the
             # caller decides how the server stops (and `stop()` can SIGKILL the whole group).

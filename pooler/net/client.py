@@ -20,11 +20,8 @@ import sys
 from bisect import bisect_left
 from typing import TYPE_CHECKING, cast
 
-from pooler import protocol as pq
-from pooler.auth import AuthStep, ClientAuth
-from pooler.config import ADMIN_DATABASE, AuthType, DatabaseConfig, PoolMode, find_database
-from pooler.log import log
-from pooler.prepared import (
+from pooler.config import ADMIN_DATABASE, DatabaseConfig, PoolMode, find_database
+from pooler.core.prepared import (
     CLOSE_COMPLETE,
     DESCRIBE_STATEMENT,
     FORWARD,
@@ -35,13 +32,16 @@ from pooler.prepared import (
     name_in_use,
     statement_name,
 )
-from pooler.server import WRITE_BUFFER_HIGH, WRITE_BUFFER_LOW, ServerConnection, ServerState
-from pooler.session_state import Finding, SessionStateChecker
-from pooler.stats import LATENCY_BUCKETS, PoolStats
+from pooler.core.session_state import Finding, SessionStateChecker
+from pooler.core.stats import LATENCY_BUCKETS, PoolStats
+from pooler.log import log
+from pooler.net.server import WRITE_BUFFER_HIGH, WRITE_BUFFER_LOW, ServerConnection, ServerState
+from pooler.wire import messages as pq
+from pooler.wire.auth import AuthStep, AuthType, ClientAuth
 
 if TYPE_CHECKING:
-    from pooler.app import Pooler
-    from pooler.pool import Pool
+    from pooler.core.pool import Pool
+    from pooler.runtime.process import Pooler
 
 _unpack_length = struct.Struct("!i").unpack_from
 _SESSION_STATE_CHECKER = SessionStateChecker()  # one parse cache for the whole pooler
@@ -126,7 +126,7 @@ class ClientConnection(asyncio.Protocol):
         self.stats = _NO_POOL_STATS  # the pool's, once logged in
         self.statements: dict[bytes, PreparedStatement] = {}  # this client's prepared statement names
         self.track_statements = False  # named statements are rewritten (transaction/statement pooling)
-        # Session-state checks (pooled endpoint, transaction/statement mode): see pooler.session_state.
+        # Session-state checks (pooled endpoint, transaction/statement mode): see pooler.core.session_state.
         self.state_checker: SessionStateChecker | None = None
         self.state_refuse = False  # session_state_check = error
         self.state_warned: set[str] | None = None  # kinds this client was already warned about

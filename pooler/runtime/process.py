@@ -17,18 +17,18 @@ from collections.abc import Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING
 
 from pooler import config as cfg
-from pooler import control
-from pooler import protocol as pq
-from pooler.auth import AuthStep, is_md5_secret, parse_scram_verifier
-from pooler.client import TRACKED_PARAMETERS, ClientConnection, ClientState
-from pooler.introspect import RESTART_ONLY_SETTINGS
+from pooler.core.pool import Pool
+from pooler.core.prepared import StatementCache
 from pooler.log import configure_from_settings, log
-from pooler.metrics import MetricsServer, error_kind
-from pooler.periodic import StatsPeriod
-from pooler.pool import Pool
-from pooler.prepared import StatementCache
-from pooler.server import ServerConnection, ServerState
-from pooler.workers import SINGLE, WORKER_BITS, Worker
+from pooler.net.client import TRACKED_PARAMETERS, ClientConnection, ClientState
+from pooler.net.server import ServerConnection, ServerState
+from pooler.ops import control
+from pooler.ops.introspect import RESTART_ONLY_SETTINGS
+from pooler.ops.metrics import MetricsServer, error_kind
+from pooler.ops.stats_log import StatsPeriod
+from pooler.runtime.workers import SINGLE, WORKER_BITS, Worker
+from pooler.wire import messages as pq
+from pooler.wire.auth import AuthStep, is_md5_secret, parse_scram_verifier
 
 if TYPE_CHECKING:
     from pooler.config import Config, DatabaseConfig
@@ -39,7 +39,7 @@ class Pooler:
 
     def __init__(self, config: Config, worker: Worker = SINGLE) -> None:
         self.config = config
-        self.worker = worker  # which of `workers` processes this is (pooler.workers)
+        self.worker = worker  # which of `workers` processes this is (pooler.runtime.workers)
         self.pools: dict[tuple[str, str], Pool] = {}
         self.clients: set[ClientConnection] = set()
         self.clients_by_key: dict[tuple[int, int], ClientConnection] = {}
@@ -61,7 +61,7 @@ class Pooler:
         #: query in the latency histograms' first bucket; both cost ~45 ns a call.
         self.clock: Callable[[], float] = time.monotonic
         self._sweeper: asyncio.Task[None] | None = None
-        # Operations (pooler.control, the admin console, metrics): read by them, not by the data path.
+        # Operations (pooler.ops.control, the admin console, metrics): read by them, not by the data path.
         self.admin_sessions: set[ClientConnection] = set()
         self.paused = False
         self.paused_dbs: set[str] = set()
@@ -216,7 +216,7 @@ class Pooler:
             self.metrics.close()
 
     def start_shutdown(self, mode: control.ShutdownMode) -> None:
-        """Begin a shutdown in ``mode`` (see pooler.control); ``finished`` is set when it is done."""
+        """Begin a shutdown in ``mode`` (see pooler.ops.control); ``finished`` is set when it is done."""
         self._spawn(control.shutdown(self, mode))
 
     def _spawn(self, coro: Coroutine[None, None, None]) -> None:
@@ -320,7 +320,7 @@ class Pooler:
 
     def admin_login(self, client: ClientConnection) -> None:
         """A client authenticated to the virtual ``pgbouncer`` database (the admin console)."""
-        from pooler.admin import start_session
+        from pooler.ops.admin import start_session
 
         start_session(self, client)
 

@@ -1,0 +1,1 @@
+"""Development tools: the embedded Postgres behind ``pooler up``, and ``pooler check``."""

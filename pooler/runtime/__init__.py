@@ -1,0 +1,1 @@
+"""The process: listeners, the pool registry, pooler-wide limits, timeouts, cancel routing, workers."""
