@@ -22,10 +22,8 @@ from typing import TYPE_CHECKING, cast
 
 from pooler.config import ADMIN_DATABASE, DatabaseConfig, PoolMode, find_database
 from pooler.core.prepared import (
-    CLOSE_COMPLETE,
     DESCRIBE_STATEMENT,
     FORWARD,
-    PARSE_COMPLETE,
     SKIP,
     PreparedStatement,
     did_not_exist,
@@ -38,6 +36,7 @@ from pooler.log import log
 from pooler.net.server import WRITE_BUFFER_HIGH, WRITE_BUFFER_LOW, ServerConnection, ServerState
 from pooler.wire import messages as pq
 from pooler.wire.auth import AuthStep, AuthType, ClientAuth
+from pooler.wire.framing import BadLengthError, MessageReader
 
 if TYPE_CHECKING:
     from pooler.core.pool import Pool
@@ -71,9 +70,9 @@ class ClientConnection(asyncio.Protocol):
     """A connection from an application to the pooler."""
 
     __slots__ = (
-        "_buf",
         "_held",
         "_negotiate",
+        "_reader",
         "_reading_paused",
         "_skip",
         "auth",
@@ -137,7 +136,7 @@ class ClientConnection(asyncio.Protocol):
         self.connected_at = now
         self.last_active = now
         self.wait_started = 0.0
-        self._buf = bytearray()
+        self._reader: MessageReader | None = None  # startup and authentication messages
         # Immutable on purpose: b"" + data is data itself in CPython, so the usual case (one whole
         # message arrives while no server is linked) is held and later forwarded without a copy.
         self._held = b""
@@ -391,12 +390,12 @@ class ClientConnection(asyncio.Protocol):
             self.statements[name] = statement
             if statement in server.prepared:
                 server.use(statement)
-                server.synthesize(pq.PARSE, PARSE_COMPLETE)
+                server.synthesize(pq.PARSE, pq.PARSE_COMPLETE)
                 return []
             return server.prepare(statement, FORWARD, name, self.pooler.config.settings.max_prepared_statements)
         if kind == pq.CLOSE:
             self.statements.pop(name, None)
-            server.synthesize(pq.CLOSE, CLOSE_COMPLETE)
+            server.synthesize(pq.CLOSE, pq.CLOSE_COMPLETE)
             return []
         known = self.statements.get(name)
         if known is None:
@@ -524,45 +523,44 @@ class ClientConnection(asyncio.Protocol):
     # --- startup and authentication -------------------------------------------------------------
 
     def _handshake_data(self, data: bytes) -> None:
-        buf = self._buf
-        buf += data
-        while True:
-            if self.state == ClientState.STARTUP:
-                if len(buf) < 4:
-                    return
-                length = pq.read_int32(buf)
-                if length < 8 or length > pq.MAX_STARTUP_PACKET:
-                    self.fatal("08P01", f"invalid length of startup packet ({length} bytes)")
-                    return
-                if len(buf) < length:
-                    return
-                packet = bytes(buf[:length])
-                del buf[:length]
-                self._startup(packet)
-            elif self.state == ClientState.AUTH and self.auth is not None:
-                if len(buf) < 5:
-                    return
-                kind = buf[0]
-                length = pq.read_int32(buf, 1)
-                if kind != pq.PASSWORD:
-                    self.fatal("08P01", f"expected a password message, got message type {chr(kind)!r}")
-                    return
-                if length < 4 or length > MAX_AUTH_MESSAGE:
-                    self.fatal("08P01", f"invalid password message length {length}")
-                    return
-                if len(buf) < 1 + length:
-                    return
-                payload = bytes(buf[5 : 1 + length])
-                del buf[: 1 + length]
-                self._auth_step(self.auth.receive(payload))
-            else:
-                break
-        if buf and self.state in (ClientState.WELCOME, ClientState.READY):
-            # The client pipelined its first query behind the login (Neon's pipelined connect does).
-            self._held += bytes(buf)
-            buf.clear()
-            if self.state == ClientState.READY and self.server is None:
-                self._hold(b"")
+        reader = self._reader
+        if reader is None:
+            reader = self._reader = MessageReader(MAX_AUTH_MESSAGE)
+        reader.feed(data)
+        try:
+            while True:
+                if self.state == ClientState.STARTUP:
+                    packet = reader.next_startup_packet()
+                    if packet is None:
+                        return
+                    self._startup(packet)
+                elif self.state == ClientState.AUTH and self.auth is not None:
+                    kind = reader.peek_type()
+                    if kind is None:
+                        return
+                    if kind != pq.PASSWORD:
+                        self.fatal("08P01", f"expected a password message, got message type {chr(kind)!r}")
+                        return
+                    message = reader.next_message()
+                    if message is None:
+                        return
+                    self._auth_step(self.auth.receive(message[1]))
+                else:
+                    break
+        except BadLengthError as exc:
+            self.fatal("08P01", f"invalid password message length {exc.length}")
+            return
+        except pq.ProtocolViolationError as exc:
+            self.fatal("08P01", str(exc))
+            return
+        if self.state in (ClientState.WELCOME, ClientState.READY):
+            self._reader = None  # the login is over: its buffer is not kept for the session
+            rest = reader.take_rest()
+            if rest:
+                # The client pipelined its first query behind the login (Neon's pipelined connect does).
+                self._held += rest
+                if self.state == ClientState.READY and self.server is None:
+                    self._hold(b"")
 
     def _startup(self, packet: bytes) -> None:
         try:
@@ -628,7 +626,7 @@ class ClientConnection(asyncio.Protocol):
         if self._negotiate:
             self.write(self._negotiate)
         self._auth_step(self.auth.start())
-        if self._buf and self.state == ClientState.AUTH:
+        if self._reader is not None and len(self._reader) and self.state == ClientState.AUTH:
             self._handshake_data(b"")
 
     def _check_startup_parameters(self, params: dict[str, str]) -> bool:

@@ -32,6 +32,7 @@ from pooler.core.prepared import DESCRIBE_STATEMENT, FORWARD, SKIP, SYNTH, Actio
 from pooler.core.stats import LATENCY_BUCKETS
 from pooler.wire import messages as pq
 from pooler.wire.auth import AuthFailed, ServerAuth
+from pooler.wire.framing import MessageReader
 
 if TYPE_CHECKING:
     from pooler.core.pool import Pool
@@ -64,6 +65,9 @@ _PASS_THROUGH = frozenset((pq.NOTICE_RESPONSE, pq.PARAMETER_STATUS, pq.NOTIFICAT
 _FATAL_PREFIX = b"SFATAL\x00"
 _PANIC_PREFIX = b"SPANIC\x00"
 
+#: The largest message Postgres sends during login that we read (errors and notices are a few hundred bytes).
+MAX_LOGIN_MESSAGE = 1024 * 1024
+
 #: Write-buffer marks for both directions: past ``high`` the other side stops being read.
 WRITE_BUFFER_HIGH = 256 * 1024
 WRITE_BUFFER_LOW = 64 * 1024
@@ -82,7 +86,7 @@ class ServerConnection(asyncio.Protocol):
     """A backend connection and the byte scanner for its responses."""
 
     __slots__ = (
-        "_buf",
+        "_login_reader",
         "_partial",
         "_skip",
         "auth",
@@ -148,7 +152,7 @@ class ServerConnection(asyncio.Protocol):
         self.stale = False  # set on RECONNECT/config change: close instead of reuse
         self.login_error: dict[str, str] | None = None
         self.close_reason = ""
-        self._buf = bytearray()
+        self._login_reader = MessageReader(MAX_LOGIN_MESSAGE)
         self._partial = b""
         self._skip = 0
         loop_time = pool.pooler.clock()
@@ -351,9 +355,7 @@ class ServerConnection(asyncio.Protocol):
         self.close("the client's startup parameters were refused")
 
     def _parameter_status(self, body: bytes) -> None:
-        name, _, value = body.partition(b"\x00")
-        key = name.decode()
-        text = value.decode("utf-8", "replace")
+        key, text = pq.parse_parameter_status(body)
         self.params[key] = text
         if key not in self.pool.pooler.tracked_set:
             return
@@ -595,19 +597,17 @@ class ServerConnection(asyncio.Protocol):
     # --- login ------------------------------------------------------------------------------------
 
     def _login_data(self, data: bytes) -> None:
-        buf = self._buf
-        buf += data
-        while len(buf) >= 5:
-            length = _unpack_length(buf, 1)[0]
-            if length < 4:
-                self._login_failed({"C": "08P01", "M": "server sent an invalid message length during login"})
+        reader = self._login_reader
+        reader.feed(data)
+        while True:
+            try:
+                message = reader.next_message()
+            except pq.ProtocolViolationError as exc:
+                self._login_failed({"C": "08P01", "M": f"server sent an invalid message during login: {exc}"})
                 return
-            end = 1 + length
-            if len(buf) < end:
+            if message is None:
                 return
-            kind = buf[0]
-            body = bytes(buf[5:end])
-            del buf[:end]
+            kind, body = message
             if kind == pq.AUTHENTICATION:
                 code = pq.read_int32(body)
                 try:
@@ -619,8 +619,8 @@ class ServerConnection(asyncio.Protocol):
                     assert self.transport is not None
                     self.transport.write(reply)
             elif kind == pq.PARAMETER_STATUS:
-                name, _, value = body.rstrip(b"\x00").partition(b"\x00")
-                self.params[name.decode()] = value.decode("utf-8", "replace")
+                name, value = pq.parse_parameter_status(body)
+                self.params[name] = value
             elif kind == pq.BACKEND_KEY_DATA:
                 self.key = (pq.read_int32(body), pq.read_int32(body, 4))
             elif kind == pq.ERROR_RESPONSE:
@@ -630,8 +630,7 @@ class ServerConnection(asyncio.Protocol):
                 self.state = ServerState.BUSY
                 self.params_key = self.pool.pooler.params_key(self.params)
                 self.tx_status = body[0]
-                remainder = bytes(buf)
-                buf.clear()
+                remainder = reader.take_rest()
                 self.pool.server_logged_in(self)
                 if remainder:
                     self.data_received(remainder)

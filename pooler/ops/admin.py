@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import struct
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -31,6 +30,7 @@ from pooler.net.client import ClientState
 from pooler.ops import control, introspect
 from pooler.ops.metrics import VERSION_STRING
 from pooler.wire import messages as pq
+from pooler.wire.framing import MessageReader
 
 if TYPE_CHECKING:
     from pooler.net.client import ClientConnection
@@ -38,12 +38,9 @@ if TYPE_CHECKING:
 
 # --- the wire ------------------------------------------------------------------------------------------
 
-TEXT_OID, INT4_OID, INT8_OID, NUMERIC_OID = 25, 23, 20, 1700
 #: PgBouncer's column type letters: s text, i int4, q int8, N numeric, T timestamp shown as text.
-_TYPES = {"s": (TEXT_OID, -1), "i": (INT4_OID, 4), "q": (INT8_OID, 8), "N": (NUMERIC_OID, -1), "T": (TEXT_OID, -1)}
-_FIELD = struct.Struct("!ihihih")
-_INT16 = struct.Struct("!h")
-_INT32 = struct.Struct("!i")
+_TYPES = {"s": (pq.TEXT_OID, -1), "i": (pq.INT4_OID, 4), "q": (pq.INT8_OID, 8), "N": (pq.NUMERIC_OID, -1),
+          "T": (pq.TEXT_OID, -1)}
 
 #: The largest message the console reads (a query of a few hundred bytes is the most it needs).
 MAX_ADMIN_MESSAGE = 1024 * 1024
@@ -53,36 +50,18 @@ ADMIN_SQLSTATE = "08P01"
 
 
 def row_description(names: Sequence[str], types: str) -> bytes:
-    """RowDescription ('T') for text-format columns with PgBouncer's type letters."""
+    """RowDescription for text-format columns with PgBouncer's type letters."""
     assert len(names) == len(types), (names, types)
-    parts = [_INT16.pack(len(names))]
-    for name, letter in zip(names, types, strict=True):
-        oid, size = _TYPES[letter]
-        parts.append(pq.cstring(name) + _FIELD.pack(0, 0, oid, size, -1, 0))
-    return pq.build(b"T", b"".join(parts))
+    return pq.row_description([(name, *_TYPES[letter]) for name, letter in zip(names, types, strict=True)])
 
 
 def data_row(values: Sequence[object]) -> bytes:
-    """DataRow ('D'): None is SQL NULL, everything else its text form."""
-    parts = [_INT16.pack(len(values))]
-    for value in values:
-        if value is None:
-            parts.append(_INT32.pack(-1))
-        else:
-            raw = str(value).encode()
-            parts.append(_INT32.pack(len(raw)) + raw)
-    return pq.build(b"D", b"".join(parts))
-
-
-def command_complete(tag: str) -> bytes:
-    return pq.build(b"C", pq.cstring(tag))
-
-
-EMPTY_QUERY_RESPONSE = pq.build(b"I")
+    """DataRow: None is SQL NULL, everything else its text form."""
+    return pq.data_row([None if value is None else str(value).encode() for value in values])
 
 
 def result(names: Sequence[str], types: str, rows: Sequence[Sequence[object]], tag: str = "SHOW") -> bytes:
-    return row_description(names, types) + b"".join(data_row(r) for r in rows) + command_complete(tag)
+    return row_description(names, types) + b"".join(data_row(r) for r in rows) + pq.command_complete(tag)
 
 
 # --- parsing ---------------------------------------------------------------------------------------------
@@ -238,8 +217,7 @@ def show(pooler: Pooler, subject: str) -> bytes:
     """Every SHOW; raises AdminError for an unknown subject."""
     what = subject.lower()
     if what == "help":
-        notice = pq.build(b"N", b"SNOTICE\x00VNOTICE\x00C00000\x00MConsole usage\x00D" + USAGE.encode() + b"\x00\x00")
-        return notice + command_complete("SHOW")
+        return pq.notice_response("Console usage", detail=USAGE) + pq.command_complete("SHOW")
     if what == "version":
         return result(["version"], "s", [[VERSION_STRING]])
     if what == "config":
@@ -343,7 +321,7 @@ class AdminSession(asyncio.Protocol):
         self.client = client
         self.transport: asyncio.Transport | None = transport
         self.admin = admin
-        self.buf = bytearray()
+        self.reader = MessageReader(MAX_ADMIN_MESSAGE)
         self.busy = False
         self.skip_to_sync = False
         self.task: asyncio.Future[bytes] | None = None
@@ -351,7 +329,7 @@ class AdminSession(asyncio.Protocol):
     # --- asyncio.Protocol ---------------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        self.buf += data
+        self.reader.feed(data)
         self._process()
 
     def eof_received(self) -> bool | None:
@@ -377,18 +355,15 @@ class AdminSession(asyncio.Protocol):
             self.transport.write(data)
 
     def _process(self) -> None:
-        buf = self.buf
-        while not self.busy and self.transport is not None and len(buf) >= 5:
-            kind = buf[0]
-            length = pq.read_int32(buf, 1)
-            if length < 4 or length > MAX_ADMIN_MESSAGE:
-                self.client.fatal("08P01", f"invalid message length {length} on the admin console")
+        while not self.busy and self.transport is not None:
+            try:
+                message = self.reader.next_message()
+            except pq.ProtocolViolationError as exc:
+                self.client.fatal("08P01", f"{exc} on the admin console")
                 return
-            if len(buf) < 1 + length:
+            if message is None:
                 return
-            payload = bytes(buf[5 : 1 + length])
-            del buf[: 1 + length]
-            self._message(kind, payload)
+            self._message(*message)
 
     def _message(self, kind: int, payload: bytes) -> None:
         if self.skip_to_sync:
@@ -434,7 +409,7 @@ class AdminSession(asyncio.Protocol):
         try:
             command = parse_command(text)
             if command is None:
-                self._write(EMPTY_QUERY_RESPONSE + pq.READY_FOR_QUERY_IDLE)
+                self._write(pq.EMPTY_QUERY_RESPONSE + pq.READY_FOR_QUERY_IDLE)
                 return
             log.debug("admin command", client=self.client.id, user=self.client.user, command=text.strip())
             response = self._run(command)
@@ -497,12 +472,12 @@ class AdminSession(asyncio.Protocol):
 
     def _set(self, key: str, value: str) -> bytes:
         if key.lower() in _FAKE_PARAMETERS:
-            return pq.notice_response("SET ignored") + command_complete("SET")
+            return pq.notice_response("SET ignored") + pq.command_complete("SET")
         self._require_admin()
         control.set_setting(self.pooler, key, value)
         log.info("admin command", command="SET", setting=key.lower(), value=value, client=self.client.id,
                  user=self.client.user)
-        return command_complete(f"SET {key.lower()}={value}")
+        return pq.command_complete(f"SET {key.lower()}={value}")
 
     def _pause(self, arg: str | None) -> _Response:
         control.pause(self.pooler, arg)
@@ -510,33 +485,33 @@ class AdminSession(asyncio.Protocol):
 
     def _resume(self, arg: str | None) -> bytes:
         control.resume(self.pooler, arg)
-        return command_complete("RESUME")
+        return pq.command_complete("RESUME")
 
     def _disable(self, arg: str | None) -> bytes:
         if arg is None:
             raise AdminError("a database is required")
         control.disable(self.pooler, arg)
-        return command_complete("DISABLE")
+        return pq.command_complete("DISABLE")
 
     def _enable(self, arg: str | None) -> bytes:
         if arg is None:
             raise AdminError("a database is required")
         control.enable(self.pooler, arg)
-        return command_complete("ENABLE")
+        return pq.command_complete("ENABLE")
 
     def _reconnect(self, arg: str | None) -> bytes:
         control.reconnect(self.pooler, arg)
-        return command_complete("RECONNECT")
+        return pq.command_complete("RECONNECT")
 
     def _kill(self, arg: str | None) -> bytes:
         control.kill(self.pooler, arg)
-        return command_complete("KILL")
+        return pq.command_complete("KILL")
 
     def _kill_client(self, arg: str | None) -> bytes:
         if arg is None or not arg.isdigit():
             raise AdminError("invalid client id", hint="KILL_CLIENT <id>, with an id from SHOW CLIENTS")
         control.kill_client(self.pooler, int(arg))
-        return command_complete("KILL_CLIENT")
+        return pq.command_complete("KILL_CLIENT")
 
     def _reload(self, arg: str | None) -> bytes:
         if arg is not None:
@@ -546,7 +521,7 @@ class AdminSession(asyncio.Protocol):
         except ConfigError as exc:
             log.error("config reload failed, keeping the old config", error=str(exc))
             raise AdminError(f"RELOAD failed, keeping the running config: {exc}", sqlstate="F0000") from None
-        return command_complete("RELOAD")
+        return pq.command_complete("RELOAD")
 
     def _wait_close(self, arg: str | None) -> _Response:
         if arg is not None:
@@ -563,12 +538,12 @@ class AdminSession(asyncio.Protocol):
         self.pooler.start_shutdown(mode)
         if mode == control.ShutdownMode.IMMEDIATE:
             return asyncio.get_running_loop().create_future()  # never answered: the connection closes
-        return command_complete("SHUTDOWN")
+        return pq.command_complete("SHUTDOWN")
 
     @staticmethod
     async def _after(wait: Awaitable[None], tag: str) -> bytes:
         await wait
-        return command_complete(tag)
+        return pq.command_complete(tag)
 
 
 _HANDLERS: dict[str, Callable[[AdminSession, str | None], _Response]] = {

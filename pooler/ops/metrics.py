@@ -285,7 +285,7 @@ async def probe_postgres(host: str | None, port: int, timeout: float = PROBE_TIM
             else:
                 reader, writer = await asyncio.open_unix_connection(f"{host or '/tmp'}/.s.PGSQL.{port}")
             try:
-                writer.write(b"\x00\x00\x00\x08" + pq.SSL_REQUEST_CODE.to_bytes(4, "big"))
+                writer.write(pq.SSL_REQUEST)
                 answer = await reader.read(1)
             finally:
                 writer.close()

@@ -29,6 +29,7 @@ from pooler.ops.stats_log import StatsPeriod
 from pooler.runtime.workers import SINGLE, WORKER_BITS, Worker
 from pooler.wire import messages as pq
 from pooler.wire.auth import AuthStep, is_md5_secret, parse_scram_verifier
+from pooler.wire.framing import MessageReader
 
 if TYPE_CHECKING:
     from pooler.config import Config, DatabaseConfig
@@ -593,13 +594,17 @@ class _CancelRelay(asyncio.Protocol):
 
     def __init__(self, pooler: Pooler) -> None:
         self.pooler = pooler
-        self.buffer = b""
+        self.reader = MessageReader(0)
 
     def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        if len(self.buffer) >= 16:
-            packet = pq.parse_startup_packet(self.buffer[:16])
-            if packet.cancel_key is not None and self.pooler.worker.owner_of(packet.cancel_key) == (
-                    self.pooler.worker.index):
-                self.pooler.cancel(packet.cancel_key)
-            self.buffer = b""
+        self.reader.feed(data)
+        try:
+            packet = self.reader.next_startup_packet()
+            if packet is None:
+                return
+            startup = pq.parse_startup_packet(packet)
+        except pq.ProtocolViolationError:
+            return  # only our own workers write here; anything else is dropped
+        key = startup.cancel_key
+        if key is not None and self.pooler.worker.owner_of(key) == self.pooler.worker.index:
+            self.pooler.cancel(key)
