@@ -81,7 +81,7 @@ async def run(transactions: int, clients: int = 50, servers: int = 20) -> float:
             if client.server is None and not client.waiting:
                 client.data_received(QUERY)
         for server in list(pool.servers):  # every busy server answers; the release feeds a queued client
-            if server.client is not None and server.pending:
+            if server.client is not None and server.ledger.pending:
                 server.data_received(ANSWER)
                 done += 1
     return (time.perf_counter() - start) / done * 1e6

@@ -23,7 +23,6 @@ from pooler import config as cfg
 from pooler.config import DatabaseConfig, PoolMode
 from pooler.core.stats import PoolStats
 from pooler.net.server import ServerConnection, ServerState
-from pooler.wire import messages as pq
 from pooler.wire.auth import ServerAuth
 
 if TYPE_CHECKING:
@@ -171,7 +170,8 @@ class Pool:
         if server.direct:
             server.close("direct client left")
             return
-        if mid_message or server.pending or server.unsynced or server.copy_in or server.swallow:
+        ledger = server.ledger
+        if mid_message or ledger.owes_anything():
             self.pooler.cancel_server(server)
             server.close(f"{reason} with a query in flight")
             return
@@ -179,9 +179,9 @@ class Pool:
         reset = settings.server_reset_query if (
             self.mode == PoolMode.SESSION or settings.server_reset_query_always) else ""
         server.last_used = self._now()
-        if server.tx_status != pq.TX_IDLE or reset:
+        if ledger.in_transaction() or reset:
             server.state = ServerState.BUSY
-            if server.tx_status != pq.TX_IDLE:
+            if ledger.in_transaction():
                 server.run_internal("ROLLBACK")
             if reset:
                 server.run_internal(reset)
@@ -190,7 +190,7 @@ class Pool:
 
     def server_done_busy(self, server: ServerConnection) -> None:
         """The pooler's own query on an unlinked server finished."""
-        if server.tx_status != pq.TX_IDLE:
+        if server.ledger.in_transaction():
             server.close("internal query left a transaction open")
             return
         self.release(server, touch=False)

@@ -229,8 +229,8 @@ class ClientConnection(asyncio.Protocol):
             transport.write(data)
             return
         self.stats.received += n
-        pending = server.pending
-        was_idle = not pending
+        ledger = server.ledger
+        was_idle = not ledger.pending
         unpack = _unpack_length
         max_packet = self.max_packet
         track = self.track_statements
@@ -254,7 +254,7 @@ class ClientConnection(asyncio.Protocol):
                     if end > n:
                         break  # checked whole: wait for the rest of it
                     findings = checker.check(data[pos + 5 : end - 1].decode("utf-8", "replace"),
-                                             server.tx_status != pq.TX_IDLE)
+                                             ledger.tx_status != pq.TX_IDLE)
                     refusal = self._session_state(findings, server) if findings else None
                     if refusal is not None:
                         if parts is None:
@@ -262,23 +262,21 @@ class ClientConnection(asyncio.Protocol):
                         parts.append(data[sent_from:pos])
                         parts.append(refusal)  # Postgres raises the refusal: order and tx state stay right
                         sent_from = end
-                pending.append(kind)
-                server.unsynced = False
+                ledger.request_sent(kind)
             elif kind == pq.SYNC:
-                if not server.copy_in:
-                    pending.append(server.end_segment() if track else kind)
-                server.unsynced = False
+                ledger.sync_sent(server.end_segment() if track and not ledger.copy_in else kind)
             elif kind == pq.COPY_DATA:
                 pass
             elif kind in (pq.COPY_DONE, pq.COPY_FAIL):
-                server.copy_in = False
+                ledger.copy_end_sent()
             elif kind == pq.TERMINATE:
                 if pos:
                     transport.write(data[:pos])
                 self.close()
                 return
             else:
-                server.unsynced = True
+                if not ledger.unsynced:
+                    ledger.extended_sent()
                 segment = server.open_segment
                 if segment is not None and segment.dropping and kind != pq.FLUSH:  # refused earlier in it
                     if end > n:
@@ -294,7 +292,7 @@ class ClientConnection(asyncio.Protocol):
                     name_end = data.find(b"\x00", pos + 5, end)
                     query_end = data.find(b"\x00", name_end + 1, end)
                     findings = self.state_checker.check(
-                        data[name_end + 1 : query_end].decode("utf-8", "replace"), server.tx_status != pq.TX_IDLE
+                        data[name_end + 1 : query_end].decode("utf-8", "replace"), ledger.tx_status != pq.TX_IDLE
                     ) if name_end > 0 and query_end > 0 else ()
                     if findings and self._session_state(findings, server, extended=True) is not None:
                         if parts is None:
@@ -337,9 +335,9 @@ class ClientConnection(asyncio.Protocol):
             if stop:
                 transport.write(data[:stop])
             self._held += data[stop:]
-        if was_idle and pending:
+        if was_idle and ledger.pending:
             now = server.request_started = self.pooler.clock()
-            if server.tx_status == pq.TX_IDLE:
+            if ledger.tx_status == pq.TX_IDLE:
                 server.xact_started = now
 
     def _session_state(
@@ -472,7 +470,7 @@ class ClientConnection(asyncio.Protocol):
 
     def server_ready_for_query(self, server: ServerConnection) -> None:
         """The server owes nothing: release it if this pool mode allows and it is clean."""
-        if server.tx_status != pq.TX_IDLE:
+        if server.ledger.tx_status != pq.TX_IDLE:
             server.last_used = self.pooler.clock()  # idle in a transaction from now on (idle_transaction_timeout)
         mode = self.pool_mode
         if mode == PoolMode.SESSION or self.direct or self._skip:
@@ -484,7 +482,7 @@ class ClientConnection(asyncio.Protocol):
             self.pool.release(server, now=now)
             if len(self._held) >= 5:
                 self._hold(b"")
-        elif mode == PoolMode.STATEMENT and server.tx_status != pq.TX_IDLE:
+        elif mode == PoolMode.STATEMENT and server.ledger.tx_status != pq.TX_IDLE:
             self.fatal("08P01", "transaction blocks not allowed in statement pooling mode",
                        hint="use transaction pool_mode, or the direct endpoint, for multi-statement transactions")
 

@@ -2,32 +2,27 @@
 
 Theory of operation. A server logs in once (``LOGIN``), then alternates between ``IDLE`` in its pool
 and ``ACTIVE``, linked to one client. While active, bytes from Postgres are forwarded to the client in
-whole chunks; the scanner only reads message headers to keep three facts current:
-
-* ``pending`` — the requests sent to Postgres that still owe a ReadyForQuery (each Query, Sync and
-  FunctionCall owes exactly one). The client side appends, ReadyForQuery pops.
-* ``tx_status`` — the status byte of the last ReadyForQuery (``I`` idle, ``T``/``E`` in a transaction).
-* ``params`` — the tracked GUCs Postgres reported with ParameterStatus.
-
-From those the pool decides, cheaply and exactly, when a server is clean enough to hand to another
-client: nothing pending, not in a transaction, no COPY, no half-sent message.
+whole chunks; the scanner only reads message headers, to keep the server's ``Ledger``
+(``pooler.core.ledger``: what it still owes, its transaction status, COPY) and its tracked ``params``
+(the GUCs Postgres reported with ParameterStatus) current. From those the pool decides, cheaply and
+exactly, when a server is clean enough to hand to another client.
 
 The pooler also talks to Postgres on its own (parameter sync before a client's traffic, the reset
 query, the health check). Such a query is sent only when nothing is pending, so its answer is always
-the first thing that comes back; ``swallow`` counts the ReadyForQuery messages whose answers are
+the first thing that comes back; the ledger counts the ReadyForQuery messages whose answers are
 dropped instead of forwarded.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import enum
 import struct
 from bisect import bisect_left
 from typing import TYPE_CHECKING, cast
 
 from pooler.config import PoolMode
+from pooler.core.ledger import Ledger
 from pooler.core.prepared import DESCRIBE_STATEMENT, FORWARD, SKIP, SYNTH, Action, PreparedStatement, Segment
 from pooler.core.stats import LATENCY_BUCKETS
 from pooler.wire import messages as pq
@@ -93,17 +88,16 @@ class ServerConnection(asyncio.Protocol):
         "client",
         "close_reason",
         "connect_started",
-        "copy_in",
         "created_at",
         "direct",
         "fatal_seen",
         "key",
         "last_used",
+        "ledger",
         "login_error",
         "open_segment",
         "params",
         "params_key",
-        "pending",
         "pinned",
         "pool",
         "prepared",
@@ -114,11 +108,8 @@ class ServerConnection(asyncio.Protocol):
         "startup_params",
         "state",
         "stats",
-        "swallow",
         "tracked_inflight",
         "transport",
-        "tx_status",
-        "unsynced",
         "xact_started",
     )
 
@@ -133,12 +124,7 @@ class ServerConnection(asyncio.Protocol):
         self.params: dict[str, str] = {}
         self.params_key: tuple[str | None, ...] = ()  # tracked values, in pooler.tracked_names order
         self.key: tuple[int, int] | None = None
-        # What each ReadyForQuery still owed answers: QUERY / SYNC / FUNCTION_CALL, or a tracked Segment.
-        self.pending: collections.deque[int | Segment] = collections.deque()
-        self.tx_status = pq.TX_IDLE
-        self.unsynced = False
-        self.copy_in = False
-        self.swallow = 0
+        self.ledger = Ledger()
         self.fatal_seen = False
         # Prepared statements (see pooler.core.prepared): the statements this server has, least recently used
         # first; the kinds of the extended messages of the open segment; that segment once it is tracked;
@@ -211,7 +197,7 @@ class ServerConnection(asyncio.Protocol):
         if pos >= n:
             # Inside the body of a large message: nothing to look at, forward as is.
             self._skip = pos - n
-            if not self.swallow and self.client is not None:
+            if not self.ledger.swallow and self.client is not None:
                 self.stats.sent += n
                 self.client.write(data)
             return
@@ -220,7 +206,8 @@ class ServerConnection(asyncio.Protocol):
             return
         inspect = _INSPECT_TABLE
         unpack = _unpack_length
-        forward_from = -1 if self.swallow else 0
+        ledger = self.ledger
+        forward_from = -1 if ledger.swallow else 0
         refused = -1
         refused_parameters: dict[str, str] | None = None
         answered = 0
@@ -231,17 +218,14 @@ class ServerConnection(asyncio.Protocol):
                 if end > n:
                     break
                 if kind == pq.READY_FOR_QUERY:
-                    self.tx_status = data[pos + 5]
-                    if self.swallow:
-                        self.swallow -= 1
-                        if not self.swallow:
-                            forward_from = end
-                    elif self.pending:
-                        self.pending.popleft()
+                    swallowing = ledger.swallow
+                    if ledger.ready_for_query(data[pos + 5]):
                         answered += 1
-                        if self.tx_status != pq.TX_IDLE and self._refuses_transactions():
+                        if ledger.tx_status != pq.TX_IDLE and self._refuses_transactions():
                             refused = pos
                             break
+                    elif swallowing and not ledger.swallow:
+                        forward_from = end
                 elif kind == pq.PARAMETER_STATUS:
                     self._parameter_status(data[pos + 5 : end - 1])
                 elif kind == pq.COMMAND_COMPLETE:
@@ -251,7 +235,7 @@ class ServerConnection(asyncio.Protocol):
                     self._copy_in_started()
                 elif data.startswith(_FATAL_PREFIX, pos + 5) or data.startswith(_PANIC_PREFIX, pos + 5):
                     self.fatal_seen = True
-                elif self.swallow and self.client is not None:
+                elif ledger.swallow and self.client is not None:
                     # The only internal query run while a client is linked is the SET of its parameters.
                     refused_parameters = pq.parse_error_fields(data[pos + 5 : end])
                     break
@@ -283,10 +267,10 @@ class ServerConnection(asyncio.Protocol):
         if client is None:
             if self.state == ServerState.IDLE and self.fatal_seen:
                 self.close("server sent FATAL while idle")
-            elif self.state == ServerState.BUSY and not self.swallow and not self.pending:
+            elif self.state == ServerState.BUSY and not ledger.pending and not ledger.swallow:
                 self.pool.server_done_busy(self)
             return
-        if not self.pending and not self.swallow:
+        if not ledger.pending and not ledger.swallow:
             client.server_ready_for_query(self)
 
     # --- state helpers ----------------------------------------------------------------------------
@@ -301,7 +285,7 @@ class ServerConnection(asyncio.Protocol):
         hist.counts[bisect_left(LATENCY_BUCKETS, elapsed)] += 1
         hist.total += elapsed
         self.request_started = now  # a pipelined request still owed started no later than this
-        if self.tx_status == pq.TX_IDLE:
+        if self.ledger.tx_status == pq.TX_IDLE:
             stats.xact_count += 1
             elapsed = now - self.xact_started
             hist = stats.xact_hist
@@ -310,16 +294,7 @@ class ServerConnection(asyncio.Protocol):
 
     def is_clean(self) -> bool:
         """True when nothing is in flight and no transaction is open: safe for another client."""
-        return (
-            not self.pending
-            and not self.swallow
-            and not self.unsynced
-            and not self.copy_in
-            and self._skip == 0
-            and not self._partial
-            and self.tx_status == pq.TX_IDLE
-            and self.open_segment is None
-        )
+        return self.ledger.is_clean() and self._skip == 0 and not self._partial and self.open_segment is None
 
     def _refuses_transactions(self) -> bool:
         client = self.client
@@ -365,18 +340,13 @@ class ServerConnection(asyncio.Protocol):
             client.params, client.params_key = self.pool.pooler.shared_params({**client.params, key: text})
 
     def _copy_in_started(self) -> None:
-        # In copy-in mode Postgres ignores Sync. If the COPY came from the extended protocol, the Syncs
-        # the client already sent after its Execute will never be answered: forget them. The Sync the
-        # client sends after CopyDone/CopyFail is the one that gets the ReadyForQuery.
-        self.copy_in = True
-        if self.pending and (self.pending[0] == pq.SYNC or isinstance(self.pending[0], Segment)):
-            self.pending.clear()
-            self.tracked_inflight = 1 if self.open_segment is not None else 0
+        """Postgres entered copy-in mode: the ledger drops the Syncs it will ignore, tracked ones included."""
+        self.tracked_inflight -= len(self.ledger.copy_in_started())
 
     def run_internal(self, sql: str) -> None:
         """Send the pooler's own query; its whole answer is dropped. Only call when nothing is pending."""
         assert self.transport is not None
-        self.swallow += 1
+        self.ledger.internal_query_sent()
         self.transport.write(pq.query(sql))
 
     def close(self, reason: str) -> None:
@@ -441,7 +411,7 @@ class ServerConnection(asyncio.Protocol):
         segment.actions.append(Action(code, SYNTH, payload))
         if refuse:
             segment.dropping = True
-        if not self.pending and segment.head == len(segment.actions) - 1 and self.client is not None:
+        if not self.ledger.pending and segment.head == len(segment.actions) - 1 and self.client is not None:
             out: list[bytes] = []  # nothing before it is owed: answer at once (the client may be waiting)
             self._emit_synthesized(segment, out)
             self.client.write(b"".join(out))
@@ -506,24 +476,25 @@ class ServerConnection(asyncio.Protocol):
         """The slow scanner, for chunks answering a tracked segment: every message is matched to its request."""
         n = len(data)
         out: list[bytes] = [data[:pos]] if pos else []  # the end of a row streamed from the last chunk
-        pending = self.pending
+        ledger = self.ledger
         answered = 0
         while pos + 5 <= n:
             kind = data[pos]
             end = pos + 1 + _unpack_length(data, pos + 1)[0]
-            head = pending[0] if pending else self.open_segment
+            head = ledger.head()
+            if head is None:
+                head = self.open_segment
             if end > n:
-                if kind == pq.DATA_ROW and self.swallow == 0 and (
+                if kind == pq.DATA_ROW and ledger.swallow == 0 and (
                         not isinstance(head, Segment) or head.head >= len(head.actions)
                         or head.actions[head.head].mode == FORWARD):
                     out.append(data[pos:])  # a large row of a forwarded answer: stream it
                     self._skip = end - n
                     pos = n
                 break
-            if self.swallow:
+            if ledger.swallow:
                 if kind == pq.READY_FOR_QUERY:
-                    self.swallow -= 1
-                    self.tx_status = data[pos + 5]
+                    ledger.ready_for_query(data[pos + 5])
                 elif kind == pq.PARAMETER_STATUS:
                     self._parameter_status(data[pos + 5 : end - 1])
                 elif kind == pq.ERROR_RESPONSE and self.client is not None:
@@ -546,21 +517,17 @@ class ServerConnection(asyncio.Protocol):
                 self._copy_in_started()
             if not isinstance(head, Segment):  # an untracked request: forwarded as is
                 out.append(data[pos:end])
-                if kind == pq.READY_FOR_QUERY:
-                    self.tx_status = data[pos + 5]
-                    if pending:
-                        pending.popleft()
-                        answered += 1
+                if kind == pq.READY_FOR_QUERY and ledger.ready_for_query(data[pos + 5]):
+                    answered += 1
                 pos = end
                 continue
             self._emit_synthesized(head, out)
             if kind == pq.READY_FOR_QUERY:
                 out.append(data[pos:end])
-                self.tx_status = data[pos + 5]
                 if head is self.open_segment:  # cannot happen: a ReadyForQuery answers a Sync, which closed it
                     self.open_segment = None
-                elif pending:
-                    pending.popleft()
+                    ledger.ready_for_query(data[pos + 5])
+                elif ledger.ready_for_query(data[pos + 5]):
                     answered += 1
                 self.tracked_inflight -= 1
             elif kind == pq.ERROR_RESPONSE:
@@ -584,14 +551,14 @@ class ServerConnection(asyncio.Protocol):
             self._count_answers(answered)
         client = self.client
         if client is None:
-            if self.state == ServerState.BUSY and not self.swallow and not self.pending:
+            if self.state == ServerState.BUSY and not ledger.swallow and not ledger.pending:
                 self.pool.server_done_busy(self)
             return
         if out:
             payload = b"".join(out)
             self.stats.sent += len(payload)
             client.write(payload)
-        if not pending and not self.swallow:
+        if not ledger.pending and not ledger.swallow:
             client.server_ready_for_query(self)
 
     # --- login ------------------------------------------------------------------------------------
@@ -629,7 +596,7 @@ class ServerConnection(asyncio.Protocol):
             elif kind == pq.READY_FOR_QUERY:
                 self.state = ServerState.BUSY
                 self.params_key = self.pool.pooler.params_key(self.params)
-                self.tx_status = body[0]
+                self.ledger.ready_for_query(body[0])
                 remainder = reader.take_rest()
                 self.pool.server_logged_in(self)
                 if remainder:

@@ -458,7 +458,7 @@ class Pooler:
         if client is None or client.server is None:
             return
         server = client.server
-        if server.pending or server.state == ServerState.LOGIN:
+        if server.ledger.pending or server.state == ServerState.LOGIN:
             self.cancel_server(server)
 
     async def _relay_cancel(self, owner: int, key: tuple[int, int]) -> None:
@@ -546,11 +546,11 @@ class Pooler:
             return
         if server.state != ServerState.ACTIVE:
             return
-        if server.pending:
+        if server.ledger.pending:
             limit = cfg.effective_query_timeout(self.config, client.user)
             if limit and now - server.request_started > limit:
                 client.fatal("08P01", "query_timeout", hint="the query ran longer than query_timeout")
-        elif server.tx_status != pq.TX_IDLE:
+        elif server.ledger.in_transaction():
             limit = cfg.effective_idle_transaction_timeout(self.config, client.user)
             if limit and now - server.last_used > limit:
                 client.fatal("08P01", "idle transaction timeout",
