@@ -13,9 +13,11 @@ from typing import Any
 import pytest
 
 from pooler.config import Config, PoolMode
+from pooler.core.parameters import TrackedParameters
+from pooler.core.pool import ServerState
 from pooler.core.stats import PoolStats
 from pooler.net.client import ClientConnection, ClientState
-from pooler.net.server import ServerConnection, ServerState
+from pooler.net.server import ServerConnection
 from pooler.wire import messages as pq
 from pooler.wire.auth import ServerAuth
 
@@ -56,10 +58,10 @@ class FakeClient:
 
 
 def make_server() -> tuple[ServerConnection, FakeClient]:
-    pooler = SimpleNamespace(clock=time.monotonic, tracked_set=frozenset({"TimeZone"}),
-                             params_key=lambda params: (params.get("TimeZone"),),
-                             shared_params=lambda params: (params, (params.get("TimeZone"),)))
-    pool: Any = SimpleNamespace(pooler=pooler, stats=PoolStats())
+    parameters = TrackedParameters()
+    parameters.names, parameters.names_set = ("TimeZone",), frozenset({"TimeZone"})  # track TimeZone alone
+    host = SimpleNamespace(clock=time.monotonic, parameters=parameters)
+    pool: Any = SimpleNamespace(host=host, stats=PoolStats())
     server = ServerConnection(pool, {}, ServerAuth("u", "p"))
     server.transport = FakeTransport()  # type: ignore[assignment]
     server.state = ServerState.ACTIVE

@@ -35,7 +35,7 @@ COPY_END = pq.COPY_DONE
 class Ledger:
     """The debts of one server connection; ``is_clean()`` is the release rule."""
 
-    __slots__ = ("copy_in", "pending", "swallow", "tx_status", "unsynced")
+    __slots__ = ("copy_in", "copy_markers", "pending", "swallow", "tx_status", "unsynced")
 
     def __init__(self) -> None:
         #: Requests still owed a ReadyForQuery, oldest first: QUERY, SYNC, FUNCTION_CALL, a tracked Segment
@@ -44,6 +44,7 @@ class Ledger:
         self.tx_status = pq.TX_IDLE
         self.unsynced = False
         self.copy_in = False
+        self.copy_markers = 0  # COPY_END entries in pending: the fast path skips the marker checks when 0
         self.swallow = 0
 
     # --- what the client sent -----------------------------------------------------------------------
@@ -69,6 +70,7 @@ class Ledger:
             self.copy_in = False
         elif self.pending or self.unsynced:
             self.pending.append(COPY_END)  # ahead of its CopyInResponse (or of a COPY that never starts)
+            self.copy_markers += 1
         # else: a stray CopyDone, which Postgres ignores too
 
     def internal_query_sent(self) -> None:
@@ -84,14 +86,28 @@ class Ledger:
             self.swallow -= 1
             return False
         pending = self.pending
-        while pending and pending[0] == COPY_END:
-            pending.popleft()  # markers no COPY claimed
+        if not pending:
+            return False
+        if self.copy_markers:
+            return self._pay_past_markers()
+        pending.popleft()
+        return True
+
+    def _pay_past_markers(self) -> bool:
+        """ReadyForQuery with COPY_END markers about: markers no COPY claimed go with the request they follow."""
+        pending = self.pending
+        self._drop_leading_markers()
         if not pending:
             return False
         pending.popleft()
+        self._drop_leading_markers()
+        return True
+
+    def _drop_leading_markers(self) -> None:
+        pending = self.pending
         while pending and pending[0] == COPY_END:
             pending.popleft()
-        return True
+            self.copy_markers -= 1
 
     def head(self) -> int | Segment | None:
         """The oldest request still owed an answer (markers skipped): what the next answers belong to."""
@@ -112,6 +128,7 @@ class Ledger:
             entry = pending[0]
             if entry == COPY_END:
                 pending.popleft()
+                self.copy_markers -= 1
                 ended = True
                 break
             if entry == pq.SYNC:

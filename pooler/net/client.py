@@ -18,14 +18,18 @@ import enum
 import struct
 import sys
 from bisect import bisect_left
-from typing import TYPE_CHECKING, cast
+from collections.abc import Callable
+from typing import Protocol, cast
 
-from pooler.config import ADMIN_DATABASE, DatabaseConfig, PoolMode, find_database
+from pooler.config import ADMIN_DATABASE, Config, DatabaseConfig, PoolMode, find_database
+from pooler.core.parameters import TrackedParameters
+from pooler.core.pool import Pool
 from pooler.core.prepared import (
     DESCRIBE_STATEMENT,
     FORWARD,
     SKIP,
     PreparedStatement,
+    StatementCache,
     did_not_exist,
     name_in_use,
     statement_name,
@@ -33,14 +37,10 @@ from pooler.core.prepared import (
 from pooler.core.session_state import Finding, SessionStateChecker
 from pooler.core.stats import LATENCY_BUCKETS, PoolStats
 from pooler.log import log
-from pooler.net.server import WRITE_BUFFER_HIGH, WRITE_BUFFER_LOW, ServerConnection, ServerState
+from pooler.net.server import WRITE_BUFFER_HIGH, WRITE_BUFFER_LOW, ServerConnection
 from pooler.wire import messages as pq
 from pooler.wire.auth import AuthStep, AuthType, ClientAuth
 from pooler.wire.framing import BadLengthError, MessageReader
-
-if TYPE_CHECKING:
-    from pooler.core.pool import Pool
-    from pooler.runtime.process import Pooler
 
 _unpack_length = struct.Struct("!i").unpack_from
 _SESSION_STATE_CHECKER = SessionStateChecker()  # one parse cache for the whole pooler
@@ -54,8 +54,6 @@ MAX_AUTH_MESSAGE = 10_000
 
 #: Startup parameters accepted without configuration (PgBouncer's list) besides tracked GUCs.
 _STARTUP_KEYS = frozenset({"user", "database", "replication", "options"})
-#: GUCs tracked per client and re-applied to whichever backend it lands on (canonical spelling).
-TRACKED_PARAMETERS = ("client_encoding", "DateStyle", "TimeZone", "standard_conforming_strings", "application_name")
 
 
 class ClientState(enum.IntEnum):
@@ -64,6 +62,39 @@ class ClientState(enum.IntEnum):
     WELCOME = 2
     READY = 3
     CLOSED = 4
+
+
+class ClientHost(Protocol):
+    """What a client connection needs from the process (``pooler.runtime.process.Pooler`` provides it)."""
+
+    config: Config
+    clock: Callable[[], float]
+    parameters: TrackedParameters
+    statements: StatementCache
+
+    def next_client_id(self) -> int: ...
+
+    def new_cancel_key(self) -> tuple[int, int]: ...
+
+    def client_connected(self, client: ClientConnection) -> None: ...
+
+    def client_disconnected(self, client: ClientConnection) -> None: ...
+
+    def over_client_limit(self) -> bool: ...
+
+    def cancel(self, key: tuple[int, int]) -> None: ...
+
+    def lookup_secret(self, user: str) -> str | None: ...
+
+    def auth_query_enabled(self, db: DatabaseConfig) -> bool: ...
+
+    def auth_query_lookup(self, client: ClientConnection, db: DatabaseConfig, user: str) -> None: ...
+
+    def admin_login(self, client: ClientConnection) -> None: ...
+
+    def client_authenticated(self, client: ClientConnection, db: DatabaseConfig, step: AuthStep) -> None: ...
+
+    def pooler_error(self, client: ClientConnection | None, sqlstate: str, message: str) -> None: ...
 
 
 class ClientConnection(asyncio.Protocol):
@@ -105,7 +136,7 @@ class ClientConnection(asyncio.Protocol):
         "waiting",
     )
 
-    def __init__(self, pooler: Pooler, *, direct: bool = False) -> None:
+    def __init__(self, pooler: ClientHost, *, direct: bool = False) -> None:
         self.pooler = pooler
         self.direct = direct
         self.transport: asyncio.Transport | None = None
@@ -116,7 +147,7 @@ class ClientConnection(asyncio.Protocol):
         self.user = ""
         self.database = ""
         self.db: DatabaseConfig | None = None
-        self.pool: Pool | None = None
+        self.pool: ClientPool | None = None
         self.pool_mode = PoolMode.TRANSACTION
         self.server: ServerConnection | None = None
         self.auth: ClientAuth | None = None
@@ -442,8 +473,8 @@ class ClientConnection(asyncio.Protocol):
 
     # --- linking to servers (called by the pool) --------------------------------------------------
 
-    def link(self, server: ServerConnection, now: float) -> None:
-        """The pool hands us a server (at ``now``): align its session parameters, send what we hold."""
+    def linked(self, server: ServerConnection, now: float) -> None:
+        """The pool paired us with a server (at ``now``): align its session parameters, send what we hold."""
         stats = self.stats
         stats.server_assignment_count += 1
         if self.waiting:
@@ -452,9 +483,6 @@ class ClientConnection(asyncio.Protocol):
             hist = stats.wait_hist
             hist.counts[bisect_left(LATENCY_BUCKETS, waited)] += 1
             hist.total += waited
-        self.server = server
-        server.client = self
-        server.state = ServerState.ACTIVE
         if server.params_key != self.params_key:
             self._sync_parameters(server)
         if self._held:
@@ -476,21 +504,14 @@ class ClientConnection(asyncio.Protocol):
         if mode == PoolMode.SESSION or self.direct or self._skip:
             return
         if server.is_clean():
-            self._unlink(server)
             now = self.last_active = self.pooler.clock()
             assert self.pool is not None
-            self.pool.release(server, now=now)
+            self.pool.server_ready(self, server, now)
             if len(self._held) >= 5:
                 self._hold(b"")
         elif mode == PoolMode.STATEMENT and server.ledger.tx_status != pq.TX_IDLE:
             self.fatal("08P01", "transaction blocks not allowed in statement pooling mode",
                        hint="use transaction pool_mode, or the direct endpoint, for multi-statement transactions")
-
-    def _unlink(self, server: ServerConnection) -> None:
-        server.client = None
-        self.server = None
-        if server.reading_paused:  # paused for our slow reading: the next client must not inherit that
-            server.resume_reading()
 
     def server_lost(self, server: ServerConnection) -> None:
         """Our server died while linked: the transaction is gone, so is this session."""
@@ -515,8 +536,7 @@ class ClientConnection(asyncio.Protocol):
         server = self.server
         if server is None:
             return
-        self._unlink(server)
-        pool.client_left_server(server, self._skip != 0, reason)
+        pool.client_left_server(self, server, self._skip != 0, reason)
 
     # --- startup and authentication -------------------------------------------------------------
 
@@ -629,11 +649,11 @@ class ClientConnection(asyncio.Protocol):
 
     def _check_startup_parameters(self, params: dict[str, str]) -> bool:
         settings = self.pooler.config.settings
-        tracked = self.pooler.tracked_parameters
+        canonical_name = self.pooler.parameters.canonical
         ignored = settings.ignore_startup_parameters
         startup: dict[str, str] = {}
         for key, value in params.items():
-            canonical = tracked.get(key.lower())
+            canonical = canonical_name(key)
             if canonical is not None:
                 startup[canonical] = value
             elif key in _STARTUP_KEYS or key.startswith("_pq_.") or key in ignored:
@@ -654,14 +674,14 @@ class ClientConnection(asyncio.Protocol):
                            hint="only -c name=value settings of tracked parameters pass through the pooler")
                 return False
             for key, value in parsed:
-                canonical = tracked.get(key.lower())
+                canonical = canonical_name(key)
                 if canonical is not None:
                     startup[canonical] = value
                 elif key not in ignored:
                     self.fatal("08P01", f"unsupported startup parameter in options: {key}",
                                hint=f"add {key} to ignore_startup_parameters, or use the direct endpoint")
                     return False
-        self.startup_params = self.pooler.shared_params(startup)[0] if startup else _NO_PARAMS
+        self.startup_params = self.pooler.parameters.shared(startup)[0] if startup else _NO_PARAMS
         return True
 
     def _auth_step(self, step: AuthStep) -> None:
@@ -686,8 +706,8 @@ class ClientConnection(asyncio.Protocol):
             return
         values = dict(server_params)
         values.update(self.startup_params)
-        tracked = self.pooler.tracked_parameters.values()
-        self.params, self.params_key = self.pooler.shared_params({k: values[k] for k in tracked if k in values})
+        parameters = self.pooler.parameters
+        self.params, self.params_key = parameters.shared({k: values[k] for k in parameters.names if k in values})
         out = [pq.parameter_status(k, v) for k, v in values.items()]
         out.append(pq.backend_key_data(*self.key))
         out.append(pq.READY_FOR_QUERY_IDLE)
@@ -736,3 +756,7 @@ def _parse_options(options: str) -> list[tuple[str, str]] | None:
         result.append((name.replace("-", "_"), value))
         i += 1
     return result
+
+
+#: A pool of this process: servers are ServerConnections, clients ClientConnections.
+ClientPool = Pool[ServerConnection, ClientConnection]

@@ -16,22 +16,19 @@ dropped instead of forwarded.
 from __future__ import annotations
 
 import asyncio
-import enum
 import struct
 from bisect import bisect_left
-from typing import TYPE_CHECKING, cast
+from typing import Any, Protocol, cast
 
 from pooler.config import PoolMode
 from pooler.core.ledger import Ledger
+from pooler.core.parameters import ParamsKey
+from pooler.core.pool import Pool, ServerState
 from pooler.core.prepared import DESCRIBE_STATEMENT, FORWARD, SKIP, SYNTH, Action, PreparedStatement, Segment
 from pooler.core.stats import LATENCY_BUCKETS
 from pooler.wire import messages as pq
 from pooler.wire.auth import AuthFailed, ServerAuth
 from pooler.wire.framing import MessageReader
-
-if TYPE_CHECKING:
-    from pooler.core.pool import Pool
-    from pooler.net.client import ClientConnection
 
 _LENGTH = struct.Struct("!i")
 _unpack_length = _LENGTH.unpack_from
@@ -68,13 +65,27 @@ WRITE_BUFFER_HIGH = 256 * 1024
 WRITE_BUFFER_LOW = 64 * 1024
 
 
-class ServerState(enum.IntEnum):
-    CONNECTING = 0
-    LOGIN = 1
-    IDLE = 2
-    ACTIVE = 3
-    BUSY = 4  # running the pooler's own query (reset, health check) with no client linked
-    CLOSED = 5
+class LinkedClient(Protocol):
+    """The client a server forwards to, as the server sees it (``pooler.net.client`` implements it)."""
+
+    transport: asyncio.Transport | None
+    direct: bool
+    params: dict[str, str]
+    params_key: ParamsKey
+    statements: dict[bytes, PreparedStatement]
+
+    @property
+    def pool_mode(self) -> PoolMode: ...
+
+    def write(self, data: bytes) -> None: ...
+
+    def fatal(self, sqlstate: str, message: str, *, hint: str | None = None, detail: str | None = None) -> None: ...
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+    def server_ready_for_query(self, server: ServerConnection) -> None: ...
 
 
 class ServerConnection(asyncio.Protocol):
@@ -113,16 +124,23 @@ class ServerConnection(asyncio.Protocol):
         "xact_started",
     )
 
-    def __init__(self, pool: Pool, startup_params: dict[str, str], auth: ServerAuth, *, direct: bool = False):
+    def __init__(
+        self,
+        pool: Pool[ServerConnection, Any],
+        startup_params: dict[str, str],
+        auth: ServerAuth,
+        *,
+        direct: bool = False,
+    ) -> None:
         self.pool = pool
         self.startup_params = startup_params
         self.auth = auth
         self.direct = direct
         self.transport: asyncio.Transport | None = None
-        self.client: ClientConnection | None = None
+        self.client: LinkedClient | None = None
         self.state = ServerState.CONNECTING
         self.params: dict[str, str] = {}
-        self.params_key: tuple[str | None, ...] = ()  # tracked values, in pooler.tracked_names order
+        self.params_key: ParamsKey = ()  # tracked values, in TrackedParameters.names order
         self.key: tuple[int, int] | None = None
         self.ledger = Ledger()
         self.fatal_seen = False
@@ -141,7 +159,7 @@ class ServerConnection(asyncio.Protocol):
         self._login_reader = MessageReader(MAX_LOGIN_MESSAGE)
         self._partial = b""
         self._skip = 0
-        loop_time = pool.pooler.clock()
+        loop_time = pool.host.clock()
         self.created_at = loop_time
         self.connect_started = loop_time
         self.last_used = loop_time
@@ -154,7 +172,7 @@ class ServerConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         transport.set_write_buffer_limits(WRITE_BUFFER_HIGH, WRITE_BUFFER_LOW)
-        self.state = ServerState.LOGIN
+        self.pool.server_connecting(self)
         transport.write(pq.startup_message(self.startup_params))
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -277,7 +295,7 @@ class ServerConnection(asyncio.Protocol):
 
     def _count_answers(self, answered: int) -> None:
         """Statistics for the requests a chunk answered: one clock read per chunk, not per message."""
-        now = self.pool.pooler.clock()
+        now = self.pool.host.clock()
         stats = self.stats
         stats.query_count += answered
         elapsed = now - self.request_started
@@ -308,8 +326,7 @@ class ServerConnection(asyncio.Protocol):
         assert client is not None
         if 0 <= forward_from < at:
             client.write(data[forward_from:at])
-        self.client = None
-        client.server = None
+        self.pool.unlink(client, self)
         reason = "transaction blocks not allowed in statement pooling mode"
         client.fatal("08P01", reason,
                      hint="use transaction pool_mode, or the direct endpoint, for multi-statement transactions")
@@ -322,8 +339,7 @@ class ServerConnection(asyncio.Protocol):
         server may already be running the client's query behind the SET: close it."""
         client = self.client
         assert client is not None
-        self.client = None
-        client.server = None
+        self.pool.unlink(client, self)
         client.fatal(fields.get("C", "22023"), fields.get("M", "invalid value for a startup parameter"),
                      detail=fields.get("D"),
                      hint=fields.get("H") or "fix the value in the connection string; the pooler sets it with SET")
@@ -332,12 +348,12 @@ class ServerConnection(asyncio.Protocol):
     def _parameter_status(self, body: bytes) -> None:
         key, text = pq.parse_parameter_status(body)
         self.params[key] = text
-        if key not in self.pool.pooler.tracked_set:
+        if key not in self.pool.host.parameters.names_set:
             return
-        self.params_key = self.pool.pooler.params_key(self.params)
+        self.params_key = self.pool.host.parameters.key(self.params)
         client = self.client
         if client is not None and key in client.params:  # client.params may be shared: replace, never mutate
-            client.params, client.params_key = self.pool.pooler.shared_params({**client.params, key: text})
+            client.params, client.params_key = self.pool.host.parameters.shared({**client.params, key: text})
 
     def _copy_in_started(self) -> None:
         """Postgres entered copy-in mode: the ledger drops the Syncs it will ignore, tracked ones included."""
@@ -361,14 +377,13 @@ class ServerConnection(asyncio.Protocol):
         self._closed(reason)
 
     def _closed(self, reason: str) -> None:
-        previous = self.state
-        self.state = ServerState.CLOSED
         if not self.close_reason:
             self.close_reason = reason
+        previous = self.pool.server_closing(self)
         if previous in (ServerState.CONNECTING, ServerState.LOGIN):
             self.pool.server_login_failed(self, self.login_error or {"C": "08006", "M": reason})
         else:
-            self.pool.server_closed(self, previous)
+            self.pool.server_closed(self)
 
     # --- prepared statements: the client side records, the tracked scanner answers -------------------
 
@@ -594,8 +609,7 @@ class ServerConnection(asyncio.Protocol):
                 self._login_failed(pq.parse_error_fields(body))
                 return
             elif kind == pq.READY_FOR_QUERY:
-                self.state = ServerState.BUSY
-                self.params_key = self.pool.pooler.params_key(self.params)
+                self.params_key = self.pool.host.parameters.key(self.params)
                 self.ledger.ready_for_query(body[0])
                 remainder = reader.take_rest()
                 self.pool.server_logged_in(self)

@@ -33,7 +33,7 @@ from pooler.log import log
 from pooler.net.client import ClientState
 
 if TYPE_CHECKING:
-    from pooler.core.pool import Pool
+    from pooler.net.client import ClientPool
     from pooler.runtime.process import Pooler
 
 #: How often the waits (PAUSE, WAIT_CLOSE, shutdown drains) look at the pools again.
@@ -62,7 +62,7 @@ def check_database(pooler: Pooler, name: str) -> None:
         raise ControlError(f"no such database: {name}")
 
 
-def pools_of(pooler: Pooler, database: str | None) -> list[Pool]:
+def pools_of(pooler: Pooler, database: str | None) -> list[ClientPool]:
     return [p for p in pooler.pools.values() if database is None or p.db.name == database]
 
 
@@ -79,8 +79,7 @@ def apply_pause(pooler: Pooler) -> None:
             continue
         pool.paused = paused
         if paused:
-            while pool.idle:
-                pool.idle.pop().close("paused")
+            pool.close_idle("paused")
         else:
             pool.grow_for_waiters()
 
@@ -156,8 +155,7 @@ def reconnect(pooler: Pooler, database: str | None) -> None:
     for pool in pools_of(pooler, database):
         for server in list(pool.servers):
             server.stale = True
-        while pool.idle:
-            pool.idle.pop().close("reconnect")
+        pool.close_idle("reconnect")
         pool.grow_for_waiters()
     log.info("reconnect", database=database or "*")
 

@@ -29,13 +29,12 @@ from typing import TYPE_CHECKING
 
 from pooler import config as cfg
 from pooler.config import ADMIN_DATABASE, PoolMode, Settings
+from pooler.core.pool import ServerState
 from pooler.net.client import ClientState
-from pooler.net.server import ServerState
 from pooler.wire.auth import AuthType
 
 if TYPE_CHECKING:
-    from pooler.core.pool import Pool
-    from pooler.net.client import ClientConnection
+    from pooler.net.client import ClientConnection, ClientPool
     from pooler.net.server import ServerConnection
     from pooler.runtime.process import Pooler
 
@@ -358,7 +357,7 @@ def server_rows(pooler: Pooler) -> list[ConnectionRow]:
     return rows
 
 
-def _server_row(pooler: Pooler, pool: Pool, server: ServerConnection, wall_offset: float,
+def _server_row(pooler: Pooler, pool: ClientPool, server: ServerConnection, wall_offset: float,
                 ids: dict[ServerConnection, int]) -> ConnectionRow:
     server_id = ids.get(server)
     if server_id is None:
@@ -409,7 +408,7 @@ class Totals:
     client_login_count: int = 0
 
     @classmethod
-    def of_pool(cls, pool: Pool, logins: int) -> Totals:
+    def of_pool(cls, pool: ClientPool, logins: int) -> Totals:
         s = pool.stats
         return cls(s.server_assignment_count, s.xact_count, s.query_count, s.received, s.sent, s.xact_hist.total,
                    s.query_hist.total, s.wait_hist.total, s.client_parse_count, s.server_parse_count, s.bind_count,

@@ -14,21 +14,23 @@ import secrets
 import socket
 import time
 from collections.abc import Callable, Coroutine, Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pooler import config as cfg
-from pooler.core.pool import Pool
+from pooler.core.parameters import TrackedParameters
+from pooler.core.pool import Pool, PoolServer, ServerState
 from pooler.core.prepared import StatementCache
 from pooler.log import configure_from_settings, log
-from pooler.net.client import TRACKED_PARAMETERS, ClientConnection, ClientState
-from pooler.net.server import ServerConnection, ServerState
+from pooler.net.client import ClientConnection, ClientPool, ClientState
+from pooler.net.server import ServerConnection
 from pooler.ops import control
 from pooler.ops.introspect import RESTART_ONLY_SETTINGS
 from pooler.ops.metrics import MetricsServer, error_kind
 from pooler.ops.stats_log import StatsPeriod
+from pooler.runtime import upstream
 from pooler.runtime.workers import SINGLE, WORKER_BITS, Worker
 from pooler.wire import messages as pq
-from pooler.wire.auth import AuthStep, is_md5_secret, parse_scram_verifier
+from pooler.wire.auth import AuthStep, ServerAuth, is_md5_secret, parse_scram_verifier
 from pooler.wire.framing import MessageReader
 
 if TYPE_CHECKING:
@@ -41,18 +43,15 @@ class Pooler:
     def __init__(self, config: Config, worker: Worker = SINGLE) -> None:
         self.config = config
         self.worker = worker  # which of `workers` processes this is (pooler.runtime.workers)
-        self.pools: dict[tuple[str, str], Pool] = {}
+        self.pools: dict[tuple[str, str], ClientPool] = {}
         self.clients: set[ClientConnection] = set()
         self.clients_by_key: dict[tuple[int, int], ClientConnection] = {}
         self.db_servers: collections.Counter[str] = collections.Counter()
         self.user_servers: collections.Counter[str] = collections.Counter()
         self.userlist: dict[str, str] = {}
-        self.tracked_parameters: dict[str, str] = {}  # lower-case spelling -> Postgres's spelling
-        self.tracked_names: tuple[str, ...] = ()
-        self.tracked_set: frozenset[str] = frozenset()
+        self.parameters = TrackedParameters()
         self.auth_cache: dict[str, tuple[str | None, float]] = {}
         self.statements = StatementCache()  # protocol-level prepared statements, shared by every pool
-        self._shared_params: dict[tuple[str | None, ...], tuple[dict[str, str], tuple[str | None, ...]]] = {}
         self.listeners: list[asyncio.Server] = []
         self.ports: dict[str, int] = {}
         self._client_seq = 0
@@ -92,10 +91,7 @@ class Pooler:
 
     def _apply(self, config: Config, userlist: dict[str, str]) -> None:
         self.config = config
-        tracked = list(TRACKED_PARAMETERS) + list(config.settings.track_extra_parameters)
-        self.tracked_parameters = {name.lower(): name for name in tracked}
-        self.tracked_names = tuple(self.tracked_parameters.values())
-        self.tracked_set = frozenset(self.tracked_names)
+        self.parameters.track(config.settings.track_extra_parameters)
         self.userlist = userlist
         for pool in self.pools.values():
             db = cfg.find_database(config, pool.db.name)
@@ -103,7 +99,7 @@ class Pooler:
                 self._retarget(pool, db)
             pool.refresh()
 
-    def _retarget(self, pool: Pool, db: DatabaseConfig) -> None:
+    def _retarget(self, pool: ClientPool, db: DatabaseConfig) -> None:
         """A reload changed the pool's [databases] entry: new server logins use the new entry (address,
         password, ...), and the servers opened with the old one are closed once free, as PgBouncer does."""
         old = pool.db
@@ -113,25 +109,6 @@ class Pooler:
             pool.credentials = credentials  # (None, None): the next client's login supplies them
         for server in pool.servers:
             server.stale = True
-
-    def params_key(self, params: dict[str, str]) -> tuple[str | None, ...]:
-        """The tracked values of a session as one tuple: equal keys mean no SET is needed on link."""
-        return tuple(params.get(name) for name in self.tracked_names)
-
-    def shared_params(self, params: dict[str, str]) -> tuple[dict[str, str], tuple[str | None, ...]]:
-        """One read-only dict (and its key) for every client with these tracked values.
-
-        An idle client costs memory that matters at ten thousand clients, and the clients of one app
-        nearly all carry the same values: they share one dict instead of a copy each. Callers never
-        mutate the result; a change makes a new dict (see ServerConnection._parameter_status).
-        """
-        key = self.params_key(params)
-        shared = self._shared_params.get(key)
-        if shared is not None and shared[0] == params:
-            return shared
-        if len(self._shared_params) < _MAX_SHARED_PARAMS:
-            self._shared_params[key] = (params, key)
-        return params, key
 
     def reload(self, config: Config) -> None:
         """Swap in a new config; pools pick up new sizes, modes and [databases] entries, connected clients stay.
@@ -150,9 +127,7 @@ class Pooler:
         userlist = self._read_userlist(config)
         self._apply(config, userlist)
         for pool in list(self.pools.values()):
-            limit = pool.size + (pool.reserve_size if pool.reserve_active else 0)
-            while len(pool.servers) > limit and pool.idle:
-                pool.idle.pop(0).close("pool size reduced")
+            pool.shrink_to_capacity("pool size reduced")
             if not pool.paused:
                 pool.grow_for_waiters()
         changed = sorted(f.name for f in dataclasses.fields(config.settings)
@@ -349,16 +324,17 @@ class Pooler:
         else:
             pool.welcome_client(client)
 
-    def _pool_for(self, db: DatabaseConfig, client_user: str, step: AuthStep) -> Pool:
+    def _pool_for(self, db: DatabaseConfig, client_user: str, step: AuthStep) -> ClientPool:
         user = db.user or client_user
         key = self._pool_key(db, user)
-        pool = self.pools.get(key)
-        if pool is None:
-            pool = Pool(self, db, user, self._server_credentials(db, user, step))
-            pool.paused = control.is_paused(self, db.name)
-            self.pools[key] = pool
-        elif pool.credentials == (None, None):
-            pool.credentials = self._server_credentials(db, user, step)
+        existing = self.pools.get(key)
+        if existing is not None:
+            if existing.credentials == (None, None):
+                existing.credentials = self._server_credentials(db, user, step)
+            return existing
+        pool: ClientPool = Pool(self, db, user, self._server_credentials(db, user, step))
+        pool.paused = control.is_paused(self, db.name)
+        self.pools[key] = pool
         return pool
 
     @staticmethod
@@ -391,7 +367,7 @@ class Pooler:
 
     # --- servers and limits -----------------------------------------------------------------------
 
-    def may_open_server(self, pool: Pool) -> bool:
+    def may_open_server(self, pool: Pool[Any, Any]) -> bool:
         """Pooler-wide caps. When one is reached, close an idle server of another pool to make room."""
         s = self.config.settings
         dbname = pool.db.name
@@ -403,24 +379,29 @@ class Pooler:
             return self._make_room(p for p in self.pools.values() if p.user == pool.user and p is not pool)
         return True
 
-    def _make_room(self, pools: Iterable[Pool]) -> bool:
+    def _make_room(self, pools: Iterable[ClientPool]) -> bool:
         for other in pools:
-            if other.close_idle(1):
+            if other.close_idle("closed to make room for another pool", 1):
                 return False  # the count drops when the close is processed; the caller retries then
         return False
 
-    def server_opened(self, pool: Pool) -> None:
+    def open_server(self, pool: Pool[Any, Any], params: dict[str, str], *, direct: bool) -> ServerConnection:
+        """A new server for ``pool``, counted against the pooler-wide caps at once; it connects in the background."""
+        password, keys = pool.credentials
+        server = ServerConnection(pool, params, ServerAuth(pool.user, password, keys), direct=direct)
         self.db_servers[pool.db.name] += 1
         self.user_servers[pool.user] += 1
+        self._spawn(upstream.connect(server, pool.db, self.config.settings.server_connect_timeout))
+        return server
 
-    def server_gone(self, pool: Pool) -> None:
+    def server_gone(self, pool: Pool[Any, Any]) -> None:
         self.db_servers[pool.db.name] -= 1
         self.user_servers[pool.user] -= 1
         for other in self.pools.values():
             if (other.waiting or other.welcome_waiters) and other is not pool:
                 other.grow_for_waiters()
 
-    def room_wanted_by_other_pool(self, pool: Pool) -> bool:
+    def room_wanted_by_other_pool(self, pool: Pool[Any, Any]) -> bool:
         """True when a server of ``pool`` about to go idle should be closed instead: another pool has clients
         waiting and is held back by the max_db_connections / max_user_connections cap it shares with ``pool``
         (PgBouncer evicts an idle server for it)."""
@@ -472,24 +453,10 @@ class Pooler:
         except (OSError, TimeoutError) as exc:
             log.warning("cancel relay failed", worker=owner, error=str(exc))
 
-    def cancel_server(self, server: ServerConnection) -> None:
-        if server.key is None:
+    def cancel_server(self, server: PoolServer) -> None:
+        if not isinstance(server, ServerConnection) or server.key is None:
             return
-        asyncio.get_running_loop().create_task(self._send_cancel(server.pool.db, server.key))
-
-    async def _send_cancel(self, db: DatabaseConfig, key: tuple[int, int]) -> None:
-        try:
-            async with asyncio.timeout(self.config.settings.cancel_wait_timeout or None):
-                if db.host and not db.host.startswith("/"):
-                    _, writer = await asyncio.open_connection(db.host, db.port)
-                else:
-                    _, writer = await asyncio.open_unix_connection(f"{db.host or '/tmp'}/.s.PGSQL.{db.port}")
-                writer.write(pq.cancel_request(*key))
-                await writer.drain()
-                writer.close()
-                await writer.wait_closed()
-        except (OSError, TimeoutError) as exc:
-            log.warning("cancel request failed", error=str(exc))
+        self._spawn(upstream.send_cancel(server.pool.db, server.key, self.config.settings.cancel_wait_timeout))
 
     # --- timeouts -----------------------------------------------------------------------------------
 
@@ -556,7 +523,7 @@ class Pooler:
                 client.fatal("08P01", "idle transaction timeout",
                              hint="the transaction stayed open and idle longer than idle_transaction_timeout")
 
-    def _sweep_pool(self, pool: Pool, now: float, s: cfg.Settings) -> None:
+    def _sweep_pool(self, pool: ClientPool, now: float, s: cfg.Settings) -> None:
         connect_timeout = s.server_connect_timeout
         for server in list(pool.servers):
             logging_in = server.state in (ServerState.CONNECTING, ServerState.LOGIN)
@@ -566,27 +533,21 @@ class Pooler:
                 server.close("server_connect_timeout")
         if (pool.waiting and pool.reserve_size and not pool.reserve_active
                 and now - pool.waiting[0].wait_started >= s.reserve_pool_timeout):
-            pool.reserve_active = True
-            pool._grow()
+            pool.activate_reserve()
         keep = pool.min_size
         for server in list(pool.idle):
+            assert isinstance(server, ServerConnection)
             idle_for = now - server.last_used
             too_old = s.server_lifetime and now - server.created_at > s.server_lifetime
             too_idle = s.server_idle_timeout and idle_for > s.server_idle_timeout and len(pool.servers) > keep
             if too_old or too_idle or server.stale:
-                pool.idle.remove(server)
                 server.close("server_lifetime" if too_old else "server_idle_timeout")
             elif (s.server_check_query and s.server_check_delay
                   and now - max(server.last_used, server.request_started) > s.server_check_delay):
-                pool.idle.remove(server)
                 server.request_started = now
-                server.state = ServerState.BUSY
-                server.run_internal(s.server_check_query)
+                pool.begin_internal(server, s.server_check_query)
         pool.grow_to_minimum()
 
-
-#: Distinct tracked-parameter sets shared between clients; past this, clients keep their own copies.
-_MAX_SHARED_PARAMS = 1024
 
 
 class _CancelRelay(asyncio.Protocol):
