@@ -843,6 +843,9 @@ def _apply_environment(loader: _Loader, env: Mapping[str, str]) -> tuple[Userlis
         return ()
     fields, ignored = _parse_database_url(url)
     loader.ignored.extend(ignored)
+    # The URL picks the server, not the database: a client gets the database it asks for, as with
+    # PgBouncer's `*` entry without dbname. The URL's own database name is what `pooler check` logs in to.
+    fields.pop("dbname", None)
     base = loader.databases.get("*", DatabaseConfig(name="*"))
     loader.databases["*"] = _with(base, fields)
     user, password = fields["user"], fields["password"]
