@@ -837,10 +837,12 @@ def test_find_database(tmp_path: Path) -> None:
     )
     assert find_database(with_fallback, "pgbouncer") is None  # the admin console is routed elsewhere
 
-    forced = load_config(None, {"DATABASE_URL": "postgresql://u:p@h/appdb"})
+    forced = load_config(ini(tmp_path, databases="* = host=h dbname=appdb"), {})
     found = find_database(forced, "anything")
     assert found is not None
-    assert (found.name, found.dbname) == ("anything", "appdb")
+    assert (found.name, found.dbname) == ("anything", "appdb")  # a * entry with dbname forces it
+    by_url = find_database(load_config(None, {"DATABASE_URL": "postgresql://u:p@h/appdb"}), "anything")
+    assert by_url is not None and (by_url.name, by_url.dbname) == ("anything", "anything")
 
 
 # --- docs/settings.md stays true ------------------------------------------------------------------
