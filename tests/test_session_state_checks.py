@@ -22,7 +22,7 @@ from pooler.runtime.process import Pooler
 #: One statement per kind, each run in autocommit on the pooled endpoint.
 EACH_KIND = {
     "set": "SET search_path = public",
-    "set_config": "SELECT set_config('application_name', 'x', false)",
+    "set_config": "SELECT set_config('search_path', 'public', false)",
     "listen": "LISTEN somewhere",
     "prepare": "PREPARE p1 AS SELECT 1",
     "cursor_with_hold": "DECLARE c1 CURSOR WITH HOLD FOR SELECT 1",
@@ -42,6 +42,13 @@ HARMLESS = [
     "/* SET search_path = x */ SELECT 2",
     "UNLISTEN *",
     "DISCARD ALL",
+    "DEALLOCATE ALL",
+    "RESET ALL",
+    "RESET search_path",
+    "CLOSE ALL",
+    "SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL;",  # asyncpg's pool reset
+    "SET TIME ZONE 'UTC'",  # the pooler carries TimeZone to whichever server the client lands on
+    "SELECT set_config('application_name', 'x', false)",
 ]
 
 
