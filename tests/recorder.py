@@ -13,7 +13,7 @@ import socket
 import struct
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 
 _SSL_REQUEST, _GSSENC_REQUEST = 80877103, 80877104
@@ -88,10 +88,8 @@ def _pump(src: socket.socket, dst: socket.socket, parser: _ClientParser | None) 
         pass
     finally:
         for sock in (src, dst):
-            try:
+            with suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
 
 @contextmanager
@@ -132,16 +130,12 @@ def recording_proxy(target_port: int, target_host: str = "127.0.0.1") -> Iterato
         yield port, recording
     finally:
         stop.set()
-        try:
+        with suppress(OSError):
             listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept() on Linux
-        except OSError:
-            pass
         listener.close()
         for sock in sockets:
-            try:
+            with suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
         for thread in threads:
             thread.join(5)
         for sock in sockets:
