@@ -909,7 +909,9 @@ def read_userlist(path: str) -> list[UserlistEntry]:
         with open(path, encoding="utf-8-sig") as fh:
             text = fh.read()
     except OSError as exc:
-        raise ConfigError(path, "auth_file", f"cannot read ({exc.strerror or exc})") from None
+        raise ConfigError(path, "auth_file", f"cannot read ({exc.strerror or exc}); create it (one "
+                          '"user" "password" per line) or point auth_file (POOLER_AUTH_FILE) at your '
+                          "userlist") from None
     except UnicodeDecodeError:
         raise ConfigError(path, "auth_file", "not valid UTF-8") from None
     entries: list[UserlistEntry] = []
