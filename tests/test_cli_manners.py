@@ -264,36 +264,46 @@ def test_run_with_a_port_taken_names_the_setting_and_its_variable(postgres: Post
 # --- Ctrl-C at any moment ------------------------------------------------------------------------------
 
 
+def _interrupt_up(data_dir: Path, port: int, direct: int, delay: float, sig: signal.Signals) -> str:
+    """Start `up`, send ``sig`` after ``delay`` s; check the manners; say whether it was "ready" or not."""
+    proc = subprocess.Popen(pooler_cmd("up", "--data-dir", str(data_dir), "--port", str(port),
+                                       "--direct-port", str(direct)),
+                            env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(delay)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=TIMEOUT)
+    assert "Traceback" not in err, (delay, err)
+    assert_nothing_left(data_dir)
+    if proc.returncode == 0:  # it was ready: the URLs were printed, then it shut down cleanly
+        assert out.startswith("DATABASE_URL="), (delay, out, err)
+        return "ready"
+    if proc.returncode == -sig:  # before Python had even installed its handler: nothing was started
+        assert err == "", (delay, err)
+        return "before python"
+    assert proc.returncode == 1, (delay, proc.returncode, err)
+    messages = [line for line in err.splitlines() if not line.startswith("{")]  # JSON lines are the log
+    assert len(messages) == 1, (delay, err)
+    assert messages[0].startswith("pooler") and "interrupted" in messages[0], messages
+    return "interrupted"
+
+
 def test_ctrl_c_at_any_moment_of_up_leaves_nothing_and_no_traceback(tmp_path: Path) -> None:
-    """SIGINT (and SIGTERM) at moments spread over a first start (imports, initdb, Postgres starting, role
-    setup, listening): each run ends with one line and exit 1, or, once ready, a clean exit 0; never a
-    traceback, never a process left; and a half-made cluster never spoils the next start."""
-    data_dir = tmp_path / "data"
+    """SIGINT (and SIGTERM) at moments spread over start-up — imports, initdb of a new data directory,
+    Postgres starting on an existing one, role setup, listening — each ends with one line and exit 1 (or,
+    once ready, a clean exit 0): never a traceback, never a process left, and a half-made cluster never
+    spoils the next start."""
     port, direct = free_port(), free_port()
     outcomes = []
-    for delay, sig in [(0.15, signal.SIGINT), (0.5, signal.SIGINT), (1.0, signal.SIGINT), (1.6, signal.SIGTERM),
-                       (2.2, signal.SIGINT), (3.0, signal.SIGINT), (4.5, signal.SIGTERM)]:
-        proc = subprocess.Popen(pooler_cmd("up", "--data-dir", str(data_dir), "--port", str(port),
-                                           "--direct-port", str(direct)),
-                                env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        time.sleep(delay)
-        proc.send_signal(sig)
-        out, err = proc.communicate(timeout=TIMEOUT)
-        assert "Traceback" not in err, (delay, err)
-        if proc.returncode == 0:  # it was ready: the URLs were printed, then it shut down cleanly
-            assert out.startswith("DATABASE_URL="), (delay, out, err)
-            outcomes.append("ready")
-        else:
-            assert proc.returncode == 1, (delay, proc.returncode, err)
-            messages = [line for line in err.splitlines() if not line.startswith("{")]
-            assert len(messages) == 1, (delay, err)
-            assert messages[0].startswith("pooler"), messages
-            assert "interrupted" in messages[0], messages
-            outcomes.append("interrupted")
-        assert_nothing_left(data_dir)
-    assert "interrupted" in outcomes, outcomes  # the moments did fall into start-up
-    with up(data_dir, "--port", str(port), "--direct-port", str(direct)) as (_, url), psycopg.connect(url) as conn:
-        assert conn.execute("select 1").fetchone() == (1,)
+    for i, (delay, sig) in enumerate([(0.1, signal.SIGINT), (0.3, signal.SIGINT), (0.6, signal.SIGTERM),
+                                      (0.8, signal.SIGINT), (1.0, signal.SIGINT), (1.3, signal.SIGTERM)]):
+        fresh = tmp_path / f"fresh{i}"  # initdb each time
+        outcomes.append(_interrupt_up(fresh, port, direct, delay, sig))
+        with up(fresh, "--port", str(port), "--direct-port", str(direct)) as (_, url), psycopg.connect(url) as conn:
+            assert conn.execute("select 1").fetchone() == (1,)  # whatever the interrupt left starts
+    existing = tmp_path / "fresh0"
+    for delay, sig in [(0.3, signal.SIGINT), (0.6, signal.SIGINT), (0.9, signal.SIGTERM), (1.5, signal.SIGINT)]:
+        outcomes.append(_interrupt_up(existing, port, direct, delay, sig))
+    assert outcomes.count("interrupted") >= 3, outcomes  # the moments did fall into start-up
 
 
 # --- a quiet `up` ---------------------------------------------------------------------------------------
