@@ -721,7 +721,8 @@ def test_read_userlist_missing_file(tmp_path: Path) -> None:
     path = str(tmp_path / "missing.txt")
     with pytest.raises(ConfigError) as info:
         read_userlist(path)
-    assert str(info.value) == f"{path}: auth_file: cannot read (No such file or directory)"
+    assert str(info.value) == (f'{path}: auth_file: cannot read (No such file or directory); create it (one "user" '
+                               '"password" per line) or point auth_file (POOLER_AUTH_FILE) at your userlist')
 
 
 # --- replace_settings -------------------------------------------------------------------------------
