@@ -81,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         return _check(args)
     except KeyboardInterrupt as exc:
         name = str(exc) if isinstance(exc, Interrupted) else "SIGINT"
+        if args.command == "check":
+            return _fail(label, f"interrupted ({name})", EXIT_RUNTIME)
         return _fail(label, f"interrupted ({name}) before it was ready; everything it had started is stopped",
                      EXIT_RUNTIME)
 

@@ -138,11 +138,11 @@ def _children_alive(pid: int) -> list[psutil.Process]:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_up_prints_urls_that_work_and_stops_cleanly(tmp_path: Path, sig: signal.Signals) -> None:
+def test_up_prints_urls_that_work_and_stops_cleanly(embedded_tmp: Path, sig: signal.Signals) -> None:
     port, direct = free_port(), free_port()
-    env_file = tmp_path / "app.env"
+    env_file = embedded_tmp / "app.env"
     proc = subprocess.Popen(
-        pooler_cmd("up", "--port", str(port), "--direct-port", str(direct), "--data-dir", str(tmp_path / "data"),
+        pooler_cmd("up", "--port", str(port), "--direct-port", str(direct), "--data-dir", str(embedded_tmp / "data"),
                    "--env-file", str(env_file)),
         env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -174,7 +174,7 @@ def test_up_prints_urls_that_work_and_stops_cleanly(tmp_path: Path, sig: signal.
             proc.wait()
     # The data directory persists: a second `up` sees the same URLs and the same data.
     proc = subprocess.Popen(
-        pooler_cmd("up", "--port", str(port), "--direct-port", str(direct), "--data-dir", str(tmp_path / "data")),
+        pooler_cmd("up", "--port", str(port), "--direct-port", str(direct), "--data-dir", str(embedded_tmp / "data")),
         env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
