@@ -1,5 +1,5 @@
-"""``python -m pooler`` and the ``pooler`` command: the CLI, with a Ctrl-C during its imports answered in one
-line like any other moment of start-up (pooler.cli installs its own handling once it is imported)."""
+"""``python -m pooler``: the CLI, with a Ctrl-C during its imports answered in one line like any other moment
+of start-up (``pooler.cli.main`` installs its own handling first thing once it is imported)."""
 
 import sys
 
@@ -7,10 +7,11 @@ import sys
 def run() -> int:
     try:
         from pooler.cli import main
-    except KeyboardInterrupt:
+
+        return main()
+    except KeyboardInterrupt:  # in the imports, or before main() had installed its own handling
         print("pooler: interrupted before it was ready; nothing was started", file=sys.stderr)
         return 1
-    return main()
 
 
 if __name__ == "__main__":

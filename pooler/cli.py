@@ -63,25 +63,27 @@ def _fail(command: str, line: str, code: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    if args.command not in ("run", "up", "check"):
-        parser.print_help()
-        return EXIT_BAD_CONFIG
     # Until the event loop takes them over, SIGINT and SIGTERM unwind start-up through every `finally`
     # (SIGTERM's default would kill us with the embedded Postgres, in its own session, still running).
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
-    label = "" if args.command == "run" else args.command
+    command = ""
     try:
-        if args.command == "run":
+        parser = _parser()
+        args = parser.parse_args(argv)
+        command = args.command or ""
+        if command == "run":
             return _run(args)
-        if args.command == "up":
+        if command == "up":
             return _up(args)
-        return _check(args)
+        if command == "check":
+            return _check(args)
+        parser.print_help()
+        return EXIT_BAD_CONFIG
     except KeyboardInterrupt as exc:
         name = str(exc) if isinstance(exc, Interrupted) else "SIGINT"
-        if args.command == "check":
+        label = "" if command == "run" else command
+        if command == "check":
             return _fail(label, f"interrupted ({name})", EXIT_RUNTIME)
         return _fail(label, f"interrupted ({name}) before it was ready; everything it had started is stopped",
                      EXIT_RUNTIME)
@@ -277,7 +279,8 @@ def _up(args: argparse.Namespace) -> int:
                 log.warning(metrics_note)
             sys.stdout.write(urls)
             if sys.stdout.isatty():
-                sys.stdout.write(_up_banner(pooled_url, host, ports, data_dir, verbose=args.verbose > 0))
+                sys.stdout.write(_up_banner(pooled_url, host, ports, data_dir, mode=str(config.settings.pool_mode),
+                                            verbose=args.verbose > 0))
             sys.stdout.flush()
 
         return _serve(config, on_ready_ports=announce, port_options=_UP_OPTIONS)
@@ -292,11 +295,12 @@ def _up(args: argparse.Namespace) -> int:
         lock.release()
 
 
-def _up_banner(pooled_url: str, host: str, ports: Mapping[str, int], data_dir: Path, *, verbose: bool) -> str:
+def _up_banner(pooled_url: str, host: str, ports: Mapping[str, int], data_dir: Path, *, mode: str,
+               verbose: bool) -> str:
     """The few lines a developer needs under the URLs, on a terminal only (a pipe gets just the URLs)."""
     admin = pooled_url.rsplit("/", 1)[0] + "/pgbouncer"
     lines = [
-        f"# pooled (transaction mode) on port {ports.get('pooled')}, direct on port {ports.get('direct')}; "
+        f"# pooled ({mode} mode) on port {ports.get('pooled')}, direct on port {ports.get('direct')}; "
         f"data in {data_dir}",
         f"# admin console: psql \"{admin}\" -c 'SHOW POOLS'",
     ]

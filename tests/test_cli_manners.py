@@ -10,6 +10,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pty
+import re
+import select
 import shutil
 import signal
 import socket
@@ -368,6 +371,56 @@ def test_up_is_quiet_by_default_and_says_which_metrics_port_it_took(embedded_tmp
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=30)
     assert "login" in [e["event"] for e in _events(err)]
+
+
+def _read_until(fd: int, marker: bytes, timeout: float = TIMEOUT) -> bytes:
+    out = b""
+    deadline = time.monotonic() + timeout
+    while marker not in out:
+        assert time.monotonic() < deadline, out
+        ready, _, _ = select.select([fd], [], [], 0.2)
+        if ready:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:  # the other end closed (EIO on Linux)
+                break
+            if not chunk:
+                break
+            out += chunk
+    return out
+
+
+def test_up_on_a_terminal_keeps_the_urls_on_screen(embedded_tmp: Path) -> None:
+    """On a terminal: the URLs and a few lines under them, then only errors and warnings, one line each."""
+    main, child = pty.openpty()
+    proc = subprocess.Popen(pooler_cmd("up", "--data-dir", str(embedded_tmp / "data"), "--port", str(free_port()),
+                                       "--direct-port", str(free_port())),
+                            env=clean_env(COLUMNS="200"), stdin=subprocess.DEVNULL, stdout=child, stderr=child)
+    os.close(child)
+    try:
+        screen = _read_until(main, b"Ctrl-C stops")
+        text = re.sub(r"\x1b\[[0-9;]*m", "", screen.decode()).replace("\r\n", "\n")
+        url = re.search(r"^DATABASE_URL=(\S+)$", text, re.MULTILINE)
+        assert url is not None, text
+        assert re.search(r"^DATABASE_URL_UNPOOLED=\S+$", text, re.MULTILINE), text
+        assert "# admin console: psql" in text and "Per-connection log lines: --verbose." in text
+        with psycopg.connect(url.group(1), autocommit=True) as conn:
+            conn.execute("SET search_path = public")
+        more = _read_until(main, b"session state")
+        proc.send_signal(signal.SIGINT)
+        more += _read_until(main, b"shut down")
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(main)
+    later = re.sub(r"\x1b\[[0-9;]*m", "", more.decode()).replace("\r\n", "\n")
+    assert "login" not in later and "logout" not in later, later  # no per-connection lines
+    warning = [line for line in later.splitlines() if "session state" in line]
+    assert len(warning) == 1 and "kind=set" in warning[0], later  # one readable line, not JSON
+    assert not later.lstrip().startswith("{")
+    assert_nothing_left(embedded_tmp / "data")
 
 
 def test_up_metrics_port_option(embedded_tmp: Path) -> None:
