@@ -236,7 +236,7 @@ def _up(args: argparse.Namespace) -> int:
         try:
             pg.start()
             pg.create_role_and_database(role, password, database)
-        except (RuntimeError, TimeoutError, OSError) as exc:
+        except Exception as exc:  # whatever it is (initdb, the server, psql, the system user): one line
             return _fail("up", _embedded_failure(exc, pg), EXIT_RUNTIME)
         changes: dict[str, object] = {
             "listen_addr": listen_addr,
