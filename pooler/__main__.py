@@ -1,5 +1,7 @@
-"""``python -m pooler``: the CLI, with a Ctrl-C during its imports answered in one line like any other moment
-of start-up (``pooler.cli.main`` installs its own handling first thing once it is imported)."""
+"""``python -m pooler`` and the ``pooler`` command (its entry point is ``run``): the CLI, with a Ctrl-C during
+its imports answered in one line like any other moment of start-up (``pooler.cli.main`` installs its own
+handling first thing once it is imported; this module imports nothing heavy, so the window before it is
+the interpreter's own start)."""
 
 import sys
 
