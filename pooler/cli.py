@@ -39,6 +39,7 @@ from pooler.runtime.workers import SINGLE, Worker, run_workers, worker_config
 from pooler.wire.auth import AuthType
 
 if TYPE_CHECKING:
+    from pooler.runtime.ports import PortProblem
     from pooler.runtime.process import Pooler
 
 #: Exit code for a config that cannot be used (nothing started).
@@ -345,6 +346,11 @@ def _serve(config: Config, *, reload: Callable[[], Config] | None = None,
         return int(uvloop.run(serve(config, reload=reload, on_ready=on_ready, on_ready_ports=on_ready_ports,
                                     port_options=port_options)))
 
+    # Workers each bind every port: one taken port would be one line per worker. Ask once, before forking.
+    problem = _port_problem(config.settings)
+    if problem is not None:
+        return _fail("", problem.line((port_options or {}).get(problem.setting)), EXIT_RUNTIME)
+
     def serve_worker(share: Config, worker: Worker) -> int:
         def reload_share() -> Config:
             assert reload is not None
@@ -379,12 +385,17 @@ def assemble(config: Config, worker: Worker = SINGLE) -> Pooler:
     return pooler
 
 
-def listen_failure(settings: Settings, exc: OSError, options: Mapping[str, str] | None = None) -> str:
-    """One line for a listener that failed: which port, its setting and variable (and `up`'s option)."""
+def _port_problem(settings: Settings) -> PortProblem | None:
+    """The first of the configured ports that cannot be bound now, if any."""
     from pooler.runtime import ports as port_check
 
     ports = {setting: int(getattr(settings, setting, 0) or 0) for _, setting in port_check.PORT_SETTINGS}
-    problem = port_check.find_port_problem(settings.listen_addr, ports)
+    return port_check.find_port_problem(settings.listen_addr, ports)
+
+
+def listen_failure(settings: Settings, exc: OSError, options: Mapping[str, str] | None = None) -> str:
+    """One line for a listener that failed: which port, its setting and variable (and `up`'s option)."""
+    problem = _port_problem(settings)
     if problem is None:  # gone by now (a race): say what the error said
         return f"cannot listen on {settings.listen_addr}: {exc.strerror or exc}"
     return problem.line((options or {}).get(problem.setting))

@@ -264,6 +264,16 @@ def test_run_with_a_port_taken_names_the_setting_and_its_variable(postgres: Post
                 socket.create_connection(("127.0.0.1", port), timeout=1).close()
 
 
+def test_run_with_workers_and_a_port_taken_says_it_once(postgres: PostgresServer) -> None:
+    port = free_port()
+    env = clean_env(DATABASE_URL=postgres.dsn(APP_DB, APP_USER, APP_PASSWORD), POOLER_LISTEN_PORT=str(port),
+                    POOLER_WORKERS="2")
+    with holding(port):
+        result = run(pooler_cmd("run"), env)
+    assert result.returncode == 1
+    assert one_line(result).startswith(f"pooler: listen_port {port}: 127.0.0.1:{port} is already in use")
+
+
 # --- Ctrl-C at any moment ------------------------------------------------------------------------------
 
 
