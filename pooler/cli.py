@@ -102,6 +102,22 @@ EPILOG = """commands:
 'pooler COMMAND --help' lists a command's options."""
 
 
+def _port(allow_zero: bool) -> Callable[[str], int]:
+    """An argparse type for a port option: a bad value is argparse's one error line, before anything starts."""
+    low = 0 if allow_zero else 1
+
+    def convert(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = -1
+        if not low <= value <= 65535:
+            raise argparse.ArgumentTypeError(f"expected a port number {low}..65535, got {text!r}")
+        return value
+
+    return convert
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pooler", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -113,14 +129,15 @@ def _parser() -> argparse.ArgumentParser:
                     "needs: DATABASE_URL (pooled, transaction mode) and DATABASE_URL_UNPOOLED (direct). Ctrl-C "
                     "stops both. Each option's default can also be set by the POOLER_* variable named with it; "
                     "other POOLER_<SETTING> variables (docs/settings.md) apply too.")
-    up.add_argument("--port", type=int, default=None,
+    up.add_argument("--port", type=_port(False), default=None,
                     help="pooled endpoint port (POOLER_LISTEN_PORT; default 6432)")
-    up.add_argument("--direct-port", type=int, default=None,
+    up.add_argument("--direct-port", type=_port(False), default=None,
                     help="direct (unpooled) endpoint port (POOLER_DIRECT_PORT; default 6433)")
-    up.add_argument("--metrics-port", type=int, default=None,
+    up.add_argument("--metrics-port", type=_port(True), default=None,
                     help="Prometheus /metrics, /healthz, /readyz port, 0 = off (POOLER_METRICS_PORT; default 9127, "
                          "or a free port, printed, when 9127 is taken)")
-    up.add_argument("--pg-port", type=int, default=0, help="the embedded Postgres's own port (default: any free)")
+    up.add_argument("--pg-port", type=_port(True), default=0,
+                    help="the embedded Postgres's own port (default: any free)")
     up.add_argument("--listen-addr", default=None,
                     help="address to listen on (POOLER_LISTEN_ADDR; default 127.0.0.1)")
     up.add_argument("--pool-size", type=int, default=None,
