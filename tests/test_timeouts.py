@@ -205,12 +205,24 @@ def test_server_connect_timeout_when_the_server_never_answers(postgres: Postgres
             APP_DB: DatabaseConfig(APP_DB, host=postgres.host, port=postgres.port),
             "silent": DatabaseConfig("silent", host="127.0.0.1", port=port, dbname=APP_DB),
         }
-        config = make_config(postgres, databases=dbs, server_connect_timeout=0.5, server_login_retry=0.1)
+        config = make_config(postgres, databases=dbs, server_connect_timeout=0.5, server_login_retry=5,
+                             query_wait_timeout=1.5)
         with running_pooler(config) as p:
             started = time.monotonic()
-            with pytest.raises(psycopg.OperationalError, match="server_connect_timeout"):
-                psycopg.connect(p.dsn("silent"), connect_timeout=10)
-            assert 0.45 <= time.monotonic() - started < 2.5
+            waiting = in_thread(lambda: psycopg.connect(p.dsn("silent"), connect_timeout=10))
+
+            def failed_login() -> str | None:
+                pool = p.call(lambda pl: pl.pools.get(("silent", APP_USER)))
+                return pool.login_error["M"] if pool is not None and pool.login_error else None
+
+            assert wait_until_sync(failed_login, timeout=3) == "connect timeout"  # PgBouncer's words
+            assert 0.45 <= time.monotonic() - started < 1.5  # the login was cut at server_connect_timeout
+            with pytest.raises(psycopg.OperationalError, match="server_connect_timeout") as info:
+                psycopg.connect(p.dsn("silent"), connect_timeout=10)  # arrives after the failure: at once
+            assert "FATAL:  server login has been failing, cached error: connect timeout (server_login_retry)" in str(
+                info.value)
+            with pytest.raises(psycopg.OperationalError, match="query_wait_timeout"):
+                waiting.result(5)  # the client queued before the failure stayed queued until query_wait_timeout
             with psycopg.connect(p.dsn(APP_DB), autocommit=True) as conn:  # other databases are unaffected
                 assert conn.execute("SELECT 1").fetchone() == (1,)
             assert p.pool_stat("silent", APP_USER)["servers"] == 0

@@ -30,6 +30,11 @@ if TYPE_CHECKING:
     from pooler.net.client import ClientConnection
     from pooler.runtime.process import Pooler
 
+#: What PgBouncer says (and caches for server_login_retry) when it cannot reach Postgres, or Postgres
+#: does not finish the login within server_connect_timeout; our own detail goes in DETAIL.
+CONNECT_FAILED = "connect failed"
+CONNECT_TIMEOUT = "connect timeout"
+
 
 class Pool:
     """Servers and waiting clients of one (database entry, upstream user) pair."""
@@ -49,6 +54,7 @@ class Pool:
         "pooler",
         "reserve_active",
         "reserve_size",
+        "retry_handle",
         "servers",
         "size",
         "stats",
@@ -75,6 +81,7 @@ class Pool:
         self.welcome: dict[str, str] | None = None
         self.login_error: dict[str, str] | None = None
         self.login_error_until = 0.0
+        self.retry_handle: asyncio.TimerHandle | None = None  # a login retry due at login_error_until
         self.reserve_active = False
         self.paused = False  # PAUSE / shutdown: released servers close, none open (pooler.ops.control sets it)
         self.mode = PoolMode.TRANSACTION
@@ -107,9 +114,10 @@ class Pool:
         if self.welcome is not None:
             client.welcome(self.welcome)
             return
-        if self._failing() and not self.servers:
+        if self.fast_fail():
             client.login_failed(self._cached_error())
             return
+        client.wait_started = self._now()
         self.welcome_waiters.append(client)
         if self.connecting == 0:
             self._grow(at_least=1)
@@ -121,7 +129,7 @@ class Pool:
             server = idle.pop(0) if self.pooler.config.settings.server_round_robin else idle.pop()
             client.link(server, client.wait_started)
             return
-        if self.login_error is not None and not self.servers and self._failing():
+        if self.fast_fail():
             client.waiting = False  # nothing could serve it before server_login_retry: fail fast
             client.login_failed(self._cached_error())
             return
@@ -222,6 +230,36 @@ class Pool:
     def _failing(self) -> bool:
         return self.login_error is not None and self._now() < self.login_error_until
 
+    def fast_fail(self) -> bool:
+        """A client arriving now gets the cached login error at once (PgBouncer's check_fast_fail).
+
+        True only within ``server_login_retry`` of a failed login while the pool has no server that has
+        logged in: then nothing could serve the client before the next attempt. Clients already queued
+        are not failed by this; they wait for the retry, up to ``query_wait_timeout``.
+        """
+        return len(self.servers) <= self.connecting and self._failing()
+
+    def _schedule_retry(self) -> None:
+        """Clients wait but a failed login holds new ones back: try again when server_login_retry is up.
+
+        Without this a queue could sit until query_wait_timeout though Postgres came back long before:
+        nothing else opens a server for it (no release, no close, no new request).
+        """
+        if self.retry_handle is not None:
+            return
+        delay = max(0.0, self.login_error_until - self._now())
+        self.retry_handle = asyncio.get_running_loop().call_later(delay, self._retry)
+
+    def _retry(self) -> None:
+        self.retry_handle = None
+        self.grow_for_waiters()
+
+    def forget(self) -> None:
+        """The pool is being dropped (autodb_idle_timeout): cancel its pending retry."""
+        if self.retry_handle is not None:
+            self.retry_handle.cancel()
+            self.retry_handle = None
+
     def _cached_error(self) -> dict[str, str]:
         assert self.login_error is not None
         fields = dict(self.login_error)
@@ -230,9 +268,13 @@ class Pool:
 
     def _grow(self, at_least: int = 0) -> None:
         """Open servers while clients wait for more than the logins already in flight."""
-        if self._failing() or self.paused:
+        if self.paused:
             return
         need = max(len(self.waiting), at_least) - self.connecting
+        if self._failing():
+            if need > 0:
+                self._schedule_retry()
+            return
         limit = self.size + (self.reserve_size if self.reserve_active else 0)
         while need > 0 and len(self.servers) < limit and self.pooler.may_open_server(self):
             self._open(self._startup_params())
@@ -280,14 +322,15 @@ class Pool:
                     path = f"{host or '/tmp'}/.s.PGSQL.{port}"
                     await loop.create_unix_connection(lambda: server, path)
         except (OSError, TimeoutError) as exc:
-            reason = "timed out (server_connect_timeout)" if isinstance(exc, TimeoutError) else (
-                exc.strerror or str(exc))
+            timed_out = isinstance(exc, TimeoutError)
+            reason = "timed out (server_connect_timeout)" if timed_out else (exc.strerror or str(exc))
             server.login_error = {
                 "C": "08006",
-                "M": f"could not connect to server {where}: {reason}",
+                "M": CONNECT_TIMEOUT if timed_out else CONNECT_FAILED,  # PgBouncer's words
+                "D": f"could not connect to server {where}: {reason}",
                 "H": "is Postgres running and accepting connections there? check host/port in [databases]",
             }
-            server.close(server.login_error["M"])
+            server.close(server.login_error["D"])
             return
         if server.state == ServerState.CLOSED and server.transport is not None:
             server.transport.close()
@@ -315,7 +358,8 @@ class Pool:
     def server_login_failed(self, server: ServerConnection, fields: dict[str, str]) -> None:
         if server not in self.servers and server not in self.direct_servers:
             return
-        self.pooler.pooler_error(None, fields.get("C", "08006"), f"server login failed: {fields.get('M')}")
+        detail = f" ({fields['D']})" if fields.get("D") else ""
+        self.pooler.pooler_error(None, fields.get("C", "08006"), f"server login failed: {fields.get('M')}{detail}")
         if server.direct:
             self.direct_servers.discard(server)
             self.pooler.server_gone(self)
@@ -327,13 +371,17 @@ class Pool:
             return
         self.servers.discard(server)
         self.connecting -= 1
-        self.pooler.server_gone(self)
         self.login_error = fields
         self.login_error_until = self._now() + self.pooler.config.settings.server_login_retry
-        if self.servers:
-            # Other servers are up (or still logging in): the queue is served by them. Failing it would turn
-            # one refused login (Postgres out of slots, say) into an error for every waiting client.
+        self.pooler.server_gone(self)
+        if not refused_by_postgres(fields) or len(self.servers) > self.connecting:
+            # Postgres unreachable, restarting (57P03), or other servers up: the queue stays, and the pool
+            # retries after server_login_retry (up to query_wait_timeout), as PgBouncer does; a restart
+            # shorter than that is invisible to the clients queued.
+            self.grow_for_waiters()
             return
+        # Postgres itself refused the login (a wrong password, a database that does not exist) and no server
+        # is up: nothing will serve the queue, so it gets Postgres's error now (PgBouncer's kill_pool_logins).
         waiters = self.welcome_waiters + list(self.waiting)
         self.welcome_waiters = []
         self.waiting.clear()
@@ -364,3 +412,20 @@ class Pool:
             self.idle.pop(0).close("closed to make room for another pool")
             closed += 1
         return closed
+
+
+def refused_by_postgres(fields: dict[str, str]) -> bool:
+    """The login failed with Postgres's own ErrorResponse (it carries a severity), other than 57P03
+    ("the database system is starting up / shutting down"), which says: try again soon."""
+    return "S" in fields and fields.get("C") != "57P03"
+
+
+def login_failure_detail(pool: Pool | None) -> str | None:
+    """DETAIL for a client that waited in vain: the pool's last failed server login, if any."""
+    if pool is None or pool.login_error is None:
+        return None
+    error = pool.login_error
+    text = error.get("M", "")
+    if error.get("D"):
+        text += f": {error['D']}"
+    return f"the last server login failed: {text}"

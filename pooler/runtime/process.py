@@ -17,7 +17,7 @@ from collections.abc import Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING
 
 from pooler import config as cfg
-from pooler.core.pool import Pool
+from pooler.core.pool import CONNECT_TIMEOUT, Pool, login_failure_detail
 from pooler.core.prepared import StatementCache
 from pooler.log import configure_from_settings, log
 from pooler.net.client import TRACKED_PARAMETERS, ClientConnection, ClientState
@@ -523,7 +523,10 @@ class Pooler:
         s = self.config.settings
         state = client.state
         if state in (ClientState.STARTUP, ClientState.AUTH, ClientState.WELCOME):
-            if s.client_login_timeout and now - client.connected_at > s.client_login_timeout:
+            pool = client.pool
+            if state == ClientState.WELCOME and pool is not None and client in pool.welcome_waiters:
+                self._sweep_welcome_waiter(client, pool, now)
+            elif s.client_login_timeout and now - client.connected_at > s.client_login_timeout:
                 client.fatal("08P01", "client_login_timeout", hint="the client did not finish logging in in time")
             return
         if state != ClientState.READY:
@@ -533,7 +536,7 @@ class Pooler:
         if client.waiting:
             limit = cfg.effective_query_wait_timeout(self.config, client.user)
             if limit and now - client.wait_started > limit:
-                client.fatal("08P01", "query_wait_timeout",
+                client.fatal("08P01", "query_wait_timeout", detail=login_failure_detail(client.pool),
                              hint="all servers of the pool stayed busy; raise default_pool_size or "
                              "query_wait_timeout, or shorten transactions")
             return
@@ -555,18 +558,33 @@ class Pooler:
                 client.fatal("08P01", "idle transaction timeout",
                              hint="the transaction stayed open and idle longer than idle_transaction_timeout")
 
+    def _sweep_welcome_waiter(self, client: ClientConnection, pool: Pool, now: float) -> None:
+        """A client logged in but its pool has never reached Postgres: PgBouncer's two limits apply."""
+        s = self.config.settings
+        detail = login_failure_detail(pool)
+        if s.client_login_timeout and now - client.connected_at > s.client_login_timeout:
+            client.fatal("08P01", "client_login_timeout (server down)", detail=detail,
+                         hint="Postgres did not accept a login for this pool within client_login_timeout")
+            return
+        limit = cfg.effective_query_wait_timeout(self.config, client.user)
+        if limit and now - client.wait_started > limit:
+            client.fatal("08P01", "query_wait_timeout", detail=detail,
+                         hint="Postgres did not accept a login for this pool within query_wait_timeout")
+
     def _sweep_pool(self, pool: Pool, now: float, s: cfg.Settings) -> None:
         connect_timeout = s.server_connect_timeout
         for server in list(pool.servers):
             logging_in = server.state in (ServerState.CONNECTING, ServerState.LOGIN)
             if logging_in and connect_timeout and now - server.connect_started > connect_timeout:
-                server.login_error = {"C": "08006", "M": "server_connect_timeout: login to Postgres took "
-                                      f"longer than {connect_timeout:g}s"}
+                server.login_error = {"C": "08006", "M": CONNECT_TIMEOUT, "D": "the login to Postgres took longer "
+                                      f"than server_connect_timeout ({connect_timeout:g}s)"}
                 server.close("server_connect_timeout")
         if (pool.waiting and pool.reserve_size and not pool.reserve_active
                 and now - pool.waiting[0].wait_started >= s.reserve_pool_timeout):
             pool.reserve_active = True
             pool._grow()
+        if pool.waiting or pool.welcome_waiters:
+            pool.grow_for_waiters()  # clients wait and the pool has room: it must be trying to open servers
         keep = pool.min_size
         for server in list(pool.idle):
             idle_for = now - server.last_used
