@@ -177,8 +177,8 @@ class Config:
     # Secrets known without an auth_file: a DATABASE_URL's user, or `pooler up`'s generated role.
     extra_userlist: tuple[UserlistEntry, ...] = ()
     source: str = "<defaults>"
-    # Notes for the start-up log: PgBouncer settings read but not supported yet, `auth_type = any` read as
-    # trust, near-miss POOLER_* variables, DATABASE_URL parameters we do not use.
+    # Notes for the start-up log: PgBouncer settings read but not supported yet, near-miss POOLER_* variables,
+    # DATABASE_URL parameters we do not use.
     ignored: tuple[str, ...] = ()
 
 
@@ -374,18 +374,15 @@ def _to_pool_mode(raw: object) -> PoolMode:
 
 
 def _to_auth_type(raw: object) -> AuthType:
-    """``any`` is read as ``trust``: both let any client in, and ``any``'s extra rule (databases must force
-    a user) is about the upstream login, which a forced ``user=`` in [databases] already expresses."""
+    """PgBouncer's names; ``hba``, ``cert``, ``pam`` and ``ldap`` are refused with the supported list."""
     if isinstance(raw, str):
         text = raw.strip().lower()
-        if text == "any":
-            return AuthType.TRUST
         try:
             return AuthType(text)
         except ValueError:
             if text in _PGBOUNCER_ONLY_AUTH_TYPES:
                 raise _BadValueError(
-                    f"{raw!r} is not supported; supported: {_SUPPORTED_AUTH_TYPES} (any is read as trust)"
+                    f"{raw!r} is not supported; supported: {_SUPPORTED_AUTH_TYPES}"
                 ) from None
     raise _BadValueError(f"expected one of {_SUPPORTED_AUTH_TYPES}, got {raw!r}")
 
@@ -513,8 +510,6 @@ class _Loader:
             self.settings[key] = converter(raw)
         except _BadValueError as exc:
             raise ConfigError(src, shown, str(exc)) from None
-        if key == "auth_type" and isinstance(raw, str) and raw.strip().lower() == "any":
-            self.ignored.append(f"{shown}: 'any' is read as 'trust'")
 
     def resolve_auth_file(self, base_dir: str) -> None:
         """PgBouncer resolves a relative auth_file against its working directory, which for a service is

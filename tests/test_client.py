@@ -304,9 +304,9 @@ def test_auth_user_and_auth_query(postgres: PostgresServer) -> None:
         assert f'password authentication failed for user "{APP_USER}"' in message
         fields = raw_login_error(p.port, APP_USER, "wrong-password")
         assert (fields["C"], fields["M"]) == ("28P01", f'password authentication failed for user "{APP_USER}"')
-        # A role that does not exist: auth_query finds no row, the login fails the same way.
+        # A role that does not exist: auth_query finds no row, and PgBouncer says so (src/client.c).
         fields = raw_login_error(p.port, "ghost", "whatever")
-        assert (fields["C"], fields["M"]) == ("28P01", 'password authentication failed for user "ghost"')
+        assert (fields["C"], fields["M"]) == ("08P01", "no such user")
         assert p.call(lambda pl: APP_USER in pl.auth_cache and "ghost" in pl.auth_cache)
         with connect(p.dsn(APP_DB, APP_USER, APP_PASSWORD)) as conn:  # served from the auth cache now
             assert conn.execute("select 1").fetchone() == (1,)

@@ -347,11 +347,11 @@ def test_lists_are_stripped_and_empty_items_dropped(tmp_path: Path) -> None:
     assert config.settings.track_extra_parameters == ()
 
 
-def test_enums_are_case_insensitive_and_any_reads_as_trust(tmp_path: Path) -> None:
-    config = load_config(ini(tmp_path, "pool_mode = Statement\nauth_type = any"), {})
+def test_enums_are_case_insensitive_and_any_is_its_own_mode(tmp_path: Path) -> None:
+    config = load_config(ini(tmp_path, "pool_mode = Statement\nauth_type = Any"), {})
     assert config.settings.pool_mode is PoolMode.STATEMENT
-    assert config.settings.auth_type is AuthType.TRUST
-    assert config.ignored == ("auth_type: 'any' is read as 'trust'",)
+    assert config.settings.auth_type is AuthType.ANY
+    assert config.ignored == ()
 
 
 @pytest.mark.parametrize(
@@ -391,14 +391,14 @@ def test_enums_are_case_insensitive_and_any_reads_as_trust(tmp_path: Path) -> No
         (
             "auth_type = hba",
             "auth_type",
-            "'hba' is not supported; supported: trust, plain, md5, scram-sha-256 (any is read as trust)",
+            "'hba' is not supported; supported: trust, any, plain, md5, scram-sha-256",
         ),
         (
             "auth_type = cert",
             "auth_type",
-            "'cert' is not supported; supported: trust, plain, md5, scram-sha-256 (any is read as trust)",
+            "'cert' is not supported; supported: trust, any, plain, md5, scram-sha-256",
         ),
-        ("auth_type = md6", "auth_type", "expected one of trust, plain, md5, scram-sha-256, got 'md6'"),
+        ("auth_type = md6", "auth_type", "expected one of trust, any, plain, md5, scram-sha-256, got 'md6'"),
         ("log_format = xml", "log_format", "expected one of auto, json, console, got 'xml'"),
         (
             "session_state_check = maybe",

@@ -37,7 +37,7 @@ from pooler.core.stats import LATENCY_BUCKETS, PoolStats
 from pooler.log import log
 from pooler.net.server import WRITE_BUFFER_HIGH, WRITE_BUFFER_LOW, ServerConnection, ServerState
 from pooler.wire import messages as pq
-from pooler.wire.auth import AuthStep, AuthType, ClientAuth
+from pooler.wire.auth import AuthStep, AuthType, ClientAuth, login_refusal
 
 if TYPE_CHECKING:
     from pooler.core.pool import Pool
@@ -615,7 +615,7 @@ class ClientConnection(asyncio.Protocol):
         self.db = db
         self.state = ClientState.AUTH
         secret = self.pooler.lookup_secret(user)
-        if secret is None and self.pooler.auth_query_enabled(db):
+        if secret is None and settings.auth_type is not AuthType.ANY and self.pooler.auth_query_enabled(db):
             self.pooler.auth_query_lookup(self, db, user)
             return
         self.begin_auth(settings.auth_type, secret)
@@ -623,6 +623,10 @@ class ClientConnection(asyncio.Protocol):
     def begin_auth(self, auth_type: AuthType, secret: str | None) -> None:
         """Start the exchange once the user's secret is known (possibly after an auth_query)."""
         if self.state != ClientState.AUTH:
+            return
+        refusal = login_refusal(auth_type, secret, forced_user=self.db is not None and bool(self.db.user))
+        if refusal is not None:
+            self.fatal("08P01", refusal)
             return
         self.auth = ClientAuth(auth_type, self.user, secret)
         if self._negotiate:

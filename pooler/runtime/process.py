@@ -316,6 +316,9 @@ class Pooler:
                          hint="check auth_user's password in auth_file and that auth_query is valid")
             return
         self.auth_cache[user] = (secret, self.clock() + settings.auth_cache_ttl)
+        if secret is None:
+            client.fatal("08P01", "no such user")  # PgBouncer's words when auth_query finds no row
+            return
         client.begin_auth(settings.auth_type, secret)
 
     def admin_login(self, client: ClientConnection) -> None:

@@ -39,11 +39,30 @@ from pooler.wire.messages import (
     error_response,
 )
 
+#: PgBouncer's words when ``auth_type = trust`` meets a name it does not know (src/client.c).
+TRUST_FAILED = '"trust" authentication failed'
+#: PgBouncer's words when ``auth_type = any`` meets a database without a forced user.
+CONFIG_ERROR = "bouncer config error"
+
+
+def login_refusal(auth_type: AuthType, secret: str | None, *, forced_user: bool) -> str | None:
+    """Why a login is refused before any exchange, as PgBouncer words it; None to go on.
+
+    ``trust`` skips the password, not the user list: an unknown name is refused (``any`` is the mode
+    that takes any name, and only for databases that force the upstream user, so the name is moot).
+    """
+    if auth_type is AuthType.TRUST and secret is None:
+        return TRUST_FAILED
+    if auth_type is AuthType.ANY and not forced_user:
+        return CONFIG_ERROR
+    return None
+
 
 class AuthType(StrEnum):
     """How clients prove who they are to the pooler (PgBouncer's ``auth_type``)."""
 
-    TRUST = "trust"
+    TRUST = "trust"  # no password, but the name must be in auth_file (or found by auth_query)
+    ANY = "any"  # any name, no password; the database must force its upstream user (PgBouncer's "any")
     PLAIN = "plain"
     MD5 = "md5"
     SCRAM_SHA_256 = "scram-sha-256"
@@ -227,7 +246,7 @@ class ClientAuth:
         if self._stage is not _Stage.NEW:
             raise RuntimeError("ClientAuth.start() called twice")
         auth_type = self._auth_type
-        if auth_type is AuthType.TRUST:
+        if auth_type is AuthType.TRUST or auth_type is AuthType.ANY:
             return self._success(b"")
         if auth_type is AuthType.PLAIN:
             self._stage = _Stage.CLEARTEXT
