@@ -132,6 +132,7 @@ class Settings:
     server_idle_timeout: float = 600.0
     server_connect_timeout: float = 15.0
     server_login_retry: float = 15.0
+    autodb_idle_timeout: float = 3600.0
     query_timeout: float = 0.0
     query_wait_timeout: float = 120.0
     cancel_wait_timeout: float = 10.0
@@ -201,7 +202,6 @@ PGBOUNCER_UNSUPPORTED_SETTINGS: frozenset[str] = frozenset(
         "auth_hba_file",
         "auth_ident_file",
         "auth_ldap_options",
-        "autodb_idle_timeout",
         "client_tls13_ciphers",
         "client_tls_ca_file",
         "client_tls_cert_file",

@@ -26,6 +26,7 @@ from pooler.ops import control
 from pooler.ops.introspect import RESTART_ONLY_SETTINGS
 from pooler.ops.metrics import MetricsServer, error_kind
 from pooler.ops.stats_log import StatsPeriod
+from pooler.runtime.autodb import AutodbJanitor
 from pooler.runtime.workers import SINGLE, WORKER_BITS, Worker
 from pooler.wire import messages as pq
 from pooler.wire.auth import AuthStep, is_md5_secret, parse_scram_verifier
@@ -74,6 +75,7 @@ class Pooler:
         self.server_ids: dict[ServerConnection, int] = {}  # SHOW SERVERS' id, handed out on first sight
         self._server_seq = 0
         self.stats_period = StatsPeriod(self)
+        self.autodb = AutodbJanitor()  # frees pools of databases matched by "*" (autodb_idle_timeout)
         self.metrics: MetricsServer | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._apply(config, self._read_userlist(config))
@@ -500,7 +502,7 @@ class Pooler:
         timeouts = [t for t in (
             s.query_wait_timeout, s.query_timeout, s.idle_transaction_timeout, s.client_idle_timeout,
             s.client_login_timeout, s.server_connect_timeout, s.reserve_pool_timeout, s.server_idle_timeout,
-            s.server_check_delay, s.server_lifetime) if t > 0]
+            s.server_check_delay, s.server_lifetime, s.autodb_idle_timeout) if t > 0]
         timeouts += [t for u in self.config.users.values() for t in (
             u.query_timeout, u.query_wait_timeout, u.idle_transaction_timeout, u.client_idle_timeout) if t]
         return max(0.05, min([1.0, *(t / 5 for t in timeouts)]))
@@ -517,10 +519,14 @@ class Pooler:
         """Enforce every timeout once; called periodically."""
         now = self.clock()
         s = self.config.settings
+        in_use: set[Pool] = set()
         for client in list(self.clients):
             self._sweep_client(client, now)
+            if client.pool is not None:
+                in_use.add(client.pool)
         for pool in list(self.pools.values()):
             self._sweep_pool(pool, now, s)
+        self.autodb.sweep(self, now, in_use)
 
     def _sweep_client(self, client: ClientConnection, now: float) -> None:
         s = self.config.settings
