@@ -65,7 +65,11 @@ class DatabaseConfig:
     min_pool_size: int | None = None
     reserve_pool_size: int | None = None
     max_db_connections: int | None = None
+    max_db_client_connections: int | None = None
     pool_mode: PoolMode | None = None
+    server_lifetime: float | None = None
+    auth_dbname: str | None = None
+    load_balance_hosts: str | None = None  # round-robin | disable, for a host list (host=a,b)
     connect_query: str | None = None
     client_encoding: str | None = None
     datestyle: str | None = None
@@ -81,9 +85,11 @@ class UserConfig:
     pool_size: int | None = None
     reserve_pool_size: int | None = None
     max_user_connections: int | None = None
+    max_user_client_connections: int | None = None
     query_timeout: float | None = None
     query_wait_timeout: float | None = None
     idle_transaction_timeout: float | None = None
+    transaction_timeout: float | None = None
     client_idle_timeout: float | None = None
 
 
@@ -96,6 +102,8 @@ class Settings:
     listen_port: int = 6432
     direct_port: int = 0  # ours: the unpooled endpoint; 0 = off
     unix_socket_dir: str = ""
+    unix_socket_mode: str = "0777"  # octal, as PgBouncer writes it
+    unix_socket_group: str = ""
     listen_backlog: int = 128
     so_reuseport: bool = False
     workers: int = 1
@@ -103,6 +111,8 @@ class Settings:
     # Pooling
     pool_mode: PoolMode = PoolMode.TRANSACTION
     max_client_conn: int = 100
+    max_db_client_connections: int = 0
+    max_user_client_connections: int = 0
     default_pool_size: int = 20
     min_pool_size: int = 0
     reserve_pool_size: int = 0
@@ -114,6 +124,9 @@ class Settings:
     server_reset_query_always: bool = False
     server_check_query: str = "select 1"
     server_check_delay: float = 30.0
+    server_fast_close: bool = False
+    load_balance_hosts: str = "round-robin"
+    application_name_add_host: bool = False
     max_prepared_statements: int = 200
     track_extra_parameters: tuple[str, ...] = ("IntervalStyle",)
     ignore_startup_parameters: tuple[str, ...] = ()
@@ -123,6 +136,8 @@ class Settings:
     auth_file: str = ""
     auth_user: str = ""
     auth_query: str = "SELECT usename, passwd FROM pg_shadow WHERE usename=$1"
+    auth_dbname: str = ""
+    scram_iterations: int = 4096
     auth_cache_ttl: float = 60.0  # ours: how long an auth_query answer is trusted
     admin_users: tuple[str, ...] = ()
     stats_users: tuple[str, ...] = ()
@@ -139,12 +154,18 @@ class Settings:
     client_idle_timeout: float = 0.0
     client_login_timeout: float = 60.0
     idle_transaction_timeout: float = 0.0
+    transaction_timeout: float = 0.0
+    query_wait_notify: float = 5.0
 
     # Low level
     pkt_buf: int = 4096
     max_packet_size: int = 2147483647
     sbuf_loopcnt: int = 5
     tcp_keepalive: bool = True
+    tcp_keepidle: int = 0  # seconds; 0 = the OS default
+    tcp_keepintvl: int = 0
+    tcp_keepcnt: int = 0
+    tcp_user_timeout: int = 0  # milliseconds (Linux); 0 = the OS default
 
     # Logging and metrics
     log_connections: bool = True
@@ -197,8 +218,6 @@ class Config:
 #: make "bring your pgbouncer.ini" a lie, so they are recorded in ``Config.ignored`` and logged.
 PGBOUNCER_UNSUPPORTED_SETTINGS: frozenset[str] = frozenset(
     {
-        "application_name_add_host",
-        "auth_dbname",
         "auth_hba_file",
         "auth_ident_file",
         "auth_ldap_options",
@@ -217,13 +236,8 @@ PGBOUNCER_UNSUPPORTED_SETTINGS: frozenset[str] = frozenset(
         "dns_nxdomain_ttl",
         "dns_zone_check_period",
         "job_name",
-        "max_db_client_connections",
-        "max_user_client_connections",
         "peer_id",
-        "query_wait_notify",
         "resolv_conf",
-        "scram_iterations",
-        "server_fast_close",
         "server_tls13_ciphers",
         "server_tls_ca_file",
         "server_tls_cert_file",
@@ -237,14 +251,7 @@ PGBOUNCER_UNSUPPORTED_SETTINGS: frozenset[str] = frozenset(
         "syslog_facility",
         "syslog_ident",
         "tcp_defer_accept",
-        "tcp_keepcnt",
-        "tcp_keepidle",
-        "tcp_keepintvl",
         "tcp_socket_buffer",
-        "tcp_user_timeout",
-        "transaction_timeout",
-        "unix_socket_group",
-        "unix_socket_mode",
         "user",
     }
 )
@@ -387,6 +394,14 @@ def _to_auth_type(raw: object) -> AuthType:
     raise _BadValueError(f"expected one of {_SUPPORTED_AUTH_TYPES}, got {raw!r}")
 
 
+def _to_file_mode(raw: object) -> str:
+    """``unix_socket_mode``: an octal permission mode such as 0777 or 0770 (PgBouncer's spelling kept)."""
+    text = str(raw).strip() if isinstance(raw, str | int) and not isinstance(raw, bool) else ""
+    if text and all(c in "01234567" for c in text) and int(text, 8) <= 0o777:
+        return text
+    raise _BadValueError(f"expected an octal file mode such as 0777 or 0770, got {raw!r}")
+
+
 def _choice_converter(*choices: str) -> Callable[[object], str]:
     def convert(raw: object) -> str:
         if isinstance(raw, str) and raw.strip().lower() in choices:
@@ -409,6 +424,9 @@ def _build_setting_converters() -> dict[str, _Converter]:
         "auth_type": _to_auth_type,
         "log_format": _choice_converter("auto", "json", "console"),
         "session_state_check": _choice_converter("warn", "error", "off"),
+        "load_balance_hosts": _choice_converter("round-robin", "disable"),
+        "unix_socket_mode": _to_file_mode,
+        "scram_iterations": _int_converter(4096),
     }
     by_type: dict[object, _Converter] = {
         int: _int_converter(),
@@ -448,15 +466,18 @@ _DATABASE_KEYS: dict[str, tuple[str, _Converter]] = {
     "reserve_pool": ("reserve_pool_size", _NONNEGATIVE),
     "reserve_pool_size": ("reserve_pool_size", _NONNEGATIVE),
     "max_db_connections": ("max_db_connections", _NONNEGATIVE),
+    "max_db_client_connections": ("max_db_client_connections", _NONNEGATIVE),
     "pool_mode": ("pool_mode", _to_pool_mode),
+    "server_lifetime": ("server_lifetime", _to_seconds),
+    "auth_dbname": ("auth_dbname", _to_str),
+    "load_balance_hosts": ("load_balance_hosts", _choice_converter("round-robin", "disable")),
     "connect_query": ("connect_query", _to_str),
     "client_encoding": ("client_encoding", _to_str),
     "datestyle": ("datestyle", _to_str),
     "timezone": ("timezone", _to_str),
 }
 _DATABASE_KEYS_UNSUPPORTED = frozenset(
-    {"auth_dbname", "auth_query", "application_name", "load_balance_hosts", "server_lifetime",
-     "max_db_client_connections"}
+    {"auth_query", "application_name"}
 )  # fmt: skip
 
 #: [users] keys -> (UserConfig field, converter).
@@ -466,12 +487,14 @@ _USER_KEYS: dict[str, tuple[str, _Converter]] = {
     "reserve_pool": ("reserve_pool_size", _NONNEGATIVE),
     "reserve_pool_size": ("reserve_pool_size", _NONNEGATIVE),
     "max_user_connections": ("max_user_connections", _NONNEGATIVE),
+    "max_user_client_connections": ("max_user_client_connections", _NONNEGATIVE),
     "query_timeout": ("query_timeout", _to_seconds),
     "query_wait_timeout": ("query_wait_timeout", _to_seconds),
     "idle_transaction_timeout": ("idle_transaction_timeout", _to_seconds),
+    "transaction_timeout": ("transaction_timeout", _to_seconds),
     "client_idle_timeout": ("client_idle_timeout", _to_seconds),
 }
-_USER_KEYS_UNSUPPORTED = frozenset({"max_user_client_connections"})
+_USER_KEYS_UNSUPPORTED: frozenset[str] = frozenset()
 
 _SETTINGS_SECTIONS = ("pgbouncer", "pooler")
 _KNOWN_SECTIONS = (*_SETTINGS_SECTIONS, "databases", "users", "peers")
@@ -989,6 +1012,24 @@ def effective_query_wait_timeout(config: Config, user: str) -> float:
 
 def effective_idle_transaction_timeout(config: Config, user: str) -> float:
     return float(_user_or_global(config, user, "idle_transaction_timeout"))
+
+
+def effective_transaction_timeout(config: Config, user: str) -> float:
+    return float(_user_or_global(config, user, "transaction_timeout"))
+
+
+def effective_max_user_client_connections(config: Config, user: str) -> int:
+    return int(_user_or_global(config, user, "max_user_client_connections"))
+
+
+def effective_max_db_client_connections(config: Config, db: DatabaseConfig) -> int:
+    if db.max_db_client_connections is not None:
+        return db.max_db_client_connections
+    return config.settings.max_db_client_connections
+
+
+def effective_server_lifetime(config: Config, db: DatabaseConfig) -> float:
+    return db.server_lifetime if db.server_lifetime is not None else config.settings.server_lifetime
 
 
 def effective_client_idle_timeout(config: Config, user: str) -> float:

@@ -508,11 +508,8 @@ def test_database_errors(tmp_path: Path, entry: str, setting: str, problem: str)
 
 def test_database_keys_pgbouncer_has_and_we_lack_are_ignored(tmp_path: Path) -> None:
     config = load_config(ini(tmp_path, databases="app = host=h auth_dbname=x application_name=y"), {})
-    assert config.databases["app"] == DatabaseConfig(name="app", host="h")
-    assert config.ignored == (
-        "databases.app.auth_dbname: not supported yet, ignored",
-        "databases.app.application_name: not supported yet, ignored",
-    )
+    assert config.databases["app"] == DatabaseConfig(name="app", host="h", auth_dbname="x")
+    assert config.ignored == ("databases.app.application_name: not supported yet, ignored",)
 
 
 def test_connstring_quoting_and_repeats(tmp_path: Path) -> None:
@@ -531,9 +528,9 @@ def test_user_errors_and_ignored_keys(tmp_path: Path) -> None:
     )
     path = ini(tmp_path, users="alice = query_timeout=-1")
     assert error_of(path) == f"{path}: users.alice.query_timeout: must not be negative, got '-1'"
-    config = load_config(ini(tmp_path, users="alice = max_user_client_connections=3"), {})
-    assert config.users["alice"] == UserConfig(name="alice")
-    assert config.ignored == ("users.alice.max_user_client_connections: not supported yet, ignored",)
+    config = load_config(ini(tmp_path, users="alice = max_user_client_connections=3 transaction_timeout=4"), {})
+    assert config.users["alice"] == UserConfig(name="alice", max_user_client_connections=3, transaction_timeout=4.0)
+    assert config.ignored == ()
 
 
 # --- auth_file ------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from pooler.core.session_state import Finding, SessionStateChecker
 from pooler.core.stats import LATENCY_BUCKETS, PoolStats
 from pooler.log import log
 from pooler.net.server import WRITE_BUFFER_HIGH, WRITE_BUFFER_LOW, ServerConnection, ServerState
+from pooler.net.sockopts import apply_tcp_options
 from pooler.wire import messages as pq
 from pooler.wire.auth import AuthStep, AuthType, ClientAuth, login_refusal
 
@@ -150,6 +151,7 @@ class ClientConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         transport.set_write_buffer_limits(WRITE_BUFFER_HIGH, WRITE_BUFFER_LOW)
+        apply_tcp_options(transport, self.pooler.config.settings)
         peer = transport.get_extra_info("peername")
         self.remote = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "unix")
         self.pooler.client_connected(self)
@@ -613,6 +615,10 @@ class ClientConnection(asyncio.Protocol):
                        hint="add it to [databases] in the pooler config, or define a \"*\" fallback entry")
             return
         self.db = db
+        refusal = self.pooler.client_limits.admit(self.pooler.config, self, db)
+        if refusal is not None:
+            self.fatal("08P01", refusal)  # PgBouncer's words and SQLSTATE
+            return
         self.state = ClientState.AUTH
         secret = self.pooler.lookup_secret(user)
         if secret is None and settings.auth_type is not AuthType.ANY and self.pooler.auth_query_enabled(db):

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, cast
 from pooler.config import PoolMode
 from pooler.core.prepared import DESCRIBE_STATEMENT, FORWARD, SKIP, SYNTH, Action, PreparedStatement, Segment
 from pooler.core.stats import LATENCY_BUCKETS
+from pooler.net.sockopts import apply_tcp_options
 from pooler.wire import messages as pq
 from pooler.wire.auth import AuthFailed, ServerAuth
 
@@ -164,6 +165,7 @@ class ServerConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         transport.set_write_buffer_limits(WRITE_BUFFER_HIGH, WRITE_BUFFER_LOW)
+        apply_tcp_options(transport, self.pool.pooler.config.settings)
         self.state = ServerState.LOGIN
         transport.write(pq.startup_message(self.startup_params))
 

@@ -27,6 +27,7 @@ from pooler.ops.introspect import RESTART_ONLY_SETTINGS
 from pooler.ops.metrics import MetricsServer, error_kind
 from pooler.ops.stats_log import StatsPeriod
 from pooler.runtime.autodb import AutodbJanitor
+from pooler.runtime.client_limits import ClientLimits
 from pooler.runtime.workers import SINGLE, WORKER_BITS, Worker
 from pooler.wire import messages as pq
 from pooler.wire.auth import AuthStep, is_md5_secret, parse_scram_verifier
@@ -75,6 +76,8 @@ class Pooler:
         self.server_ids: dict[ServerConnection, int] = {}  # SHOW SERVERS' id, handed out on first sight
         self._server_seq = 0
         self.stats_period = StatsPeriod(self)
+        self.wait_notified: dict[ClientConnection, float] = {}  # query_wait_notify: the wait each was told of
+        self.client_limits = ClientLimits()  # max_db_client_connections / max_user_client_connections
         self.autodb = AutodbJanitor()  # frees pools of databases matched by "*" (autodb_idle_timeout)
         self.metrics: MetricsServer | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -269,6 +272,8 @@ class Pooler:
         if client not in self.clients:
             return
         self.clients.discard(client)
+        self.wait_notified.pop(client, None)
+        self.client_limits.release(client)
         if self.clients_by_key.get(client.key) is client:
             del self.clients_by_key[client.key]
         if self.config.settings.log_disconnections and client.user:
@@ -501,10 +506,12 @@ class Pooler:
         s = self.config.settings
         timeouts = [t for t in (
             s.query_wait_timeout, s.query_timeout, s.idle_transaction_timeout, s.client_idle_timeout,
+            s.transaction_timeout, s.query_wait_notify,
             s.client_login_timeout, s.server_connect_timeout, s.reserve_pool_timeout, s.server_idle_timeout,
             s.server_check_delay, s.server_lifetime, s.autodb_idle_timeout) if t > 0]
         timeouts += [t for u in self.config.users.values() for t in (
-            u.query_timeout, u.query_wait_timeout, u.idle_transaction_timeout, u.client_idle_timeout) if t]
+            u.query_timeout, u.query_wait_timeout, u.idle_transaction_timeout, u.client_idle_timeout,
+            u.transaction_timeout) if t]
         return max(0.05, min([1.0, *(t / 5 for t in timeouts)]))
 
     async def _sweep_forever(self) -> None:
@@ -543,11 +550,20 @@ class Pooler:
         user = self.config.users.get(client.user)
         server = client.server
         if client.waiting:
+            waited = now - client.wait_started
             limit = cfg.effective_query_wait_timeout(self.config, client.user)
-            if limit and now - client.wait_started > limit:
+            query_limit = cfg.effective_query_timeout(self.config, client.user)
+            if query_limit and waited > query_limit:  # PgBouncer counts the wait into query_timeout
+                client.fatal("08P01", "query_timeout", detail=login_failure_detail(client.pool),
+                             hint="the query waited for a server longer than query_timeout")
+            elif limit and waited > limit:
                 client.fatal("08P01", "query_wait_timeout", detail=login_failure_detail(client.pool),
                              hint="all servers of the pool stayed busy; raise default_pool_size or "
                              "query_wait_timeout, or shorten transactions")
+            elif s.query_wait_notify and waited > s.query_wait_notify and (
+                    self.wait_notified.get(client) != client.wait_started):
+                self.wait_notified[client] = client.wait_started  # once per wait
+                client.write(QUERY_WAIT_NOTICE)
             return
         if server is None:
             limit = user.client_idle_timeout if user and user.client_idle_timeout is not None else (
@@ -557,15 +573,24 @@ class Pooler:
             return
         if server.state != ServerState.ACTIVE:
             return
+        # PgBouncer's words (src/janitor.c): "query timeout", "idle transaction timeout", "transaction timeout".
         if server.pending:
             limit = cfg.effective_query_timeout(self.config, client.user)
             if limit and now - server.request_started > limit:
-                client.fatal("08P01", "query_timeout", hint="the query ran longer than query_timeout")
+                client.fatal("08P01", "query timeout", hint="the query ran longer than query_timeout")
+                return
         elif server.tx_status != pq.TX_IDLE:
             limit = cfg.effective_idle_transaction_timeout(self.config, client.user)
             if limit and now - server.last_used > limit:
                 client.fatal("08P01", "idle transaction timeout",
                              hint="the transaction stayed open and idle longer than idle_transaction_timeout")
+                return
+        else:
+            return
+        limit = cfg.effective_transaction_timeout(self.config, client.user)
+        if limit and now - server.xact_started > limit:
+            client.fatal("08P01", "transaction timeout",
+                         hint="the transaction stayed open longer than transaction_timeout")
 
     def _sweep_welcome_waiter(self, client: ClientConnection, pool: Pool, now: float) -> None:
         """A client logged in but its pool has never reached Postgres: PgBouncer's two limits apply."""
@@ -610,6 +635,9 @@ class Pooler:
                 server.run_internal(s.server_check_query)
         pool.grow_to_minimum()
 
+
+#: PgBouncer's notice to a client queued longer than query_wait_notify (src/janitor.c).
+QUERY_WAIT_NOTICE = pq.notice_response("No server connection available in postgres backend, client being queued")
 
 #: Distinct tracked-parameter sets shared between clients; past this, clients keep their own copies.
 _MAX_SHARED_PARAMS = 1024
