@@ -6,17 +6,22 @@ clients against the real Postgres.
 
 from __future__ import annotations
 
+import grp
+import os
 import socket
+import stat
 import time
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-from backends import in_thread, wait_until_sync
+from backends import Activity, in_thread, wait_until_sync
 from harness import RunningPooler, make_config, running_pooler
+from rawclient import RawClient
 from support import APP_DB, APP_PASSWORD, APP_USER, MD5_PASSWORD, MD5_USER, OTHER_DB, PostgresServer
 
-from pooler.config import DatabaseConfig, UserConfig
+from pooler.config import DatabaseConfig, PoolMode, UserConfig
 
 pytestmark = pytest.mark.usefixtures("no_leftover_backends")
 
@@ -155,3 +160,76 @@ def test_tcp_keepalive_options_are_set_on_client_and_server_sockets(postgres: Po
         conn.execute("select 1")
         client, server = _client_and_server_options(p)
         assert client[0] == server[0] == 0
+
+
+# --- settings that were ignored ------------------------------------------------------------------------------
+
+
+def test_scram_iterations_sets_the_count_of_verifiers_derived_from_plain_secrets(postgres: PostgresServer) -> None:
+    with running_pooler(make_config(postgres, scram_iterations=5000)) as p:  # app's secret is plain
+        with RawClient(p.port) as raw:
+            messages = raw.login(APP_USER, APP_PASSWORD, APP_DB)
+        server_first = [m.payload for m in messages if m.kind == "R" and m.payload[:4] == b"\x00\x00\x00\x0b"]
+        assert len(server_first) == 1 and b",i=5000" in server_first[0]
+
+
+def test_unix_socket_mode_and_group(postgres: PostgresServer, tmp_path: Path) -> None:
+    group = grp.getgrgid(os.getgid()).gr_name
+    config = make_config(postgres, unix_socket_dir=str(tmp_path), unix_socket_mode="0770", unix_socket_group=group)
+    with running_pooler(config) as p:
+        path = tmp_path / f".s.PGSQL.{p.port}"
+        info = path.stat()
+        assert stat.S_IMODE(info.st_mode) == 0o770
+        assert info.st_gid == os.getgid()
+        with psycopg.connect(host=str(tmp_path), port=p.port, dbname=APP_DB, user=APP_USER, password=APP_PASSWORD,
+                             autocommit=True) as conn:
+            assert conn.execute("select 1").fetchone() == (1,)
+
+
+def test_application_name_add_host(postgres: PostgresServer) -> None:
+    with running_pooler(make_config(postgres, application_name_add_host=True)) as p:
+        with psycopg.connect(p.dsn(application_name="billing"), autocommit=True) as conn:
+            (name,) = conn.execute("show application_name").fetchone() or ("",)
+            local_port = conn.pgconn.socket and socket.socket(fileno=os.dup(conn.pgconn.socket)).getsockname()[1]
+            assert name == f"billing - 127.0.0.1:{local_port}"
+        with psycopg.connect(p.dsn(), autocommit=True) as conn:
+            (name,) = conn.execute("show application_name").fetchone() or ("",)
+            assert name.startswith("app - 127.0.0.1:")
+
+
+def test_admin_console_peer_login_as_pgbouncer_over_the_unix_socket(postgres: PostgresServer, tmp_path: Path) -> None:
+    with running_pooler(make_config(postgres, unix_socket_dir=str(tmp_path))) as p:
+        with psycopg.connect(host=str(tmp_path), port=p.port, dbname="pgbouncer", user="pgbouncer",
+                             autocommit=True) as console:  # no password: same OS user as the pooler
+            rows = console.execute("SHOW DATABASES").fetchall()
+            assert any(row[0] == APP_DB for row in rows)
+            console.execute(f"RECONNECT {APP_DB}")  # an admin command, not only SHOW
+        with pytest.raises(psycopg.OperationalError):  # over TCP the peer is unknown: a password is needed
+            psycopg.connect(p.dsn("pgbouncer", "pgbouncer", "whatever"))
+
+
+def test_per_database_server_lifetime(postgres: PostgresServer, activity: Activity) -> None:
+    dbs = {
+        APP_DB: DatabaseConfig(APP_DB, host=postgres.host, port=postgres.port, server_lifetime=0.3),
+        OTHER_DB: DatabaseConfig(OTHER_DB, host=postgres.host, port=postgres.port),
+    }
+    with running_pooler(make_config(postgres, databases=dbs, server_lifetime=3600)) as p, \
+            psycopg.connect(p.dsn(APP_DB), autocommit=True) as short, \
+            psycopg.connect(p.dsn(OTHER_DB), autocommit=True) as long:
+        (short_pid,) = short.execute("select pg_backend_pid()").fetchone() or (0,)
+        (long_pid,) = long.execute("select pg_backend_pid()").fetchone() or (0,)
+        wait_until_sync(lambda: short_pid not in activity.pids(db=None), timeout=3, what="the short-lived server")
+        assert long_pid in activity.pids(db=None)
+        assert short.execute("select pg_backend_pid()").fetchone() != (short_pid,)
+
+
+def test_server_fast_close_ends_a_session_whose_server_must_reconnect(postgres: PostgresServer) -> None:
+    config = make_config(postgres, pool_mode=PoolMode.SESSION, server_fast_close=True, admin_users=(APP_USER,))
+    with running_pooler(config) as p, psycopg.connect(p.dsn(), autocommit=True) as session:
+        session.execute("select 1")
+        with psycopg.connect(p.dsn("pgbouncer"), autocommit=True) as console:
+            console.execute(f"RECONNECT {APP_DB}")
+        error = fatal_of(lambda: [session.execute("select 1") for _ in range(50) if not time.sleep(0.05)])
+        assert error.diag.message_primary == "database configuration changed"
+        with psycopg.connect(p.dsn(), autocommit=True) as fresh:
+            assert fresh.execute("select 1").fetchone() == (1,)

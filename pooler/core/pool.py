@@ -98,7 +98,7 @@ class Pool:
         self.size = cfg.effective_pool_size(config, self.db, self.user)
         self.reserve_size = cfg.effective_reserve_pool_size(config, self.db, self.user)
         self.min_size = cfg.effective_min_pool_size(config, self.db, self.user)
-        self.lifetime = config.settings.server_lifetime
+        self.lifetime = cfg.effective_server_lifetime(config, self.db)
 
     @property
     def dbname(self) -> str:

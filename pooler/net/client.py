@@ -35,6 +35,7 @@ from pooler.core.prepared import (
 from pooler.core.session_state import Finding, SessionStateChecker
 from pooler.core.stats import LATENCY_BUCKETS, PoolStats
 from pooler.log import log
+from pooler.net.peer import ADMIN_PEER_USER, is_own_user, with_host
 from pooler.net.server import WRITE_BUFFER_HIGH, WRITE_BUFFER_LOW, ServerConnection, ServerState
 from pooler.net.sockopts import apply_tcp_options
 from pooler.wire import messages as pq
@@ -605,6 +606,13 @@ class ClientConnection(asyncio.Protocol):
             return
         settings = self.pooler.config.settings
         if self.database == ADMIN_DATABASE:
+            if user == ADMIN_PEER_USER and is_own_user(self.transport):
+                self.state = ClientState.WELCOME  # PgBouncer's peer login: the pooler's own OS user, no password
+                if self._negotiate:
+                    self.write(self._negotiate)
+                self.write(pq.AUTH_OK_MESSAGE)
+                self.pooler.admin_login(self)
+                return
             # The admin console: authenticated like anyone (auth_file / auth_query), then handed over.
             self.state = ClientState.AUTH
             self.begin_auth(settings.auth_type, self.pooler.lookup_secret(user))
@@ -634,7 +642,7 @@ class ClientConnection(asyncio.Protocol):
         if refusal is not None:
             self.fatal("08P01", refusal)
             return
-        self.auth = ClientAuth(auth_type, self.user, secret)
+        self.auth = ClientAuth(auth_type, self.user, secret, iterations=self.pooler.config.settings.scram_iterations)
         if self._negotiate:
             self.write(self._negotiate)
         self._auth_step(self.auth.start())
@@ -675,6 +683,9 @@ class ClientConnection(asyncio.Protocol):
                     self.fatal("08P01", f"unsupported startup parameter in options: {key}",
                                hint=f"add {key} to ignore_startup_parameters, or use the direct endpoint")
                     return False
+        if settings.application_name_add_host and not self.direct:
+            peer = self.transport.get_extra_info("peername") if self.transport is not None else None
+            startup["application_name"] = with_host(startup.get("application_name"), peer)
         self.startup_params = self.pooler.shared_params(startup)[0] if startup else _NO_PARAMS
         return True
 

@@ -28,6 +28,7 @@ from pooler import __version__
 from pooler.config import ConfigError
 from pooler.log import log
 from pooler.net.client import ClientState
+from pooler.net.peer import ADMIN_PEER_USER, is_own_user
 from pooler.ops import control, introspect
 from pooler.ops.metrics import VERSION_STRING
 from pooler.wire import messages as pq
@@ -314,7 +315,8 @@ def welcome_message(client: ClientConnection) -> bytes:
 def start_session(pooler: Pooler, client: ClientConnection) -> None:
     """A client authenticated to database ``pgbouncer``: admit it to the console or refuse it."""
     settings = pooler.config.settings
-    is_admin = client.user in settings.admin_users
+    is_admin = client.user in settings.admin_users or (
+        client.user == ADMIN_PEER_USER and is_own_user(client.transport))  # PgBouncer's peer login
     if not is_admin and client.user not in settings.stats_users:
         client.fatal(ADMIN_SQLSTATE, "not allowed",
                      hint="the admin console is for admin_users (all commands) and stats_users (SHOW only)")

@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import os
 import secrets
+import shutil
 import socket
 import time
 from collections.abc import Callable, Coroutine, Iterable
@@ -178,9 +180,10 @@ class Pooler:
             self.ports["direct"] = await self._listen(lambda: ClientConnection(self, direct=True), s.listen_addr,
                                                       s.direct_port)
         if s.unix_socket_dir:
-            server = await loop.create_unix_server(
-                lambda: ClientConnection(self), f"{s.unix_socket_dir}/.s.PGSQL.{pooled}", backlog=s.listen_backlog)
+            path = f"{s.unix_socket_dir}/.s.PGSQL.{pooled}"
+            server = await loop.create_unix_server(lambda: ClientConnection(self), path, backlog=s.listen_backlog)
             self.listeners.append(server)
+            set_socket_file_access(path, s.unix_socket_mode, s.unix_socket_group)
         if self.worker.count > 1:  # cancels other workers received for our clients arrive here
             relay = await loop.create_unix_server(
                 lambda: _CancelRelay(self), self.worker.cancel_socket(self.worker.index))
@@ -509,6 +512,7 @@ class Pooler:
             s.transaction_timeout, s.query_wait_notify,
             s.client_login_timeout, s.server_connect_timeout, s.reserve_pool_timeout, s.server_idle_timeout,
             s.server_check_delay, s.server_lifetime, s.autodb_idle_timeout) if t > 0]
+        timeouts += [d.server_lifetime for d in self.config.databases.values() if d.server_lifetime]
         timeouts += [t for u in self.config.users.values() for t in (
             u.query_timeout, u.query_wait_timeout, u.idle_transaction_timeout, u.client_idle_timeout,
             u.transaction_timeout) if t]
@@ -619,10 +623,17 @@ class Pooler:
             pool._grow()
         if pool.waiting or pool.welcome_waiters:
             pool.grow_for_waiters()  # clients wait and the pool has room: it must be trying to open servers
+        if s.server_fast_close and pool.mode == cfg.PoolMode.SESSION:
+            for server in list(pool.servers):
+                client = server.client
+                if server.stale and client is not None and server.state == ServerState.ACTIVE and server.is_clean():
+                    # PgBouncer's words; the client goes too, so it notices its session ended.
+                    client.fatal("08P01", "database configuration changed",
+                                 hint="server_fast_close: a RECONNECT or RELOAD replaced this session's server")
         keep = pool.min_size
         for server in list(pool.idle):
             idle_for = now - server.last_used
-            too_old = s.server_lifetime and now - server.created_at > s.server_lifetime
+            too_old = pool.lifetime and now - server.created_at > pool.lifetime
             too_idle = s.server_idle_timeout and idle_for > s.server_idle_timeout and len(pool.servers) > keep
             if too_old or too_idle or server.stale:
                 pool.idle.remove(server)
@@ -634,6 +645,16 @@ class Pooler:
                 server.state = ServerState.BUSY
                 server.run_internal(s.server_check_query)
         pool.grow_to_minimum()
+
+
+def set_socket_file_access(path: str, mode: str, group: str) -> None:
+    """``unix_socket_mode`` (octal) and ``unix_socket_group`` on the socket file, as PgBouncer sets them."""
+    os.chmod(path, int(mode, 8))
+    if group:
+        try:
+            shutil.chown(path, group=group)
+        except LookupError:
+            raise OSError(f"unix_socket_group: no such group: {group}") from None
 
 
 #: PgBouncer's notice to a client queued longer than query_wait_notify (src/janitor.c).

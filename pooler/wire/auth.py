@@ -146,11 +146,11 @@ _DERIVED: OrderedDict[bytes, _ScramInfo] = OrderedDict()
 _DERIVED_MAX = 256
 
 
-def _derived_scram_info(user: str, password: str) -> _ScramInfo:
-    key = hashlib.sha256(f"{user}\0{password}".encode()).digest()
+def _derived_scram_info(user: str, password: str, iterations: int = SCRAM_ITERATIONS) -> _ScramInfo:
+    key = hashlib.sha256(f"{user}\0{password}\0{iterations}".encode()).digest()
     info = _DERIVED.get(key)
     if info is None:
-        info = _DERIVED[key] = _scram_info(password, None, SCRAM_ITERATIONS)
+        info = _DERIVED[key] = _scram_info(password, None, iterations)
         if len(_DERIVED) > _DERIVED_MAX:
             _DERIVED.popitem(last=False)
     else:
@@ -163,9 +163,9 @@ def _derived_scram_info(user: str, password: str) -> _ScramInfo:
 _MOCK_KEY = secrets.token_bytes(32)
 
 
-def _mock_scram_info(user: str) -> _ScramInfo:
+def _mock_scram_info(user: str, iterations: int = SCRAM_ITERATIONS) -> _ScramInfo:
     salt = hmac.new(_MOCK_KEY, user.encode(), hashlib.sha256).digest()[:_SCRAM_SALT_LEN]
-    return salt, secrets.token_bytes(_SCRAM_KEY_LEN), secrets.token_bytes(_SCRAM_KEY_LEN), SCRAM_ITERATIONS
+    return salt, secrets.token_bytes(_SCRAM_KEY_LEN), secrets.token_bytes(_SCRAM_KEY_LEN), iterations
 
 
 def _hmac(key: bytes, msg: bytes) -> bytes:
@@ -226,8 +226,11 @@ class ClientAuth:
     Verifiers with fewer than 4096 iterations or salts under 12 bytes are refused by scramp.
     """
 
-    def __init__(self, auth_type: AuthType, user: str, secret: str | None) -> None:
+    def __init__(
+        self, auth_type: AuthType, user: str, secret: str | None, *, iterations: int = SCRAM_ITERATIONS
+    ) -> None:
         self.user = user
+        self._iterations = iterations  # scram_iterations: for verifiers derived from plain secrets
         self._secret = secret
         self._verifier = parse_scram_verifier(secret) if secret is not None else None
         self._md5 = secret is not None and is_md5_secret(secret)
@@ -343,10 +346,10 @@ class ClientAuth:
             info = (salt, stored_key, server_key, iterations)
             self._scram_real = True
         elif self._plain is not None:
-            info = _derived_scram_info(self.user, self._plain)
+            info = _derived_scram_info(self.user, self._plain, self._iterations)
             self._scram_real = True
         else:
-            info = _mock_scram_info(self.user)
+            info = _mock_scram_info(self.user, self._iterations)
         self._scram_info = info
         return info
 
