@@ -158,9 +158,7 @@ class Settings:
     query_wait_notify: float = 5.0
 
     # Low level
-    pkt_buf: int = 4096
     max_packet_size: int = 2147483647
-    sbuf_loopcnt: int = 5
     tcp_keepalive: bool = True
     tcp_keepidle: int = 0  # seconds; 0 = the OS default
     tcp_keepintvl: int = 0
@@ -213,48 +211,46 @@ class Config:
 # setting to blame and turns it into a ``ConfigError``.
 # ==================================================================================================
 
-#: PgBouncer 1.18-1.25 ``[pgbouncer]`` settings that are not fields of ``Settings``. A real
+_TLS_WHY = "TLS is not implemented yet; clients and servers speak plaintext"
+_DNS_WHY = "the OS resolver answers at each connect: there is no DNS cache to tune"
+_SYSLOG_WHY = "the log goes to stderr and logfile; route it to syslog with the service manager (journald)"
+_WINDOWS_WHY = "the name of PgBouncer's Windows service; pooler is not a Windows service"
+
+#: PgBouncer 1.18-1.25 ``[pgbouncer]`` settings that pooler reads but does not act on, with why. A real
 #: pgbouncer.ini carries many of them; refusing to start over ``client_tls_sslmode = disable`` would
-#: make "bring your pgbouncer.ini" a lie, so they are recorded in ``Config.ignored`` and logged.
-PGBOUNCER_UNSUPPORTED_SETTINGS: frozenset[str] = frozenset(
-    {
-        "auth_hba_file",
-        "auth_ident_file",
-        "auth_ldap_options",
-        "client_tls13_ciphers",
-        "client_tls_ca_file",
-        "client_tls_cert_file",
-        "client_tls_ciphers",
-        "client_tls_dheparams",
-        "client_tls_ecdhcurve",
-        "client_tls_key_file",
-        "client_tls_protocols",
-        "client_tls_sslmode",
-        "conffile",
-        "disable_pqexec",
-        "dns_max_ttl",
-        "dns_nxdomain_ttl",
-        "dns_zone_check_period",
-        "job_name",
-        "peer_id",
-        "resolv_conf",
-        "server_tls13_ciphers",
-        "server_tls_ca_file",
-        "server_tls_cert_file",
-        "server_tls_ciphers",
-        "server_tls_key_file",
-        "server_tls_protocols",
-        "server_tls_sslmode",
-        "service_name",
-        "suspend_timeout",
-        "syslog",
-        "syslog_facility",
-        "syslog_ident",
-        "tcp_defer_accept",
-        "tcp_socket_buffer",
-        "user",
-    }
-)
+#: make "bring your pgbouncer.ini" a lie, so they are recorded in ``Config.ignored`` and logged, and the
+#: admin console's SET accepts them with a NOTICE saying so. docs/settings.md lists them with these reasons.
+PGBOUNCER_IGNORED_SETTINGS: dict[str, str] = {
+    "auth_hba_file": "auth_type = hba is not supported",
+    "auth_ident_file": "auth_type = hba (peer ident maps) is not supported",
+    "auth_ldap_options": "auth_type = ldap is not supported",
+    **{name: _TLS_WHY for name in (
+        "client_tls13_ciphers", "client_tls_ca_file", "client_tls_cert_file", "client_tls_ciphers",
+        "client_tls_dheparams", "client_tls_ecdhcurve", "client_tls_key_file", "client_tls_protocols",
+        "client_tls_sslmode", "server_tls13_ciphers", "server_tls_ca_file", "server_tls_cert_file",
+        "server_tls_ciphers", "server_tls_key_file", "server_tls_protocols", "server_tls_sslmode")},
+    "conffile": "read-only in PgBouncer too: the config file is the one given on the command line",
+    "disable_pqexec": "not implemented: multi-statement simple queries are forwarded to Postgres as sent",
+    "dns_max_ttl": _DNS_WHY,
+    "dns_nxdomain_ttl": _DNS_WHY,
+    "dns_zone_check_period": _DNS_WHY,
+    "resolv_conf": _DNS_WHY,
+    "job_name": _WINDOWS_WHY,
+    "service_name": _WINDOWS_WHY,
+    "peer_id": "[peers] is not supported; with workers > 1 the pooler relays cancels between its own processes",
+    "suspend_timeout": "SUSPEND and online restart (takeover) are not supported",
+    "syslog": _SYSLOG_WHY,
+    "syslog_facility": _SYSLOG_WHY,
+    "syslog_ident": _SYSLOG_WHY,
+    "tcp_defer_accept": "not implemented: an accepted connection costs one small object until client_login_timeout",
+    "tcp_socket_buffer": "the kernel's socket buffer autotuning is used",
+    "user": "drop privileges with the service manager (User= in systemd, USER in a Dockerfile)",
+    "pkt_buf": "PgBouncer's fixed per-connection buffer: here buffers are the event loop's, bounded by flow "
+               "control (reading pauses past the write-buffer high-water marks and HOLD_LIMIT)",
+    "sbuf_loopcnt": "PgBouncer's per-connection fairness limit for its event loop: asyncio already handles one "
+                    "read per ready connection per turn",
+}
+PGBOUNCER_UNSUPPORTED_SETTINGS: frozenset[str] = frozenset(PGBOUNCER_IGNORED_SETTINGS)
 
 #: The name clients use to reach the admin console; never a real database.
 ADMIN_DATABASE = "pgbouncer"
@@ -420,7 +416,6 @@ def _build_setting_converters() -> dict[str, _Converter]:
         "metrics_port": _int_converter(0, _PORT_MAX, port=True),
         "max_packet_size": _int_converter(1024, _MAX_PACKET_SIZE_LIMIT),
         "workers": _int_converter(1, 16),  # the cancel key has 4 bits for the worker (pooler.runtime.workers)
-        "pkt_buf": _int_converter(1),
         "auth_type": _to_auth_type,
         "log_format": _choice_converter("auto", "json", "console"),
         "session_state_check": _choice_converter("warn", "error", "off"),

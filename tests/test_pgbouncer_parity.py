@@ -21,7 +21,7 @@ from harness import RunningPooler, make_config, running_pooler
 from rawclient import RawClient
 from support import APP_DB, APP_PASSWORD, APP_USER, MD5_PASSWORD, MD5_USER, OTHER_DB, PostgresServer
 
-from pooler.config import DatabaseConfig, PoolMode, UserConfig
+from pooler.config import PGBOUNCER_IGNORED_SETTINGS, DatabaseConfig, PoolMode, UserConfig
 
 pytestmark = pytest.mark.usefixtures("no_leftover_backends")
 
@@ -233,3 +233,25 @@ def test_server_fast_close_ends_a_session_whose_server_must_reconnect(postgres: 
         assert error.diag.message_primary == "database configuration changed"
         with psycopg.connect(p.dsn(), autocommit=True) as fresh:
             assert fresh.execute("select 1").fetchone() == (1,)
+
+
+def test_admin_set_accepts_every_pgbouncer_setting(postgres: PostgresServer) -> None:
+    with running_pooler(make_config(postgres, admin_users=(APP_USER,))) as p, \
+            psycopg.connect(p.dsn("pgbouncer"), autocommit=True, prepare_threshold=None) as console:
+        notices: list[str | None] = []
+        console.add_notice_handler(lambda d: notices.append(d.message_primary))
+        console.execute("SET server_tls_sslmode = 'disable'")  # failed the whole command before
+        console.execute("SET pkt_buf = 8192")
+        assert notices == [
+            f"server_tls_sslmode is ignored by pooler: {PGBOUNCER_IGNORED_SETTINGS['server_tls_sslmode']}",
+            f"pkt_buf is ignored by pooler: {PGBOUNCER_IGNORED_SETTINGS['pkt_buf']}",
+        ]
+        for setting, value in (("transaction_timeout", "7"), ("query_wait_notify", "2"),
+                               ("max_db_client_connections", "9"), ("tcp_keepidle", "30"),
+                               ("application_name_add_host", "1"), ("autodb_idle_timeout", "60")):
+            console.execute(f"SET {setting} = {value}")
+            rows = {row[0]: row[1] for row in console.execute("SHOW CONFIG").fetchall()}
+            assert rows[setting] == value, setting
+        assert len(notices) == 2  # the supported ones were applied without a word
+        with pytest.raises(psycopg.Error, match="unknown setting"):
+            console.execute("SET no_such_setting = 1")

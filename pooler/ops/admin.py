@@ -501,10 +501,11 @@ class AdminSession(asyncio.Protocol):
         if key.lower() in _FAKE_PARAMETERS:
             return pq.notice_response("SET ignored") + command_complete("SET")
         self._require_admin()
-        control.set_setting(self.pooler, key, value)
+        ignored = control.set_setting(self.pooler, key, value)
         log.info("admin command", command="SET", setting=key.lower(), value=value, client=self.client.id,
-                 user=self.client.user)
-        return command_complete(f"SET {key.lower()}={value}")
+                 user=self.client.user, ignored=ignored is not None)
+        done = command_complete(f"SET {key.lower()}={value}")
+        return done if ignored is None else pq.notice_response(ignored) + done
 
     def _pause(self, arg: str | None) -> _Response:
         control.pause(self.pooler, arg)
