@@ -18,9 +18,10 @@ from harness import free_port
 class Gate:
     """Forwards 127.0.0.1:``port`` to Postgres while open; ``shut()`` refuses and drops, ``open()`` resumes."""
 
-    def __init__(self, target_host: str, target_port: int) -> None:
+    def __init__(self, target_host: str, target_port: int, *, bind: str = "127.0.0.1", port: int = 0) -> None:
         self.target = (target_host, target_port)
-        self.port = free_port()
+        self.bind = bind
+        self.port = port or free_port()
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="gate", daemon=True)
         self._server: asyncio.Server | None = None
@@ -40,7 +41,7 @@ class Gate:
 
     async def _open(self) -> None:
         if self._server is None:
-            self._server = await asyncio.start_server(self._pipe, "127.0.0.1", self.port, reuse_address=True)
+            self._server = await asyncio.start_server(self._pipe, self.bind, self.port, reuse_address=True)
 
     def shut(self, *, drop: bool = True) -> None:
         """Stop listening (connects are refused); with ``drop`` also cut every forwarded connection."""
@@ -82,8 +83,8 @@ class Gate:
 
 
 @contextlib.contextmanager
-def gate_to(host: str, port: int) -> Iterator[Gate]:
-    gate = Gate(host, port)
+def gate_to(host: str, port: int, *, bind: str = "127.0.0.1", listen_port: int = 0) -> Iterator[Gate]:
+    gate = Gate(host, port, bind=bind, port=listen_port)
     gate.start()
     try:
         yield gate

@@ -6,6 +6,7 @@ clients against the real Postgres.
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import os
 import socket
@@ -17,11 +18,12 @@ from typing import Any
 import psycopg
 import pytest
 from backends import Activity, in_thread, wait_until_sync
+from gate import gate_to
 from harness import RunningPooler, make_config, running_pooler
 from rawclient import RawClient
 from support import APP_DB, APP_PASSWORD, APP_USER, MD5_PASSWORD, MD5_USER, OTHER_DB, PostgresServer
 
-from pooler.config import PGBOUNCER_IGNORED_SETTINGS, DatabaseConfig, PoolMode, UserConfig
+from pooler.config import PGBOUNCER_IGNORED_SETTINGS, DatabaseConfig, PoolMode, UserConfig, UserlistEntry
 
 pytestmark = pytest.mark.usefixtures("no_leftover_backends")
 
@@ -255,3 +257,76 @@ def test_admin_set_accepts_every_pgbouncer_setting(postgres: PostgresServer) -> 
         assert len(notices) == 2  # the supported ones were applied without a word
         with pytest.raises(psycopg.Error, match="unknown setting"):
             console.execute("SET no_such_setting = 1")
+
+
+# --- host lists, load_balance_hosts, auth_dbname -------------------------------------------------------------
+
+
+def _two_hosts(postgres: PostgresServer) -> Any:
+    """Two 'hosts' on one port: 127.0.0.1 and ::1, each a gate to the test Postgres."""
+    stack = contextlib.ExitStack()
+    v4 = stack.enter_context(gate_to(postgres.host, postgres.port))
+    v6 = stack.enter_context(gate_to(postgres.host, postgres.port, bind="::1", listen_port=v4.port))
+    return stack, v4, v6
+
+
+def test_host_list_round_robin_spreads_new_server_connections(postgres: PostgresServer) -> None:
+    stack, v4, v6 = _two_hosts(postgres)
+    with stack:
+        dbs = {APP_DB: DatabaseConfig(APP_DB, host="127.0.0.1,::1", port=v4.port)}
+        with running_pooler(make_config(postgres, databases=dbs, default_pool_size=4)) as p:
+            conns = [psycopg.connect(p.dsn()) for _ in range(4)]
+            for conn in conns:
+                conn.execute("select 1")  # four transactions at once: four servers
+            assert (v4.accepted, v6.accepted) == (2, 2)
+            for conn in conns:
+                conn.close()
+
+
+def test_host_list_disable_stays_on_a_host_until_it_fails_then_falls_back(postgres: PostgresServer) -> None:
+    stack, v4, v6 = _two_hosts(postgres)
+    with stack:
+        v4.shut()  # the first host of the list refuses
+        dbs = {APP_DB: DatabaseConfig(APP_DB, host="127.0.0.1,::1", port=v4.port, load_balance_hosts="disable")}
+        config = make_config(postgres, databases=dbs, default_pool_size=3, server_login_retry=0.1)
+        with running_pooler(config) as p:
+            started = time.monotonic()
+            conns = [psycopg.connect(p.dsn(), connect_timeout=10) for _ in range(3)]  # the first waits for the retry
+            for conn in conns:
+                conn.execute("select 1")
+            assert time.monotonic() - started < 3
+            assert (v4.accepted, v6.accepted) == (0, 3)  # after the failure: the next host, and it stays there
+            for conn in conns:
+                conn.close()
+
+
+def test_cancel_reaches_the_host_the_server_is_on(postgres: PostgresServer) -> None:
+    stack, v4, v6 = _two_hosts(postgres)
+    with stack:
+        dbs = {APP_DB: DatabaseConfig(APP_DB, host="::1,127.0.0.1", port=v4.port)}
+        with running_pooler(make_config(postgres, databases=dbs)) as p, \
+                psycopg.connect(p.dsn(), autocommit=True) as conn:
+            conn.execute("select 1")  # its server is on ::1, the first of the list
+            query = in_thread(lambda: conn.execute("select pg_sleep(5)"))
+            time.sleep(0.3)
+            conn.cancel_safe(timeout=5)  # the pooler must send it to ::1, not to "::1,127.0.0.1"
+            with pytest.raises(psycopg.errors.QueryCanceled):
+                query.result(5)
+            assert (v4.accepted, v6.accepted) == (0, 2)  # the server, then the cancel: both to ::1
+
+
+def test_auth_dbname_runs_auth_query_in_the_named_database(postgres: PostgresServer) -> None:
+    only_in_otherdb = f"SELECT usename, passwd FROM pg_shadow WHERE usename=$1 AND current_database() = '{OTHER_DB}'"
+    base: dict[str, Any] = {"userlist": (UserlistEntry(postgres.superuser, postgres.superuser_password),),
+                            "auth_user": postgres.superuser, "auth_query": only_in_otherdb}
+    with running_pooler(make_config(postgres, **base)) as p:  # auth_query runs in appdb: no row
+        error = fatal_of(lambda: psycopg.connect(p.dsn()))
+        assert "FATAL:  no such user" in str(error)
+    with running_pooler(make_config(postgres, auth_dbname=OTHER_DB, **base)) as p, \
+            psycopg.connect(p.dsn(), autocommit=True) as conn:
+        assert conn.execute("select current_database(), current_user").fetchone() == (APP_DB, APP_USER)
+    dbs = {APP_DB: DatabaseConfig(APP_DB, host=postgres.host, port=postgres.port, auth_dbname=OTHER_DB),
+           OTHER_DB: DatabaseConfig(OTHER_DB, host=postgres.host, port=postgres.port)}
+    with running_pooler(make_config(postgres, databases=dbs, **base)) as p, \
+            psycopg.connect(p.dsn(), autocommit=True) as conn:  # per database
+        assert conn.execute("select 1").fetchone() == (1,)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from pooler import config as cfg
 from pooler.config import DatabaseConfig, PoolMode
+from pooler.core.hosts import HostChooser
 from pooler.core.stats import PoolStats
 from pooler.net.server import ServerConnection, ServerState
 from pooler.wire import messages as pq
@@ -40,10 +41,12 @@ class Pool:
     """Servers and waiting clients of one (database entry, upstream user) pair."""
 
     __slots__ = (
+        "connect_failed",
         "connecting",
         "credentials",
         "db",
         "direct_servers",
+        "hosts",
         "idle",
         "lifetime",
         "login_error",
@@ -77,6 +80,8 @@ class Pool:
         self.waiting: collections.deque[ClientConnection] = collections.deque()
         self.welcome_waiters: list[ClientConnection] = []
         self.connecting = 0
+        self.connect_failed = False  # the last connect to Postgres failed (load_balance_hosts = disable moves on)
+        self.hosts = HostChooser()
         self.stats = PoolStats()
         self.welcome: dict[str, str] | None = None
         self.login_error: dict[str, str] | None = None
@@ -310,8 +315,10 @@ class Pool:
 
     async def _connect(self, server: ServerConnection) -> None:
         loop = asyncio.get_running_loop()
-        host = self.db.host
-        port = self.db.port
+        db = self.db
+        host = self.hosts.choose(db.host, db.load_balance_hosts or self.pooler.config.settings.load_balance_hosts,
+                                 last_connect_failed=self.connect_failed)
+        port = db.port
         timeout = self.pooler.config.settings.server_connect_timeout or None
         where = f"{host or 'local socket'}:{port}"
         try:
@@ -322,6 +329,7 @@ class Pool:
                     path = f"{host or '/tmp'}/.s.PGSQL.{port}"
                     await loop.create_unix_connection(lambda: server, path)
         except (OSError, TimeoutError) as exc:
+            self.connect_failed = True
             timed_out = isinstance(exc, TimeoutError)
             reason = "timed out (server_connect_timeout)" if timed_out else (exc.strerror or str(exc))
             server.login_error = {
@@ -337,6 +345,7 @@ class Pool:
 
     def server_logged_in(self, server: ServerConnection) -> None:
         self.login_error = None
+        self.connect_failed = False
         if server.direct:
             client = server.client
             server.state = ServerState.ACTIVE
@@ -371,6 +380,7 @@ class Pool:
             return
         self.servers.discard(server)
         self.connecting -= 1
+        self.connect_failed = True  # as PgBouncer: any failed login moves load_balance_hosts = disable on
         self.login_error = fields
         self.login_error_until = self._now() + self.pooler.config.settings.server_login_retry
         self.pooler.server_gone(self)

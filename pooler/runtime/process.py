@@ -19,6 +19,7 @@ from collections.abc import Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING
 
 from pooler import config as cfg
+from pooler.core.hosts import host_list
 from pooler.core.pool import CONNECT_TIMEOUT, Pool, login_failure_detail
 from pooler.core.prepared import StatementCache
 from pooler.log import configure_from_settings, log
@@ -309,12 +310,13 @@ class Pooler:
             password = None
         if db.user == auth_user and db.password:
             password = db.password
+        auth_db = self.auth_database(db)
         secret: str | None = None
         try:
             conn = await asyncpg.connect(
-                host=db.host or "/tmp", port=db.port, user=auth_user, password=password,
-                database=db.dbname or db.name, timeout=settings.server_connect_timeout or 60.0,
-                statement_cache_size=0)
+                host=[h or "/tmp" for h in host_list(auth_db.host)], port=auth_db.port, user=auth_user,
+                password=password, database=auth_db.dbname or auth_db.name,
+                timeout=settings.server_connect_timeout or 60.0, statement_cache_size=0)
             try:
                 row = await conn.fetchrow(settings.auth_query, user)
             finally:
@@ -330,6 +332,16 @@ class Pooler:
             client.fatal("08P01", "no such user")  # PgBouncer's words when auth_query finds no row
             return
         client.begin_auth(settings.auth_type, secret)
+
+    def auth_database(self, db: DatabaseConfig) -> DatabaseConfig:
+        """Where auth_query runs: the [databases] entry named by auth_dbname (per database, else global),
+        else the client's own database (PgBouncer's auth_dbname)."""
+        name = db.auth_dbname or self.config.settings.auth_dbname
+        if name:
+            entry = cfg.find_database(self.config, name)
+            if entry is not None:
+                return entry
+        return db
 
     def admin_login(self, client: ClientConnection) -> None:
         """A client authenticated to the virtual ``pgbouncer`` database (the admin console)."""
@@ -487,15 +499,19 @@ class Pooler:
     def cancel_server(self, server: ServerConnection) -> None:
         if server.key is None:
             return
-        asyncio.get_running_loop().create_task(self._send_cancel(server.pool.db, server.key))
+        db = server.pool.db
+        peer = server.transport.get_extra_info("peername") if server.transport is not None else None
+        # The host the server is connected to: with a host list (host=a,b) the entry alone does not say.
+        host = str(peer[0]) if isinstance(peer, tuple) else host_list(db.host)[0]
+        asyncio.get_running_loop().create_task(self._send_cancel(host, db.port, server.key))
 
-    async def _send_cancel(self, db: DatabaseConfig, key: tuple[int, int]) -> None:
+    async def _send_cancel(self, host: str | None, port: int, key: tuple[int, int]) -> None:
         try:
             async with asyncio.timeout(self.config.settings.cancel_wait_timeout or None):
-                if db.host and not db.host.startswith("/"):
-                    _, writer = await asyncio.open_connection(db.host, db.port)
+                if host and not host.startswith("/"):
+                    _, writer = await asyncio.open_connection(host, port)
                 else:
-                    _, writer = await asyncio.open_unix_connection(f"{db.host or '/tmp'}/.s.PGSQL.{db.port}")
+                    _, writer = await asyncio.open_unix_connection(f"{host or '/tmp'}/.s.PGSQL.{port}")
                 writer.write(pq.cancel_request(*key))
                 await writer.drain()
                 writer.close()
