@@ -122,7 +122,7 @@ class Settings:
     server_round_robin: bool = False
     server_reset_query: str = "DISCARD ALL"
     server_reset_query_always: bool = False
-    server_check_query: str = "select 1"
+    server_check_query: str = "<empty>"  # PgBouncer's default: an empty query; "" = no checks
     server_check_delay: float = 30.0
     server_fast_close: bool = False
     load_balance_hosts: str = "round-robin"

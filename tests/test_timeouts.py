@@ -12,6 +12,7 @@ import asyncio
 import socket
 import struct
 import time
+from typing import Any
 
 import psycopg
 import pytest
@@ -316,19 +317,31 @@ def test_server_lifetime_closes_old_backends(postgres: PostgresServer, activity:
         conn.close()
 
 
-def test_server_check_query_runs_on_idle_servers(postgres: PostgresServer, activity: Activity):
-    check = "select 1 /* pooler health check */"
-    config = make_config(postgres, server_check_delay=0.2, server_check_query=check)
+#: A health check with a trace: it counts itself in a session variable of the backend it runs on.
+COUNTING_CHECK = ("select set_config('pooler.checks', (coalesce(nullif(current_setting('pooler.checks', true), ''),"
+                  " '0')::int + 1)::text, false)")
+
+
+def checks_seen(conn: psycopg.Connection[Any]) -> int:
+    row = conn.execute("select coalesce(nullif(current_setting('pooler.checks', true), ''), '0')").fetchone()
+    return int(row[0]) if row else -1
+
+
+def test_server_check_query_runs_before_reusing_a_server_idle_past_the_delay(postgres: PostgresServer):
+    """PgBouncer's server_check_delay: a released server idle longer than it is checked before its reuse."""
+    config = make_config(postgres, default_pool_size=1, server_check_delay=0.3, server_check_query=COUNTING_CHECK)
     with running_pooler(config) as p, psycopg.connect(p.dsn(), autocommit=True) as conn:
-        pid = pid_of(conn)
-        conn.execute("SELECT 'client query'")
-        wait_until_sync(
-            lambda: [r["query"] for r in activity.rows() if r["pid"] == pid] == [check],
-            timeout=3,
-            what="the health check to run on the idle backend",
-        )
-        assert pid_of(conn) == pid  # the checked backend is still the pool's
-        assert p.pool_stat()["servers"] == 1
+        assert checks_seen(conn) == 0  # a fresh server is not checked
+        assert checks_seen(conn) == 0  # nor one reused within the delay
+        time.sleep(0.45)
+        assert checks_seen(conn) == 1  # idle past the delay: checked, then handed over
+        assert checks_seen(conn) == 1
+
+
+def test_server_check_delay_zero_checks_before_every_reuse(postgres: PostgresServer):
+    config = make_config(postgres, default_pool_size=1, server_check_delay=0, server_check_query=COUNTING_CHECK)
+    with running_pooler(config) as p, psycopg.connect(p.dsn(), autocommit=True) as conn:
+        assert [checks_seen(conn) for _ in range(3)] == [1, 2, 3]
 
 
 def test_no_health_check_within_the_delay(postgres: PostgresServer, activity: Activity):

@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 #: What PgBouncer says (and caches for server_login_retry) when it cannot reach Postgres, or Postgres
 #: does not finish the login within server_connect_timeout; our own detail goes in DETAIL.
 CONNECT_FAILED = "connect failed"
+#: server_check_query's value meaning "send an empty query" (PgBouncer's default and spelling).
+EMPTY_CHECK_QUERY = "<empty>"
 CONNECT_TIMEOUT = "connect timeout"
 
 
@@ -41,6 +43,8 @@ class Pool:
     """Servers and waiting clients of one (database entry, upstream user) pair."""
 
     __slots__ = (
+        "check_delay",
+        "check_query",
         "connect_failed",
         "connecting",
         "credentials",
@@ -94,6 +98,8 @@ class Pool:
         self.reserve_size = 0
         self.min_size = 0
         self.lifetime = 0.0
+        self.check_query: str | None = None  # server_check_query as sent ("" for <empty>); None: no checks
+        self.check_delay = 0.0
         self.refresh()
 
     def refresh(self) -> None:
@@ -104,6 +110,9 @@ class Pool:
         self.reserve_size = cfg.effective_reserve_pool_size(config, self.db, self.user)
         self.min_size = cfg.effective_min_pool_size(config, self.db, self.user)
         self.lifetime = cfg.effective_server_lifetime(config, self.db)
+        query = config.settings.server_check_query
+        self.check_query = None if not query else "" if query == EMPTY_CHECK_QUERY else query
+        self.check_delay = config.settings.server_check_delay
 
     @property
     def dbname(self) -> str:
@@ -132,6 +141,10 @@ class Pool:
         idle = self.idle
         if idle:
             server = idle.pop(0) if self.pooler.config.settings.server_round_robin else idle.pop()
+            if self.check_query is not None and self._now() - server.last_used >= self.check_delay:
+                self.waiting.append(client)  # served by this server once checked (or by a new one)
+                self._check(server)
+                return
             client.link(server, client.wait_started)
             return
         if self.fast_fail():
@@ -141,6 +154,14 @@ class Pool:
         self.waiting.append(client)
         if len(self.servers) < self.size + (self.reserve_size if self.reserve_active else 0):
             self._grow()  # below the pool size: open a server (a full pool only queues: the hot case)
+
+    def _check(self, server: ServerConnection) -> None:
+        """server_check_query on a server idle longer than server_check_delay, before a client gets it
+        (PgBouncer's launch_recheck); release() hands it on when the answer is in, a dead one is replaced."""
+        assert self.check_query is not None
+        server.state = ServerState.BUSY
+        server.request_started = self._now()
+        server.run_internal(self.check_query)
 
     def remove_waiter(self, client: ClientConnection) -> None:
         with contextlib.suppress(ValueError):

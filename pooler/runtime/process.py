@@ -527,7 +527,7 @@ class Pooler:
             s.query_wait_timeout, s.query_timeout, s.idle_transaction_timeout, s.client_idle_timeout,
             s.transaction_timeout, s.query_wait_notify,
             s.client_login_timeout, s.server_connect_timeout, s.reserve_pool_timeout, s.server_idle_timeout,
-            s.server_check_delay, s.server_lifetime, s.autodb_idle_timeout) if t > 0]
+            s.server_lifetime, s.autodb_idle_timeout) if t > 0]
         timeouts += [d.server_lifetime for d in self.config.databases.values() if d.server_lifetime]
         timeouts += [t for u in self.config.users.values() for t in (
             u.query_timeout, u.query_wait_timeout, u.idle_transaction_timeout, u.client_idle_timeout,
@@ -654,12 +654,6 @@ class Pooler:
             if too_old or too_idle or server.stale:
                 pool.idle.remove(server)
                 server.close("server_lifetime" if too_old else "server_idle_timeout")
-            elif (s.server_check_query and s.server_check_delay
-                  and now - max(server.last_used, server.request_started) > s.server_check_delay):
-                pool.idle.remove(server)
-                server.request_started = now
-                server.state = ServerState.BUSY
-                server.run_internal(s.server_check_query)
         pool.grow_to_minimum()
 
 
