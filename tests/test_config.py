@@ -13,6 +13,7 @@ import pytest
 import scramp
 
 from pooler.config import (
+    PGBOUNCER_IGNORED_SETTINGS,
     PGBOUNCER_UNSUPPORTED_SETTINGS,
     Config,
     ConfigError,
@@ -853,6 +854,8 @@ def test_settings_doc_lists_every_setting_with_its_real_default() -> None:
 
 def test_settings_doc_lists_exactly_the_ignored_pgbouncer_settings() -> None:
     doc = (REPO / "docs" / "settings.md").read_text()
-    paragraph = doc.split("not supported yet, ignored` and logged as a warning at start. These are:", 1)[1]
-    paragraph = paragraph.strip().split("\n\n", 1)[0]
-    assert set(re.findall(r"`(\w+)`", paragraph)) == PGBOUNCER_UNSUPPORTED_SETTINGS
+    section = doc.split("### Ignored PgBouncer settings", 1)[1].split("\n## ", 1)[0]
+    rows = dict(re.findall(r"^\| `(\w+)` \| (.+) \|$", section, flags=re.MULTILINE))
+    assert set(rows) == PGBOUNCER_UNSUPPORTED_SETTINGS
+    for name, why in rows.items():  # each says why, in the words the admin console's SET answers with
+        assert why.rstrip(".").lower() == PGBOUNCER_IGNORED_SETTINGS[name].lower(), name
