@@ -4,7 +4,8 @@ Why: every made-up database name a client logs in to through the ``*`` entry cre
 stats and metrics series; without a bound, 2,000 such names cost 2,000 pools forever. As PgBouncer
 (src/janitor.c), an automatically created database is inactive while none of its pools has a client
 or a server; inactive for ``autodb_idle_timeout`` seconds, it is freed whole: its pools, their
-statistics (SHOW STATS rows, the stats period's snapshots, login counts) and so their metrics series.
+statistics (SHOW STATS rows, login counts) and so their metrics series (the stats period's snapshots
+drop them at its next tick).
 A paused database is kept. Called from the periodic sweep, which already visits every client.
 """
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from pooler.core.pool import Pool
+    from pooler.net.client import ClientPool as Pool
     from pooler.runtime.process import Pooler
 
 
@@ -55,11 +56,8 @@ def _active(pool: Pool, in_use: set[Pool]) -> bool:
 
 def free_pool(pooler: Pooler, key: tuple[str, str], pool: Pool) -> None:
     """Forget an empty pool and everything counted for it."""
-    pool.forget()
     del pooler.pools[key]
     pooler.login_counts.pop(key, None)
-    pooler.stats_period.older.pop(key, None)
-    pooler.stats_period.newer.pop(key, None)
     if pooler.db_servers.get(pool.db.name) == 0:
         del pooler.db_servers[pool.db.name]
     if pooler.user_servers.get(pool.user) == 0 and not any(p.user == pool.user for p in pooler.pools.values()):

@@ -10,33 +10,53 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import enum
 import os
 import secrets
 import shutil
 import socket
 import time
 from collections.abc import Callable, Coroutine, Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pooler import config as cfg
+from pooler.config import RESTART_ONLY_SETTINGS
 from pooler.core.hosts import host_list
-from pooler.core.pool import CONNECT_TIMEOUT, Pool, login_failure_detail
+from pooler.core.parameters import TrackedParameters
+from pooler.core.pool import CONNECT_TIMEOUT, Pool, PoolServer, ServerState, login_failure_detail
 from pooler.core.prepared import StatementCache
+from pooler.core.stats import error_kind
 from pooler.log import configure_from_settings, log
-from pooler.net.client import TRACKED_PARAMETERS, ClientConnection, ClientState
-from pooler.net.server import ServerConnection, ServerState
-from pooler.ops import control
-from pooler.ops.introspect import RESTART_ONLY_SETTINGS
-from pooler.ops.metrics import MetricsServer, error_kind
-from pooler.ops.stats_log import StatsPeriod
+from pooler.net.client import ClientConnection, ClientPool, ClientState
+from pooler.net.server import ServerConnection
+from pooler.runtime import upstream
 from pooler.runtime.autodb import AutodbJanitor
 from pooler.runtime.client_limits import ClientLimits
 from pooler.runtime.workers import SINGLE, WORKER_BITS, Worker
 from pooler.wire import messages as pq
-from pooler.wire.auth import AuthStep, is_md5_secret, parse_scram_verifier
+from pooler.wire.auth import AuthStep, ServerAuth, is_md5_secret, parse_scram_verifier
+from pooler.wire.framing import MessageReader
 
 if TYPE_CHECKING:
     from pooler.config import Config, DatabaseConfig
+
+
+class ShutdownMode(enum.StrEnum):
+    """PgBouncer's three ways to stop (see pooler.ops.control)."""
+
+    IMMEDIATE = "immediate"
+    WAIT_FOR_SERVERS = "wait_for_servers"
+    WAIT_FOR_CLIENTS = "wait_for_clients"
+
+
+class Service(Protocol):
+    """Something that starts and stops with the pooler; ``start`` returns the port it listens on, if any."""
+
+    name: str
+
+    async def start(self) -> int | None: ...
+
+    def close(self) -> None: ...
 
 
 class Pooler:
@@ -45,18 +65,15 @@ class Pooler:
     def __init__(self, config: Config, worker: Worker = SINGLE) -> None:
         self.config = config
         self.worker = worker  # which of `workers` processes this is (pooler.runtime.workers)
-        self.pools: dict[tuple[str, str], Pool] = {}
+        self.pools: dict[tuple[str, str], ClientPool] = {}
         self.clients: set[ClientConnection] = set()
         self.clients_by_key: dict[tuple[int, int], ClientConnection] = {}
         self.db_servers: collections.Counter[str] = collections.Counter()
         self.user_servers: collections.Counter[str] = collections.Counter()
         self.userlist: dict[str, str] = {}
-        self.tracked_parameters: dict[str, str] = {}  # lower-case spelling -> Postgres's spelling
-        self.tracked_names: tuple[str, ...] = ()
-        self.tracked_set: frozenset[str] = frozenset()
+        self.parameters = TrackedParameters()
         self.auth_cache: dict[str, tuple[str | None, float]] = {}
         self.statements = StatementCache()  # protocol-level prepared statements, shared by every pool
-        self._shared_params: dict[tuple[str | None, ...], tuple[dict[str, str], tuple[str | None, ...]]] = {}
         self.listeners: list[asyncio.Server] = []
         self.ports: dict[str, int] = {}
         self._client_seq = 0
@@ -71,18 +88,20 @@ class Pooler:
         self.paused = False
         self.paused_dbs: set[str] = set()
         self.disabled_dbs: set[str] = set()
-        self.shutdown_mode: control.ShutdownMode | None = None
+        self.shutdown_mode: ShutdownMode | None = None
         self.finished = asyncio.Event()  # set once the pooler has shut down (any mode)
         self.config_loader: Callable[[], Config] | None = None  # what RELOAD / SIGHUP re-read
         self.error_counts: dict[str, int] = {}  # pooler_errors_total{kind}
         self.login_counts: dict[tuple[str, str], int] = {}  # SHOW STATS' client_login_count, per pool key
         self.server_ids: dict[ServerConnection, int] = {}  # SHOW SERVERS' id, handed out on first sight
         self._server_seq = 0
-        self.stats_period = StatsPeriod(self)
         self.wait_notified: dict[ClientConnection, float] = {}  # query_wait_notify: the wait each was told of
         self.client_limits = ClientLimits()  # max_db_client_connections / max_user_client_connections
         self.autodb = AutodbJanitor()  # frees pools of databases matched by "*" (autodb_idle_timeout)
-        self.metrics: MetricsServer | None = None
+        #: What the composition root (pooler.cli.assemble) plugs in: listeners of its own (metrics) and periodic
+        #: work (the stats period) started and stopped with the pooler, and the admin console's entry.
+        self.services: list[Service] = []
+        self.on_admin_login: Callable[[ClientConnection], None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._apply(config, self._read_userlist(config))
 
@@ -99,10 +118,7 @@ class Pooler:
 
     def _apply(self, config: Config, userlist: dict[str, str]) -> None:
         self.config = config
-        tracked = list(TRACKED_PARAMETERS) + list(config.settings.track_extra_parameters)
-        self.tracked_parameters = {name.lower(): name for name in tracked}
-        self.tracked_names = tuple(self.tracked_parameters.values())
-        self.tracked_set = frozenset(self.tracked_names)
+        self.parameters.track(config.settings.track_extra_parameters)
         self.userlist = userlist
         for pool in self.pools.values():
             db = cfg.find_database(config, pool.db.name)
@@ -110,7 +126,7 @@ class Pooler:
                 self._retarget(pool, db)
             pool.refresh()
 
-    def _retarget(self, pool: Pool, db: DatabaseConfig) -> None:
+    def _retarget(self, pool: ClientPool, db: DatabaseConfig) -> None:
         """A reload changed the pool's [databases] entry: new server logins use the new entry (address,
         password, ...), and the servers opened with the old one are closed once free, as PgBouncer does."""
         old = pool.db
@@ -120,25 +136,6 @@ class Pooler:
             pool.credentials = credentials  # (None, None): the next client's login supplies them
         for server in pool.servers:
             server.stale = True
-
-    def params_key(self, params: dict[str, str]) -> tuple[str | None, ...]:
-        """The tracked values of a session as one tuple: equal keys mean no SET is needed on link."""
-        return tuple(params.get(name) for name in self.tracked_names)
-
-    def shared_params(self, params: dict[str, str]) -> tuple[dict[str, str], tuple[str | None, ...]]:
-        """One read-only dict (and its key) for every client with these tracked values.
-
-        An idle client costs memory that matters at ten thousand clients, and the clients of one app
-        nearly all carry the same values: they share one dict instead of a copy each. Callers never
-        mutate the result; a change makes a new dict (see ServerConnection._parameter_status).
-        """
-        key = self.params_key(params)
-        shared = self._shared_params.get(key)
-        if shared is not None and shared[0] == params:
-            return shared
-        if len(self._shared_params) < _MAX_SHARED_PARAMS:
-            self._shared_params[key] = (params, key)
-        return params, key
 
     def reload(self, config: Config) -> None:
         """Swap in a new config; pools pick up new sizes, modes and [databases] entries, connected clients stay.
@@ -157,9 +154,7 @@ class Pooler:
         userlist = self._read_userlist(config)
         self._apply(config, userlist)
         for pool in list(self.pools.values()):
-            limit = pool.size + (pool.reserve_size if pool.reserve_active else 0)
-            while len(pool.servers) > limit and pool.idle:
-                pool.idle.pop(0).close("pool size reduced")
+            pool.shrink_to_capacity("pool size reduced")
             if not pool.paused:
                 pool.grow_for_waiters()
         changed = sorted(f.name for f in dataclasses.fields(config.settings)
@@ -189,15 +184,15 @@ class Pooler:
             relay = await loop.create_unix_server(
                 lambda: _CancelRelay(self), self.worker.cancel_socket(self.worker.index))
             self.listeners.append(relay)
-        if s.metrics_port:
-            self.metrics = MetricsServer(self)
+        for service in self.services:
             try:
-                self.ports["metrics"] = await self.metrics.start(s.listen_addr, s.metrics_port)
+                port = await service.start()
             except OSError:
                 self.close_listeners()
                 raise
+            if port is not None:
+                self.ports[service.name] = port
         self._sweeper = loop.create_task(self._sweep_forever())
-        self._spawn(self.stats_period.run())
         for line in self.config.ignored:
             log.warning("config setting ignored", detail=line)
 
@@ -218,17 +213,18 @@ class Pooler:
         return int(bound)
 
     def close_listeners(self) -> None:
-        """Stop accepting: the listening sockets (and the metrics port) close now, so the ports are free."""
+        """Stop accepting: the listening sockets (and the services' ports) close now, so the ports are free."""
         for listener in self.listeners:
             listener.close()
-        if self.metrics is not None:
-            self.metrics.close()
+        for service in self.services:
+            service.close()
 
-    def start_shutdown(self, mode: control.ShutdownMode) -> None:
-        """Begin a shutdown in ``mode`` (see pooler.ops.control); ``finished`` is set when it is done."""
-        self._spawn(control.shutdown(self, mode))
+    def is_paused(self, database: str) -> bool:
+        """PAUSE (of all, or of ``database``) or a shutdown waiting for servers: hand out no servers."""
+        return self.paused or database in self.paused_dbs or self.shutdown_mode == ShutdownMode.WAIT_FOR_SERVERS
 
-    def _spawn(self, coro: Coroutine[None, None, None]) -> None:
+    def spawn(self, coro: Coroutine[None, None, None]) -> None:
+        """Run ``coro`` as a task of this pooler: cancelled by ``stop()``, never garbage-collected mid-run."""
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -271,6 +267,10 @@ class Pooler:
         """More clients than max_client_conn, counting the one asking (PgBouncer's rule)."""
         limit = self.config.settings.max_client_conn
         return bool(limit) and len(self.clients) > limit
+
+    def admit_client(self, client: ClientConnection, db: DatabaseConfig) -> str | None:
+        """max_db_client_connections / max_user_client_connections: PgBouncer's refusal text, or None."""
+        return self.client_limits.admit(self.config, client, db)
 
     def client_disconnected(self, client: ClientConnection) -> None:
         if client not in self.clients:
@@ -345,9 +345,10 @@ class Pooler:
 
     def admin_login(self, client: ClientConnection) -> None:
         """A client authenticated to the virtual ``pgbouncer`` database (the admin console)."""
-        from pooler.ops.admin import start_session
-
-        start_session(self, client)
+        if self.on_admin_login is None:
+            client.fatal("08P01", "the admin console is not available in this process")
+            return
+        self.on_admin_login(client)
 
     def client_authenticated(self, client: ClientConnection, db: DatabaseConfig, step: AuthStep) -> None:
         """Route a logged-in client to its pool (and its own backend, on the direct endpoint)."""
@@ -355,7 +356,7 @@ class Pooler:
             client.fatal("08P01", f"database \"{db.name}\" is disabled",
                          hint="an admin ran DISABLE on it; ENABLE on the admin console lets clients in again")
             return
-        if self.shutdown_mode == control.ShutdownMode.WAIT_FOR_SERVERS:
+        if self.shutdown_mode == ShutdownMode.WAIT_FOR_SERVERS:
             client.fatal("57P01", "pooler is shutting down")
             return
         pool = self._pool_for(db, client.user, step)
@@ -373,16 +374,17 @@ class Pooler:
         else:
             pool.welcome_client(client)
 
-    def _pool_for(self, db: DatabaseConfig, client_user: str, step: AuthStep) -> Pool:
+    def _pool_for(self, db: DatabaseConfig, client_user: str, step: AuthStep) -> ClientPool:
         user = db.user or client_user
         key = self._pool_key(db, user)
-        pool = self.pools.get(key)
-        if pool is None:
-            pool = Pool(self, db, user, self._server_credentials(db, user, step))
-            pool.paused = control.is_paused(self, db.name)
-            self.pools[key] = pool
-        elif pool.credentials == (None, None):
-            pool.credentials = self._server_credentials(db, user, step)
+        existing = self.pools.get(key)
+        if existing is not None:
+            if existing.credentials == (None, None):
+                existing.credentials = self._server_credentials(db, user, step)
+            return existing
+        pool: ClientPool = Pool(self, db, user, self._server_credentials(db, user, step))
+        pool.paused = self.is_paused(db.name)
+        self.pools[key] = pool
         return pool
 
     @staticmethod
@@ -415,7 +417,7 @@ class Pooler:
 
     # --- servers and limits -----------------------------------------------------------------------
 
-    def may_open_server(self, pool: Pool) -> bool:
+    def may_open_server(self, pool: Pool[Any, Any]) -> bool:
         """Pooler-wide caps. When one is reached, close an idle server of another pool to make room."""
         s = self.config.settings
         dbname = pool.db.name
@@ -427,24 +429,32 @@ class Pooler:
             return self._make_room(p for p in self.pools.values() if p.user == pool.user and p is not pool)
         return True
 
-    def _make_room(self, pools: Iterable[Pool]) -> bool:
+    def _make_room(self, pools: Iterable[ClientPool]) -> bool:
         for other in pools:
-            if other.close_idle(1):
+            if other.close_idle("closed to make room for another pool", 1):
                 return False  # the count drops when the close is processed; the caller retries then
         return False
 
-    def server_opened(self, pool: Pool) -> None:
+    def open_server(self, pool: Pool[Any, Any], params: dict[str, str], *, direct: bool) -> ServerConnection:
+        """A new server for ``pool``, counted against the pooler-wide caps at once; it connects in the background."""
+        password, keys = pool.credentials
+        server = ServerConnection(pool, params, ServerAuth(pool.user, password, keys), direct=direct)
         self.db_servers[pool.db.name] += 1
         self.user_servers[pool.user] += 1
+        settings = self.config.settings
+        host = pool.hosts.choose(pool.db.host, pool.db.load_balance_hosts or settings.load_balance_hosts,
+                                 last_connect_failed=pool.connect_failed)
+        self.spawn(upstream.connect(server, pool.db, host, settings.server_connect_timeout))
+        return server
 
-    def server_gone(self, pool: Pool) -> None:
+    def server_gone(self, pool: Pool[Any, Any]) -> None:
         self.db_servers[pool.db.name] -= 1
         self.user_servers[pool.user] -= 1
         for other in self.pools.values():
             if (other.waiting or other.welcome_waiters) and other is not pool:
                 other.grow_for_waiters()
 
-    def room_wanted_by_other_pool(self, pool: Pool) -> bool:
+    def room_wanted_by_other_pool(self, pool: Pool[Any, Any]) -> bool:
         """True when a server of ``pool`` about to go idle should be closed instead: another pool has clients
         waiting and is held back by the max_db_connections / max_user_connections cap it shares with ``pool``
         (PgBouncer evicts an idle server for it)."""
@@ -476,13 +486,13 @@ class Pooler:
         """
         owner = self.worker.owner_of(key)
         if owner != self.worker.index and owner < self.worker.count:
-            self._spawn(self._relay_cancel(owner, key))
+            self.spawn(self._relay_cancel(owner, key))
             return
         client = self.clients_by_key.get(key)
         if client is None or client.server is None:
             return
         server = client.server
-        if server.pending or server.state == ServerState.LOGIN:
+        if server.ledger.pending or server.state == ServerState.LOGIN:
             self.cancel_server(server)
 
     async def _relay_cancel(self, owner: int, key: tuple[int, int]) -> None:
@@ -496,28 +506,12 @@ class Pooler:
         except (OSError, TimeoutError) as exc:
             log.warning("cancel relay failed", worker=owner, error=str(exc))
 
-    def cancel_server(self, server: ServerConnection) -> None:
-        if server.key is None:
+    def cancel_server(self, server: PoolServer) -> None:
+        if not isinstance(server, ServerConnection) or server.key is None:
             return
         db = server.pool.db
-        peer = server.transport.get_extra_info("peername") if server.transport is not None else None
-        # The host the server is connected to: with a host list (host=a,b) the entry alone does not say.
-        host = str(peer[0]) if isinstance(peer, tuple) else host_list(db.host)[0]
-        asyncio.get_running_loop().create_task(self._send_cancel(host, db.port, server.key))
-
-    async def _send_cancel(self, host: str | None, port: int, key: tuple[int, int]) -> None:
-        try:
-            async with asyncio.timeout(self.config.settings.cancel_wait_timeout or None):
-                if host and not host.startswith("/"):
-                    _, writer = await asyncio.open_connection(host, port)
-                else:
-                    _, writer = await asyncio.open_unix_connection(f"{host or '/tmp'}/.s.PGSQL.{port}")
-                writer.write(pq.cancel_request(*key))
-                await writer.drain()
-                writer.close()
-                await writer.wait_closed()
-        except (OSError, TimeoutError) as exc:
-            log.warning("cancel request failed", error=str(exc))
+        self.spawn(upstream.send_cancel(upstream.server_host(server, db), db.port, server.key,
+                                        self.config.settings.cancel_wait_timeout))
 
     # --- timeouts -----------------------------------------------------------------------------------
 
@@ -525,13 +519,13 @@ class Pooler:
         s = self.config.settings
         timeouts = [t for t in (
             s.query_wait_timeout, s.query_timeout, s.idle_transaction_timeout, s.client_idle_timeout,
-            s.transaction_timeout, s.query_wait_notify,
+            s.transaction_timeout, s.query_wait_notify, s.server_login_retry,
             s.client_login_timeout, s.server_connect_timeout, s.reserve_pool_timeout, s.server_idle_timeout,
             s.server_lifetime, s.autodb_idle_timeout) if t > 0]
-        timeouts += [d.server_lifetime for d in self.config.databases.values() if d.server_lifetime]
         timeouts += [t for u in self.config.users.values() for t in (
             u.query_timeout, u.query_wait_timeout, u.idle_transaction_timeout, u.client_idle_timeout,
             u.transaction_timeout) if t]
+        timeouts += [d.server_lifetime for d in self.config.databases.values() if d.server_lifetime]
         return max(0.05, min([1.0, *(t / 5 for t in timeouts)]))
 
     async def _sweep_forever(self) -> None:
@@ -546,7 +540,7 @@ class Pooler:
         """Enforce every timeout once; called periodically."""
         now = self.clock()
         s = self.config.settings
-        in_use: set[Pool] = set()
+        in_use: set[ClientPool] = set()
         for client in list(self.clients):
             self._sweep_client(client, now)
             if client.pool is not None:
@@ -560,7 +554,8 @@ class Pooler:
         state = client.state
         if state in (ClientState.STARTUP, ClientState.AUTH, ClientState.WELCOME):
             pool = client.pool
-            if state == ClientState.WELCOME and pool is not None and client in pool.welcome_waiters:
+            if (state == ClientState.WELCOME and pool is not None and pool.welcome is None
+                    and client in pool.welcome_waiters):
                 self._sweep_welcome_waiter(client, pool, now)
             elif s.client_login_timeout and now - client.connected_at > s.client_login_timeout:
                 client.fatal("08P01", "client_login_timeout", hint="the client did not finish logging in in time")
@@ -594,12 +589,12 @@ class Pooler:
         if server.state != ServerState.ACTIVE:
             return
         # PgBouncer's words (src/janitor.c): "query timeout", "idle transaction timeout", "transaction timeout".
-        if server.pending:
+        if server.ledger.pending:
             limit = cfg.effective_query_timeout(self.config, client.user)
             if limit and now - server.request_started > limit:
                 client.fatal("08P01", "query timeout", hint="the query ran longer than query_timeout")
                 return
-        elif server.tx_status != pq.TX_IDLE:
+        elif server.ledger.in_transaction():
             limit = cfg.effective_idle_transaction_timeout(self.config, client.user)
             if limit and now - server.last_used > limit:
                 client.fatal("08P01", "idle transaction timeout",
@@ -612,7 +607,7 @@ class Pooler:
             client.fatal("08P01", "transaction timeout",
                          hint="the transaction stayed open longer than transaction_timeout")
 
-    def _sweep_welcome_waiter(self, client: ClientConnection, pool: Pool, now: float) -> None:
+    def _sweep_welcome_waiter(self, client: ClientConnection, pool: ClientPool, now: float) -> None:
         """A client logged in but its pool has never reached Postgres: PgBouncer's two limits apply."""
         s = self.config.settings
         detail = login_failure_detail(pool)
@@ -625,7 +620,7 @@ class Pooler:
             client.fatal("08P01", "query_wait_timeout", detail=detail,
                          hint="Postgres did not accept a login for this pool within query_wait_timeout")
 
-    def _sweep_pool(self, pool: Pool, now: float, s: cfg.Settings) -> None:
+    def _sweep_pool(self, pool: ClientPool, now: float, s: cfg.Settings) -> None:
         connect_timeout = s.server_connect_timeout
         for server in list(pool.servers):
             logging_in = server.state in (ServerState.CONNECTING, ServerState.LOGIN)
@@ -635,8 +630,7 @@ class Pooler:
                 server.close("server_connect_timeout")
         if (pool.waiting and pool.reserve_size and not pool.reserve_active
                 and now - pool.waiting[0].wait_started >= s.reserve_pool_timeout):
-            pool.reserve_active = True
-            pool._grow()
+            pool.activate_reserve()
         if pool.waiting or pool.welcome_waiters:
             pool.grow_for_waiters()  # clients wait and the pool has room: it must be trying to open servers
         if s.server_fast_close and pool.mode == cfg.PoolMode.SESSION:
@@ -648,11 +642,11 @@ class Pooler:
                                  hint="server_fast_close: a RECONNECT or RELOAD replaced this session's server")
         keep = pool.min_size
         for server in list(pool.idle):
+            assert isinstance(server, ServerConnection)
             idle_for = now - server.last_used
             too_old = pool.lifetime and now - server.created_at > pool.lifetime
             too_idle = s.server_idle_timeout and idle_for > s.server_idle_timeout and len(pool.servers) > keep
             if too_old or too_idle or server.stale:
-                pool.idle.remove(server)
                 server.close("server_lifetime" if too_old else "server_idle_timeout")
         pool.grow_to_minimum()
 
@@ -670,8 +664,6 @@ def set_socket_file_access(path: str, mode: str, group: str) -> None:
 #: PgBouncer's notice to a client queued longer than query_wait_notify (src/janitor.c).
 QUERY_WAIT_NOTICE = pq.notice_response("No server connection available in postgres backend, client being queued")
 
-#: Distinct tracked-parameter sets shared between clients; past this, clients keep their own copies.
-_MAX_SHARED_PARAMS = 1024
 
 
 class _CancelRelay(asyncio.Protocol):
@@ -679,13 +671,17 @@ class _CancelRelay(asyncio.Protocol):
 
     def __init__(self, pooler: Pooler) -> None:
         self.pooler = pooler
-        self.buffer = b""
+        self.reader = MessageReader(0)
 
     def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        if len(self.buffer) >= 16:
-            packet = pq.parse_startup_packet(self.buffer[:16])
-            if packet.cancel_key is not None and self.pooler.worker.owner_of(packet.cancel_key) == (
-                    self.pooler.worker.index):
-                self.pooler.cancel(packet.cancel_key)
-            self.buffer = b""
+        self.reader.feed(data)
+        try:
+            packet = self.reader.next_startup_packet()
+            if packet is None:
+                return
+            startup = pq.parse_startup_packet(packet)
+        except pq.ProtocolViolationError:
+            return  # only our own workers write here; anything else is dropped
+        key = startup.cancel_key
+        if key is not None and self.pooler.worker.owner_of(key) == self.pooler.worker.index:
+            self.pooler.cancel(key)

@@ -1,0 +1,78 @@
+"""Connections the pooler opens to Postgres: server logins and CancelRequests.
+
+Why apart from the pool: deciding *that* a server should open is the pool's (``pooler.core.pool``, no
+I/O); opening a socket, with its timeout and its address forms (TCP host or Unix socket directory),
+is this module's. A connect that fails becomes the server's login error, which the pool then handles
+like any other failed login.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from pooler.config import DatabaseConfig
+from pooler.core.hosts import host_list
+from pooler.core.pool import CONNECT_FAILED, CONNECT_TIMEOUT, ServerState
+from pooler.log import log
+from pooler.net.server import ServerConnection
+from pooler.wire import messages as pq
+
+
+def socket_path(directory: str, port: int) -> str:
+    """Postgres's (and the pooler's) Unix socket for ``port`` in ``directory``."""
+    return f"{directory}/.s.PGSQL.{port}"
+
+
+def _tcp_host(host: str | None) -> str | None:
+    """The host to reach over TCP, or None for a Unix socket directory (or the default one)."""
+    return host if host and not host.startswith("/") else None
+
+
+async def connect(server: ServerConnection, db: DatabaseConfig, host: str | None, timeout: float) -> None:
+    """Open ``server``'s socket to ``host`` (one of db's hosts, chosen by the pool); on failure record why
+    as its login error, in PgBouncer's words with ours in DETAIL, and close it."""
+    loop = asyncio.get_running_loop()
+    where = f"{host or 'local socket'}:{db.port}"
+    try:
+        async with asyncio.timeout(timeout or None):
+            tcp = _tcp_host(host)
+            if tcp is not None:
+                await loop.create_connection(lambda: server, tcp, db.port)
+            else:
+                await loop.create_unix_connection(lambda: server, socket_path(host or "/tmp", db.port))
+    except (OSError, TimeoutError) as exc:
+        timed_out = isinstance(exc, TimeoutError)
+        reason = "timed out (server_connect_timeout)" if timed_out else (exc.strerror or str(exc))
+        server.login_error = {
+            "C": "08006",
+            "M": CONNECT_TIMEOUT if timed_out else CONNECT_FAILED,
+            "D": f"could not connect to server {where}: {reason}",
+            "H": "is Postgres running and accepting connections there? check host/port in [databases]",
+        }
+        server.close(server.login_error["D"])
+        return
+    if server.state == ServerState.CLOSED and server.transport is not None:
+        server.transport.close()  # closed (timeout, shutdown) while the connect was in flight
+
+
+def server_host(server: ServerConnection, db: DatabaseConfig) -> str | None:
+    """The host ``server`` is connected to: with a host list (host=a,b) the entry alone does not say."""
+    peer = server.transport.get_extra_info("peername") if server.transport is not None else None
+    return str(peer[0]) if isinstance(peer, tuple) else host_list(db.host)[0]
+
+
+async def send_cancel(host: str | None, port: int, key: tuple[int, int], timeout: float) -> None:
+    """A CancelRequest for the backend with ``key``, on a connection of its own, to its host."""
+    try:
+        async with asyncio.timeout(timeout or None):
+            tcp = _tcp_host(host)
+            if tcp is not None:
+                _, writer = await asyncio.open_connection(tcp, port)
+            else:
+                _, writer = await asyncio.open_unix_connection(socket_path(host or "/tmp", port))
+            writer.write(pq.cancel_request(*key))
+            await writer.drain()
+            writer.close()
+            await writer.wait_closed()
+    except (OSError, TimeoutError) as exc:
+        log.warning("cancel request failed", error=str(exc))
