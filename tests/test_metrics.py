@@ -156,7 +156,7 @@ def test_sub_millisecond_queries_land_in_sub_millisecond_buckets(pooler: Running
 
 def test_errors_are_counted_by_kind(pooler: RunningPooler) -> None:
     for _ in range(2):
-        with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        with pytest.raises(psycopg.OperationalError, match="SASL authentication failed"):
             psycopg.connect(pooler.dsn(password="wrong"))
     with pytest.raises(psycopg.OperationalError, match="unsupported startup parameter"):
         psycopg.connect(pooler.dsn(options="-c work_mem=1MB"))

@@ -39,6 +39,10 @@ from pooler.wire.messages import (
     error_response,
 )
 
+#: PgBouncer's words for a failed client login (src/client.c): md5/plain, SCRAM, an unknown SASL mechanism.
+PASSWORD_FAILED = "password authentication failed"
+SASL_FAILED = "SASL authentication failed"
+INVALID_MECHANISM = "client selected an invalid SASL authentication mechanism"
 #: PgBouncer's words when ``auth_type = trust`` meets a name it does not know (src/client.c).
 TRUST_FAILED = '"trust" authentication failed'
 #: PgBouncer's words when ``auth_type = any`` meets a database without a forced user.
@@ -314,7 +318,8 @@ class ClientAuth:
         if not nul or len(rest) < 4:
             raise ValueError("SASLInitialResponse is truncated")
         if mechanism.decode() != SCRAM_SHA_256:
-            return self._failure(f"client chose SASL mechanism {mechanism.decode()!r}, not {SCRAM_SHA_256}")
+            return self._failure(f"client chose SASL mechanism {mechanism.decode()!r}, not {SCRAM_SHA_256}",
+                                 message=INVALID_MECHANISM)
         (length,) = _INT32.unpack_from(rest)
         if length != len(rest) - 4:
             raise ValueError("SASLInitialResponse length does not match its data")
@@ -392,9 +397,12 @@ class ClientAuth:
         send += AUTH_OK_MESSAGE
         return AuthStep(send, done=True, ok=True, password=self._plain, scram_keys=scram_keys)
 
-    def _failure(self, detail: str) -> AuthStep:
+    def _failure(self, detail: str, *, message: str | None = None) -> AuthStep:
+        """A FATAL in PgBouncer's words (src/client.c): one text for every cause of a password or SCRAM
+        failure, so an unknown user cannot be told from a wrong password; ``detail`` is only logged."""
+        if message is None:
+            message = SASL_FAILED if self._stage in (_Stage.SASL_INITIAL, _Stage.SASL_FINAL) else PASSWORD_FAILED
         self._stage = _Stage.DONE
-        message = f'password authentication failed for user "{self.user}"'
         send = error_response("28P01", message, severity="FATAL")
         return AuthStep(send, done=True, ok=False, detail=detail)
 
