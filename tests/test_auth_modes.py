@@ -43,12 +43,16 @@ def test_trust_refuses_a_name_missing_from_auth_file_even_with_a_forced_user(pos
 
 
 def test_any_takes_any_name_for_a_forced_user_database_only(postgres: PostgresServer) -> None:
-    config = make_config(postgres, databases=forced_databases(postgres), auth_type=AuthType.ANY)
+    config = make_config(postgres, databases=forced_databases(postgres), auth_type=AuthType.ANY, admin_users=("ops",))
     with running_pooler(config) as p:
         with psycopg.connect(p.dsn(user="zz_not_in_auth_file", password=None), autocommit=True) as conn:
             assert conn.execute("select current_user").fetchone() == (APP_USER,)  # runs as the forced user
         fields = refused(p.port, "zz_not_in_auth_file", "unforced")
         assert (fields["C"], fields["M"]) == ("08P01", "bouncer config error")
+        with psycopg.connect(p.dsn("pgbouncer", "ops", None), autocommit=True) as console:  # admin_users: in
+            assert console.execute("SHOW VERSION").fetchone() is not None
+        fields = refused(p.port, "zz_not_in_auth_file", "pgbouncer")  # not an admin or stats user
+        assert fields["M"] == "not allowed"
 
 
 def test_login_refusal_rules() -> None:

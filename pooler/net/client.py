@@ -653,7 +653,8 @@ class ClientConnection(asyncio.Protocol):
         """Start the exchange once the user's secret is known (possibly after an auth_query)."""
         if self.state != ClientState.AUTH:
             return
-        refusal = login_refusal(auth_type, secret, forced_user=self.db is not None and bool(self.db.user))
+        # The admin console (no db entry) forces its own user, as PgBouncer's: any lets admin_users in.
+        refusal = login_refusal(auth_type, secret, forced_user=self.db is None or bool(self.db.user))
         if refusal is not None:
             self.fatal("08P01", refusal)
             return
