@@ -330,3 +330,13 @@ def test_auth_dbname_runs_auth_query_in_the_named_database(postgres: PostgresSer
     with running_pooler(make_config(postgres, databases=dbs, **base)) as p, \
             psycopg.connect(p.dsn(), autocommit=True) as conn:  # per database
         assert conn.execute("select 1").fetchone() == (1,)
+
+
+def test_unknown_database_is_told_only_after_authentication(postgres: PostgresServer) -> None:
+    """PgBouncer authenticates against a fake database first: a stranger learns nothing about names."""
+    dbs = {APP_DB: DatabaseConfig(APP_DB, host=postgres.host, port=postgres.port)}
+    with running_pooler(make_config(postgres, databases=dbs)) as p:
+        error = fatal_of(lambda: psycopg.connect(p.dsn("nope", password="wrong")))
+        assert "FATAL:  SASL authentication failed" in str(error)  # not "no such database"
+        error = fatal_of(lambda: psycopg.connect(p.dsn("nope")))
+        assert "FATAL:  no such database: nope" in str(error)

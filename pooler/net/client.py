@@ -634,8 +634,10 @@ class ClientConnection(asyncio.Protocol):
             return
         db = find_database(self.pooler.config, self.database)
         if db is None:
-            self.fatal("3D000", f"no such database: {self.database}",
-                       hint="add it to [databases] in the pooler config, or define a \"*\" fallback entry")
+            # As PgBouncer: authenticate first, then say "no such database" (see _auth_step), so that
+            # which databases exist is not told to whoever knocks.
+            self.state = ClientState.AUTH
+            self.begin_auth(settings.auth_type, self.pooler.lookup_secret(user))
             return
         self.db = db
         refusal = self.pooler.admit_client(self, db)
@@ -676,8 +678,12 @@ class ClientConnection(asyncio.Protocol):
             self.close()
             return
         self.state = ClientState.WELCOME
-        if self.db is None:  # only the admin console logs in without a database entry
-            self.pooler.admin_login(self)
+        if self.db is None:  # the admin console, or a database that does not exist
+            if self.database == ADMIN_DATABASE:
+                self.pooler.admin_login(self)
+            else:
+                self.fatal("3D000", f"no such database: {self.database}",
+                           hint="add it to [databases] in the pooler config, or define a \"*\" fallback entry")
             return
         self.pooler.client_authenticated(self, self.db, step)
 
