@@ -589,9 +589,11 @@ class Pooler:
         if server.state != ServerState.ACTIVE:
             return
         # PgBouncer's words (src/janitor.c): "query timeout", "idle transaction timeout", "transaction timeout".
-        if server.ledger.pending:
+        if server.ledger.pending or client.sending_partial():
+            # A message stalled halfway counts as a query in flight: it holds the server all the same.
             limit = cfg.effective_query_timeout(self.config, client.user)
-            if limit and now - server.request_started > limit:
+            since = server.request_started if server.ledger.pending else client.held_since
+            if limit and now - since > limit:
                 client.fatal("08P01", "query timeout", hint="the query ran longer than query_timeout")
                 return
         elif server.ledger.in_transaction():
