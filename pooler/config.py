@@ -95,6 +95,7 @@ class Settings:
     listen_addr: str = "127.0.0.1"
     listen_port: int = 6432
     direct_port: int = 0  # ours: the unpooled endpoint; 0 = off
+    http_port: int = 0  # ours: a port for SQL over HTTP and WebSocket only (the pooled port serves them too)
     unix_socket_dir: str = ""
     listen_backlog: int = 128
     so_reuseport: bool = False
@@ -144,6 +145,10 @@ class Settings:
     max_packet_size: int = 2147483647
     sbuf_loopcnt: int = 5
     tcp_keepalive: bool = True
+    http_max_header_size: int = 16384  # ours: request line + headers of an HTTP request (431 beyond)
+    http_max_body_size: int = 10485760  # ours: body of POST /sql (413 beyond), Neon's 10 MiB
+    http_max_response_size: int = 10485760  # ours: rows of one /sql answer (507 beyond), Neon's 10 MiB
+    websocket_max_frame_size: int = 16777216  # ours: one WebSocket frame's payload (close 1009 beyond)
 
     # Logging and metrics
     log_connections: bool = True
@@ -406,6 +411,11 @@ def _build_setting_converters() -> dict[str, _Converter]:
         "listen_port": _int_converter(1, _PORT_MAX, port=True),
         "direct_port": _int_converter(0, _PORT_MAX, port=True),
         "metrics_port": _int_converter(0, _PORT_MAX, port=True),
+        "http_port": _int_converter(0, _PORT_MAX, port=True),
+        "http_max_header_size": _int_converter(1024),
+        "http_max_body_size": _int_converter(1024),
+        "http_max_response_size": _int_converter(1024),
+        "websocket_max_frame_size": _int_converter(1024),
         "max_packet_size": _int_converter(1024, _MAX_PACKET_SIZE_LIMIT),
         "workers": _int_converter(1, 16),  # the cancel key has 4 bits for the worker (pooler.runtime.workers)
         "pkt_buf": _int_converter(1),

@@ -43,8 +43,8 @@ ADMIN_USER = "pgbouncer"
 
 #: Settings that only take effect at start: a RELOAD or SET keeps the running value (and says so).
 RESTART_ONLY_SETTINGS = frozenset({
-    "listen_addr", "listen_port", "direct_port", "unix_socket_dir", "listen_backlog", "so_reuseport", "workers",
-    "metrics_port", "pidfile",
+    "listen_addr", "listen_port", "direct_port", "http_port", "unix_socket_dir", "listen_backlog", "so_reuseport",
+    "workers", "metrics_port", "pidfile",
 })  # fmt: skip
 
 _SERVER_STATES = {
