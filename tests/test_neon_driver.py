@@ -174,4 +174,4 @@ def test_ws_cancel(ws: dict[str, Any]) -> None:
 
 def test_ws_wrong_password(ws: dict[str, Any]) -> None:
     err = error(ws, "wrongPassword")
-    assert err["code"] == "28P01"
+    assert err["code"] == "28P01" and err["message"] == f'password authentication failed for user "{APP_USER}"'

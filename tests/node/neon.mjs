@@ -145,9 +145,18 @@ if (mode === 'http') {
   });
   await scenario('wrongPassword', async () => {
     const client = new Client(withPassword(url, 'wrong'));
-    client.on('error', () => {}); // the FATAL also arrives as an 'error' event once connect() has failed
-    await client.connect();
-    await client.end();
+    let event = null;
+    client.on('error', (err) => { event = err; }); // a pipelined connect resolves before the login is checked
+    try {
+      await client.connect();
+      await client.query('SELECT 1');
+    } catch (err) {
+      throw err;
+    } finally {
+      await client.end().catch(() => {});
+    }
+    if (event) throw event;
+    return 'logged in';
   });
 } else if (mode === 'drizzle') {
   const { drizzle } = await import('drizzle-orm/neon-http');
