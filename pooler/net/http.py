@@ -5,8 +5,9 @@ installed either by a listener (``http_port``) or by a ``ClientConnection`` whos
 HTTP request line (the pooled port serves Postgres and HTTP alike; see ``take_over``). It only ever
 sees plaintext bytes through its transport, so it sits unchanged on a TLS transport.
 
-One request at a time: when a request is complete, reading pauses until its answer is written (HTTP/1.1
-pipelining is served in order, and a client cannot make us buffer more than one request). ``POST /sql``
+One request at a time: a request that arrives while another is answered waits in h11 (HTTP/1.1 pipelining
+is served in order); reading goes on, so a client that leaves is noticed (and its query cancelled) at
+once, but pauses once more than a request's worth of bytes is waiting. ``POST /sql``
 goes to a ``SqlSession`` (pooler.net.sql) kept for the connection's lifetime while the connection string
 stays the same; a ``GET`` with ``Upgrade: websocket`` (any path, as Neon accepts) hands the transport to
 ``WebSocketConnection`` (pooler.net.websocket).
@@ -74,6 +75,7 @@ class HttpConnection(asyncio.Protocol):
         self._request: h11.Request | None = None
         self._body = bytearray()
         self._upgrade = False
+        self._unread = 0  # bytes received while a request is being answered
 
     @classmethod
     def take_over(cls, pooler: HttpHost, transport: asyncio.Transport, data: bytes) -> HttpConnection:
@@ -104,6 +106,13 @@ class HttpConnection(asyncio.Protocol):
         if self.phase == Phase.IDLE:
             self.phase = Phase.READING
             self.since = self.pooler.clock()
+        elif self.phase == Phase.BUSY:
+            # Pipelined requests wait in h11 until the answer is out. Reading goes on (so a client that
+            # leaves is noticed and its query cancelled) until a request's worth of bytes is waiting.
+            self._unread += len(data)
+            settings = self.pooler.config.settings
+            if self._unread > settings.http_max_header_size + settings.http_max_body_size and self.transport:
+                self.transport.pause_reading()
         self.h11.receive_data(data)
         self._process()
 
@@ -189,8 +198,8 @@ class HttpConnection(asyncio.Protocol):
             self._respond(200, b"", _CORS_HEADERS, content_type=None)
             return
         self.phase = Phase.BUSY
+        self._unread = 0
         assert self.transport is not None
-        self.transport.pause_reading()  # one request at a time
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.headers}
         try:
             sql = neon_sql.parse_request(headers, bytes(self._body))
@@ -249,6 +258,7 @@ class HttpConnection(asyncio.Protocol):
 
     def _respond(self, status: int, body: bytes, extra: list[tuple[str, str]], *, close: bool = False,
                  content_type: str | None = "application/json") -> None:
+        settings = self.pooler.config.settings
         transport = self.transport
         if transport is None or self.phase == Phase.CLOSED:
             return
@@ -280,7 +290,9 @@ class HttpConnection(asyncio.Protocol):
         self.phase = Phase.IDLE
         self.since = self.pooler.clock()
         self._request = None
-        transport.resume_reading()
+        if self._unread > settings.http_max_header_size + settings.http_max_body_size:
+            transport.resume_reading()
+        self._unread = 0
         asyncio.get_running_loop().call_soon(self._process)  # a pipelined next request, not recursively
 
     def _close(self) -> None:
