@@ -16,7 +16,7 @@ from backends import Activity, wait_until
 from harness import RunningPooler, free_port, make_config, running_pooler
 from httpclient import HttpClient, Reply
 from opshelp import BLOCKED_QUERY, blocking, show
-from support import APP_DB, APP_USER, MD5_PASSWORD, MD5_USER, PostgresServer
+from support import APP_DB, APP_USER, MD5_PASSWORD, MD5_USER, OTHER_DB, PostgresServer
 
 from pooler.wire.auth import AuthType
 
@@ -143,8 +143,8 @@ async def test_keep_alive_connection_logs_in_once(pooler: RunningPooler) -> None
             assert reply.status == 200
             ids |= pooler.call(lambda p: {c.id for c in p.clients if c.cleartext})
         assert len(ids) == 1  # one pooled client served all three requests
-        other = await client.sql(pooler.dsn(MD5_USER and APP_DB), {"query": "SELECT current_user"})
-        assert other.json["rows"] == [[APP_USER]]
+        other = await client.sql(pooler.dsn(OTHER_DB), {"query": "SELECT current_database()"})
+        assert other.json["rows"] == [[OTHER_DB]]  # another connection string: another session
     finally:
         await client.close()
 
