@@ -21,6 +21,7 @@ from pooler.config import Config, ConfigError, DatabaseConfig, UserlistEntry, lo
 from pooler.log import configure, log
 from pooler.runtime.workers import SINGLE, Worker, run_workers, worker_config
 from pooler.wire.auth import AuthType
+from pooler.wire.neon_sql import driver_config
 
 #: Exit code for a config that cannot be used (nothing started).
 EXIT_BAD_CONFIG = 2
@@ -136,7 +137,7 @@ def _up(args: argparse.Namespace) -> int:
         def announce() -> None:
             if args.env_file:  # first, so whoever reads the printed URLs finds the file written too
                 Path(args.env_file).write_text(urls)
-            sys.stdout.write(urls)
+            sys.stdout.write(urls + driver_config(host, args.port))
             sys.stdout.flush()
 
         return _serve(config, on_ready=announce)

@@ -466,3 +466,19 @@ def _array_items(text: str, element: int) -> tuple[list[Any], str]:
         if text.startswith("}"):
             return items, text[1:].lstrip()
         raise ValueError("unbalanced array")
+
+
+# --- The driver's configuration -------------------------------------------------------------------
+
+
+def driver_config(host: str, port: int) -> str:
+    """The ``neonConfig`` lines that point ``@neondatabase/serverless`` at a local plaintext endpoint
+    (what ``pooler up`` prints; the README explains each). Node.js < 22 also needs
+    ``neonConfig.webSocketConstructor = ws`` from the ``ws`` package."""
+    return (
+        "// @neondatabase/serverless: SQL over HTTP and WebSocket on the pooled port\n"
+        f"neonConfig.fetchEndpoint = 'http://{host}:{port}/sql';\n"
+        f"neonConfig.wsProxy = (host) => `${{host}}:{port}/v2`;\n"
+        "neonConfig.useSecureWebSocket = false;\n"
+        "neonConfig.pipelineTLS = false;\n"
+    )
