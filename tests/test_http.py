@@ -18,6 +18,7 @@ from httpclient import HttpClient, Reply
 from opshelp import BLOCKED_QUERY, blocking, show
 from support import APP_DB, APP_USER, MD5_PASSWORD, MD5_USER, OTHER_DB, PostgresServer
 
+from pooler.config import UserlistEntry
 from pooler.wire.auth import AuthType
 
 
@@ -255,6 +256,26 @@ async def test_password_checked_against_an_md5_secret(postgres: PostgresServer) 
         assert ok.status == 200 and ok.json["rows"] == [[MD5_USER]]
         bad = await sql(p, {"query": "SELECT 1"}, url=p.dsn(APP_DB, MD5_USER, "nope"))
         assert bad.status == 400 and bad.json["code"] == "28P01"
+
+
+async def test_password_checked_through_auth_query(postgres: PostgresServer) -> None:
+    """Only the auth user is in the userlist: app's SCRAM verifier comes from auth_query, as for a TCP login."""
+    config = make_config(postgres, userlist=(UserlistEntry(postgres.superuser, postgres.superuser_password),),
+                         auth_user=postgres.superuser)
+    with running_pooler(config) as p:
+        ok = await sql(p, {"query": "SELECT current_user"})
+        assert ok.status == 200 and ok.json["rows"] == [[APP_USER]]
+        bad = await sql(p, {"query": "SELECT 1"}, url=p.dsn(password="wrong-password"))
+        assert bad.status == 400 and bad.json["code"] == "28P01"
+        assert bad.json["message"] == f'password authentication failed for user "{APP_USER}"'
+
+
+async def test_admin_console_and_jwt_are_refused_clearly(pooler: RunningPooler) -> None:
+    admin = await sql(pooler, {"query": "SHOW POOLS"}, url=pooler.dsn("pgbouncer"))
+    assert admin.status == 400 and "admin console" in admin.json["message"]
+    jwt = await sql(pooler, {"query": "SELECT 1"}, url=pooler.dsn(password=None),
+                    headers={"Authorization": "Bearer eyJ0eXAiOiJKV1QifQ.e30.x"})
+    assert jwt.status == 400 and "JWT" in jwt.json["message"] and jwt.json["code"] == "28000"
 
 
 async def test_session_state_checks_apply(postgres: PostgresServer) -> None:

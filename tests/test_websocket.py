@@ -15,6 +15,7 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Request, TextMessage
 
 from pooler.wire import messages as pq
+from pooler.wire.auth import AuthType
 
 
 @pytest.fixture(scope="module")
@@ -149,3 +150,17 @@ async def test_invalid_upgrade_is_answered_400(pooler: RunningPooler) -> None:
         assert head.startswith(b"HTTP/1.1 400 ") and b"invalid WebSocket upgrade" in head
     finally:
         writer.close()
+
+
+async def test_pipelined_password_under_trust_is_not_forwarded(postgres: PostgresServer) -> None:
+    with running_pooler(make_config(postgres, auth_type=AuthType.TRUST)) as p:
+        client = await WsClient.open(p.port)
+        try:
+            client.send(STARTUP + pq.password_message("anything") + pq.query("SELECT 'trusted'"))
+            messages = await client.messages(pq.READY_FOR_QUERY)
+            messages += await client.messages(pq.COMMAND_COMPLETE)
+            assert auth_codes(messages) == [pq.AUTH_OK]
+            assert not [kind for kind, _ in messages if kind == pq.ERROR_RESPONSE]
+            assert [pq.parse_data_row(p) for kind, p in messages if kind == pq.DATA_ROW] == [[b"trusted"]]
+        finally:
+            await client.close()

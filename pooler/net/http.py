@@ -30,6 +30,7 @@ from typing import Protocol, cast
 
 import h11
 
+from pooler.config import ADMIN_DATABASE
 from pooler.log import log
 from pooler.net.client import ClientHost
 from pooler.net.sql import SessionState, SqlSession
@@ -207,6 +208,10 @@ class HttpConnection(asyncio.Protocol):
             self._answer(exc.status, exc.fields, None, [])
             return
         self._body.clear()
+        if sql.target.database == ADMIN_DATABASE:
+            self._answer(400, {"M": "the admin console is not served over HTTP", "C": "08P01", "S": "ERROR",
+                               "H": f"connect with psql to the {ADMIN_DATABASE} database"}, None, [])
+            return
         session = self.session
         if session is not None and (session.state not in (SessionState.LOGIN, SessionState.READY)
                                     or session.target.key != sql.target.key):

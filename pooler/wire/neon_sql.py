@@ -175,6 +175,9 @@ def parse_request(headers: Mapping[str, str], body: bytes) -> SqlRequest:
         raise SqlRequestError(400, "missing Neon-Connection-String header",
                               hint="send the database URL (postgresql://user:password@host/dbname) in it")
     target = parse_connection_string(url)
+    if target.password is None and headers.get("authorization", "").lower().startswith("bearer "):
+        raise SqlRequestError(400, "JWT authentication (Authorization: Bearer) is not supported by the pooler",
+                              code="28000", hint="put the role's password in the connection string")
     level = headers.get(ISOLATION_LEVEL)
     if level is not None and level not in ISOLATION_LEVELS:
         raise SqlRequestError(400, "invalid isolation level", code="22023",
