@@ -9,6 +9,7 @@ import pytest
 
 from pooler.wire import messages as pq
 from pooler.wire import neon_sql as ns
+from pooler.wire.framing import MessageReader
 
 URL = "postgresql://alice:s%40cret@ep-x.localhost:5432/shop?application_name=app&sslmode=require"
 HEADERS = {"neon-connection-string": URL, "neon-raw-text-output": "true", "neon-array-mode": "true"}
@@ -47,7 +48,11 @@ def test_batch_messages_and_begin_statement() -> None:
     body = b'{"queries": [{"query": "SELECT 1"}, {"query": "SELECT $1", "params": ["2"]}]}'
     request = ns.parse_request(headers, body)
     assert ns.begin_statement(request) == "START TRANSACTION ISOLATION LEVEL SERIALIZABLE, READ ONLY, DEFERRABLE"
-    kinds = [chr(kind) for kind, _ in pq.split_messages(bytearray(ns.request_messages(request)))]
+    reader = MessageReader(1 << 20)
+    reader.feed(ns.request_messages(request))
+    kinds = []
+    while (message := reader.next_message()) is not None:
+        kinds.append(chr(message[0]))
     assert "".join(kinds) == "PBES" + "PDBES" * 2 + "PBES"
     assert request.echo_headers == [("Neon-Batch-Read-Only", "true"), ("Neon-Batch-Deferrable", "true"),
                                     ("Neon-Batch-Isolation-Level", "Serializable")]

@@ -16,6 +16,7 @@ from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Requ
 
 from pooler.wire import messages as pq
 from pooler.wire.auth import AuthType
+from pooler.wire.framing import MessageReader
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,7 @@ class WsClient:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
         self.ws = WSConnection(ConnectionType.CLIENT)
-        self.received = bytearray()
+        self.received = MessageReader(1 << 20)
         self.closed: CloseConnection | None = None
 
     @classmethod
@@ -57,7 +58,8 @@ class WsClient:
         out: list[tuple[int, bytes]] = []
         async with asyncio.timeout(timeout):
             while True:
-                out += pq.split_messages(self.received)
+                while (message := self.received.next_message()) is not None:
+                    out.append(message)
                 if any(kind == until for kind, _ in out) or self.closed is not None:
                     return out
                 data = await self.reader.read(65536)
@@ -66,7 +68,7 @@ class WsClient:
                 self.ws.receive_data(data)
                 for event in self.ws.events():
                     if isinstance(event, BytesMessage):
-                        self.received += event.data
+                        self.received.feed(bytes(event.data))
                     elif isinstance(event, CloseConnection):
                         self.closed = event
 
