@@ -153,34 +153,32 @@ async def test_keep_alive_connection_logs_in_once(pooler: RunningPooler) -> None
 # --- pooled, not a side door ------------------------------------------------------------------------
 
 
-@pytest.mark.usefixtures("no_leftover_backends")
-async def test_300_concurrent_requests_on_a_pool_of_5(postgres: PostgresServer, aactivity: Activity) -> None:
+async def test_300_concurrent_requests_on_a_pool_of_5(postgres: PostgresServer) -> None:
+    """Backends counted by the application_name the requests carry: only this pooler's backends."""
     with running_pooler(make_config(postgres, default_pool_size=5, max_client_conn=1000)) as pooler:
-        await _300_requests(pooler, aactivity)
+        peak = 0
+        done = asyncio.Event()
 
+        async def watch() -> None:
+            nonlocal peak
+            async with await psycopg.AsyncConnection.connect(postgres.dsn(), autocommit=True) as conn:
+                while not done.is_set():
+                    cur = await conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'http300'")
+                    row = await cur.fetchone()
+                    peak = max(peak, row[0] if row else 0)
+                    await asyncio.sleep(0.01)
 
-async def _300_requests(pooler: RunningPooler, aactivity: Activity) -> None:
-    peak = 0
-    done = asyncio.Event()
-
-    async def watch() -> None:
-        nonlocal peak
-        while not done.is_set():
-            peak = max(peak, len(await aactivity.arows()))
-            await asyncio.sleep(0.01)
-
-    before = pooler.call(lambda p: p.pools[(APP_DB, APP_USER)].stats.xact_count if (APP_DB, APP_USER) in p.pools
-                         else 0)
-    watcher = asyncio.create_task(watch())
-    replies = await asyncio.gather(*(sql(pooler, {"query": "SELECT $1::int, pg_sleep(0.005)", "params": [str(i)]})
-                                     for i in range(300)))
-    done.set()
-    await watcher
-    assert [r.status for r in replies] == [200] * 300
-    assert sorted(int(r.json["rows"][0][0]) for r in replies) == list(range(300))
-    assert 0 < peak <= 5
-    after = pooler.call(lambda p: p.pools[(APP_DB, APP_USER)].stats.xact_count)
-    assert after - before >= 300  # counted in SHOW STATS like any client's transactions
+        url = pooler.dsn(application_name="http300")
+        watcher = asyncio.create_task(watch())
+        replies = await asyncio.gather(*(sql(pooler, {"query": "SELECT $1::int, pg_sleep(0.005)", "params": [str(i)]},
+                                             url=url) for i in range(300)))
+        done.set()
+        await watcher
+        assert [r.status for r in replies] == [200] * 300
+        assert sorted(int(r.json["rows"][0][0]) for r in replies) == list(range(300))
+        assert 0 < peak <= 5
+        xacts = pooler.call(lambda p: p.pools[(APP_DB, APP_USER)].stats.xact_count)
+        assert xacts >= 300  # counted in SHOW STATS like any client's transactions
 
 
 async def test_query_wait_timeout_answers_a_queued_request(postgres: PostgresServer) -> None:

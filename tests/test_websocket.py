@@ -8,6 +8,7 @@ import asyncio
 import struct
 from collections.abc import Iterator
 
+import psycopg
 import pytest
 from harness import RunningPooler, free_port, make_config, running_pooler
 from support import APP_DB, APP_PASSWORD, APP_USER, PostgresServer
@@ -135,9 +136,11 @@ async def test_oversized_frame_closes_with_1009(pooler: RunningPooler) -> None:
 async def test_websocket_on_http_port_and_frames_split_anywhere(pooler: RunningPooler) -> None:
     client = await WsClient.open(pooler.call(lambda p: p.ports["http"]))
     try:
-        data = STARTUP + pq.password_message(APP_PASSWORD) + pq.query("SELECT 'split'")
-        for i in range(0, len(data), 7):  # frame boundaries inside messages, as the driver's may be
-            client.send(data[i : i + 7])
+        client.send(STARTUP[:5])  # the StartupMessage across two frames
+        client.send(STARTUP[5:] + pq.password_message(APP_PASSWORD))
+        data = pq.query("SELECT 'split'")
+        for i in range(0, len(data), 3):  # frame boundaries inside a message, as the driver's may be
+            client.send(data[i : i + 3])
         messages = await client.messages(pq.COMMAND_COMPLETE)
         assert [pq.parse_data_row(p) for kind, p in messages if kind == pq.DATA_ROW] == [[b"split"]]
     finally:
@@ -166,3 +169,38 @@ async def test_pipelined_password_under_trust_is_not_forwarded(postgres: Postgre
             assert [pq.parse_data_row(p) for kind, p in messages if kind == pq.DATA_ROW] == [[b"trusted"]]
         finally:
             await client.close()
+
+
+async def test_300_websockets_share_a_pool_of_5(postgres: PostgresServer) -> None:
+    """Counted by application_name, which each client's backend takes on: only this pooler's backends."""
+    with running_pooler(make_config(postgres, default_pool_size=5, max_client_conn=1000)) as p:
+        peak = 0
+        done = asyncio.Event()
+        startup = pq.startup_message({"user": APP_USER, "database": APP_DB, "application_name": "ws300"})
+
+        async def watch() -> None:
+            nonlocal peak
+            async with await psycopg.AsyncConnection.connect(postgres.dsn(), autocommit=True) as conn:
+                while not done.is_set():
+                    cur = await conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'ws300'")
+                    row = await cur.fetchone()
+                    peak = max(peak, row[0] if row else 0)
+                    await asyncio.sleep(0.01)
+
+        async def one(i: int) -> list[bytes | None]:
+            client = await WsClient.open(p.port)
+            try:
+                client.send(startup + pq.password_message(APP_PASSWORD) + pq.query(f"SELECT {i}, pg_sleep(0.005)"))
+                messages = await client.messages(pq.COMMAND_COMPLETE, timeout=30)
+                rows = [pq.parse_data_row(payload) for kind, payload in messages if kind == pq.DATA_ROW]
+                assert len(rows) == 1, messages
+                return rows[0]
+            finally:
+                await client.close()
+
+        watcher = asyncio.create_task(watch())
+        rows = await asyncio.gather(*(one(i) for i in range(300)))
+        done.set()
+        await watcher
+        assert sorted(int(row[0] or b"-1") for row in rows) == list(range(300))
+        assert 0 < peak <= 5

@@ -59,7 +59,8 @@ class WebSocketConnection(asyncio.Protocol):
         self.client.http_ok = False
         self.pipe = PipeTransport(transport, self.client, self._send_binary, self._closed_by_client)
         self._frame_bytes = 0
-        self._first = True
+        self._first = b""  # the bytes before the StartupMessage is whole (None once it was)
+        self._deciding = True
         self._close_code = CLOSE_NORMAL
         self._close_reason = ""
 
@@ -139,8 +140,14 @@ class WebSocketConnection(asyncio.Protocol):
         if not chunks:
             return
         data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        if self._first and data:
-            self._first = False
+        if self._deciding:
+            # Wait for the whole StartupMessage, then look at what came with it.
+            data = self._first = self._first + data
+            length = pq.read_int32(data) if len(data) >= 4 else 0
+            if len(data) < 4 or (8 <= length <= pq.MAX_STARTUP_PACKET and len(data) < length):
+                return
+            self._deciding = False
+            self._first = b""
             self.client.cleartext = _pipelined_password(data)
         self.pipe.feed(data)
 
