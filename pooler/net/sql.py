@@ -159,14 +159,11 @@ class SqlSession:
 
     def _closed_by_pooler(self) -> None:
         """The pooled client hung up (a FATAL it already wrote, or a Terminate we sent)."""
-        was = self.state
         self.state = SessionState.CLOSED
         if self._reply is None:
             return
         collector = self._collector
         error = (collector.error if collector is not None else None) or self._login_error
-        if error is None and was == SessionState.LOGIN:
-            error = self._login_error
         if error is not None:
             self._finish(400, error, None)
         else:
