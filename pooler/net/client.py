@@ -19,7 +19,7 @@ import struct
 import sys
 from bisect import bisect_left
 from collections.abc import Callable
-from typing import Protocol, cast
+from typing import Protocol, TypeAlias, cast
 
 from pooler.config import ADMIN_DATABASE, Config, DatabaseConfig, PoolMode, find_database
 from pooler.core.parameters import TrackedParameters
@@ -41,6 +41,7 @@ from pooler.net.server import WRITE_BUFFER_HIGH, WRITE_BUFFER_LOW, ServerConnect
 from pooler.wire import messages as pq
 from pooler.wire.auth import AuthStep, AuthType, ClientAuth
 from pooler.wire.framing import BadLengthError, MessageReader
+from pooler.wire.handshake import Refusal, read_login
 
 _unpack_length = struct.Struct("!i").unpack_from
 _SESSION_STATE_CHECKER = SessionStateChecker()  # one parse cache for the whole pooler
@@ -52,8 +53,6 @@ HOLD_LIMIT = 256 * 1024
 #: The largest authentication message we accept (SASL messages are a few hundred bytes).
 MAX_AUTH_MESSAGE = 10_000
 
-#: Startup parameters accepted without configuration (PgBouncer's list) besides tracked GUCs.
-_STARTUP_KEYS = frozenset({"user", "database", "replication", "options"})
 
 
 class ClientState(enum.IntEnum):
@@ -627,25 +626,15 @@ class ClientConnection(asyncio.Protocol):
             self.fatal("53300", "no more connections allowed (max_client_conn)",
                        hint="raise max_client_conn, or close idle connections in the app")
             return
-        if startup.major != 3:
-            self.fatal(
-                "0A000",
-                f"unsupported frontend protocol {startup.major}.{startup.minor}: server supports 3.0 to 3.0",
-            )
-            return
-        params = startup.params
-        unsupported_options = [k for k in params if k.startswith("_pq_.")]
-        if startup.minor > 0 or unsupported_options:
-            self._negotiate = pq.negotiate_protocol_version(pq.PROTOCOL_3_0, unsupported_options)
-        user = params.get("user", "")
-        if not user:
-            self.fatal("28000", "no PostgreSQL user name specified in startup packet")
-            return
-        self.user = sys.intern(user)  # one string per name, not one per connection
-        self.database = sys.intern(params.get("database") or user)
-        if not self._check_startup_parameters(params):
-            return
         settings = self.pooler.config.settings
+        login = read_login(startup, self.pooler.parameters.canonical, settings.ignore_startup_parameters)
+        if isinstance(login, Refusal):
+            self.fatal(login.sqlstate, login.message, hint=login.hint)
+            return
+        self._negotiate = login.negotiate
+        user = self.user = sys.intern(login.user)  # one string per name, not one per connection
+        self.database = sys.intern(login.database)
+        self.startup_params = self.pooler.parameters.shared(login.tracked)[0] if login.tracked else _NO_PARAMS
         if self.database == ADMIN_DATABASE:
             # The admin console: authenticated like anyone (auth_file / auth_query), then handed over.
             self.state = ClientState.AUTH
@@ -676,43 +665,6 @@ class ClientConnection(asyncio.Protocol):
         self._auth_step(self.auth.start())
         if self._reader is not None and len(self._reader) and self.state == ClientState.AUTH:
             self._handshake_data(b"")
-
-    def _check_startup_parameters(self, params: dict[str, str]) -> bool:
-        settings = self.pooler.config.settings
-        canonical_name = self.pooler.parameters.canonical
-        ignored = settings.ignore_startup_parameters
-        startup: dict[str, str] = {}
-        for key, value in params.items():
-            canonical = canonical_name(key)
-            if canonical is not None:
-                startup[canonical] = value
-            elif key in _STARTUP_KEYS or key.startswith("_pq_.") or key in ignored:
-                continue
-            else:
-                self.fatal("08P01", f"unsupported startup parameter: {key}",
-                           hint=f"add {key} to ignore_startup_parameters in the pooler config")
-                return False
-        if params.get("replication", "false").lower() not in ("false", "off", "no", "0"):
-            self.fatal("08P01", "replication connections are not supported by the pooler",
-                       hint="connect to Postgres directly for replication")
-            return False
-        options = params.get("options", "")
-        if options:
-            parsed = _parse_options(options)
-            if parsed is None:
-                self.fatal("08P01", f"unsupported startup parameter in options: {options}",
-                           hint="only -c name=value settings of tracked parameters pass through the pooler")
-                return False
-            for key, value in parsed:
-                canonical = canonical_name(key)
-                if canonical is not None:
-                    startup[canonical] = value
-                elif key not in ignored:
-                    self.fatal("08P01", f"unsupported startup parameter in options: {key}",
-                               hint=f"add {key} to ignore_startup_parameters, or use the direct endpoint")
-                    return False
-        self.startup_params = self.pooler.parameters.shared(startup)[0] if startup else _NO_PARAMS
-        return True
 
     def _auth_step(self, step: AuthStep) -> None:
         if step.send:
@@ -766,27 +718,5 @@ def _quote(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def _parse_options(options: str) -> list[tuple[str, str]] | None:
-    """Parse libpq's ``options`` (``-c name=value`` / ``--name=value``); None when it holds anything else."""
-    tokens = options.replace("\\ ", "\x00").split()
-    result: list[tuple[str, str]] = []
-    i = 0
-    while i < len(tokens):
-        token = tokens[i].replace("\x00", " ")
-        if token == "-c" and i + 1 < len(tokens):
-            token = tokens[i + 1].replace("\x00", " ")
-            i += 1
-        elif token.startswith("-c") or token.startswith("--"):
-            token = token[2:]
-        else:
-            return None
-        name, sep, value = token.partition("=")
-        if not sep:
-            return None
-        result.append((name.replace("-", "_"), value))
-        i += 1
-    return result
-
-
 #: A pool of this process: servers are ServerConnections, clients ClientConnections.
-ClientPool = Pool[ServerConnection, ClientConnection]
+ClientPool: TypeAlias = Pool[ServerConnection, ClientConnection]

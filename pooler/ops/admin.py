@@ -29,12 +29,13 @@ from pooler.log import log
 from pooler.net.client import ClientState
 from pooler.ops import control, introspect
 from pooler.ops.metrics import VERSION_STRING
+from pooler.ops.stats_log import StatsPeriod
+from pooler.runtime.process import Pooler, ShutdownMode
 from pooler.wire import messages as pq
 from pooler.wire.framing import MessageReader
 
 if TYPE_CHECKING:
     from pooler.net.client import ClientConnection
-    from pooler.runtime.process import Pooler
 
 # --- the wire ------------------------------------------------------------------------------------------
 
@@ -168,10 +169,10 @@ def _stat_values(totals: introspect.Totals) -> list[int]:
     return out
 
 
-def show_stats(pooler: Pooler, which: str) -> bytes:
+def show_stats(pooler: Pooler, stats: StatsPeriod, which: str) -> bytes:
     """SHOW STATS / STATS_TOTALS / STATS_AVERAGES / TOTALS (times in µs, as PgBouncer)."""
     totals = introspect.by_database(pooler, introspect.pool_totals(pooler))
-    averages = pooler.stats_period.averages()
+    averages = stats.averages()
     if which == "stats":
         names = ["database", "total_server_assignment_count", "total_xact_count", "total_query_count",
                  "total_received", "total_sent", "total_xact_time", "total_query_time", "total_wait_time",
@@ -194,7 +195,7 @@ def show_stats(pooler: Pooler, which: str) -> bytes:
         return result(names, "s" + "N" * 12, rows)
     # totals: one row per figure, over all databases
     overall = introspect.Totals.sum(totals.values())
-    overall_avg = pooler.stats_period.overall_average()
+    overall_avg = stats.overall_average()
     labels = ["server_assignment_count", "xact_count", "query_count", "client_bytes", "server_bytes", "xact_time",
               "query_time", "wait_time", "ps_client_parse_count", "ps_server_parse_count", "ps_bind_count",
               "client_login_count"]
@@ -213,7 +214,7 @@ def _sockets(rows: list[introspect.ConnectionRow]) -> bytes:
     return result(_SOCKET_NAMES, _SOCKET_TYPES, [[getattr(r, n) for n in _SOCKET_NAMES] for r in rows])
 
 
-def show(pooler: Pooler, subject: str) -> bytes:
+def show(pooler: Pooler, stats: StatsPeriod, subject: str) -> bytes:
     """Every SHOW; raises AdminError for an unknown subject."""
     what = subject.lower()
     if what == "help":
@@ -248,11 +249,11 @@ def show(pooler: Pooler, subject: str) -> bytes:
     if what == "lists":
         return result(["list", "items"], "si", introspect.lists(pooler))
     if what == "state":
-        paused = pooler.paused or pooler.shutdown_mode == control.ShutdownMode.WAIT_FOR_SERVERS
+        paused = pooler.paused or pooler.shutdown_mode == ShutdownMode.WAIT_FOR_SERVERS
         return result(["key", "value"], "ss", [["active", "no" if paused else "yes"],
                                                 ["paused", "yes" if paused else "no"], ["suspended", "no"]])
     if what in ("stats", "stats_totals", "stats_averages", "totals"):
-        return show_stats(pooler, what)
+        return show_stats(pooler, stats, what)
     if what in _FAKE_PARAMETERS:
         return result([what], "s", [[_FAKE_PARAMETERS[what]]])
     if what in ("peers",):
@@ -289,7 +290,18 @@ def welcome_message(client: ClientConnection) -> bytes:
     return b"".join(out)
 
 
-def start_session(pooler: Pooler, client: ClientConnection) -> None:
+class AdminConsole:
+    """The console of one pooler process: what the composition root plugs into ``Pooler.on_admin_login``."""
+
+    def __init__(self, pooler: Pooler, stats: StatsPeriod) -> None:
+        self.pooler = pooler
+        self.stats = stats
+
+    def login(self, client: ClientConnection) -> None:
+        start_session(self.pooler, self.stats, client)
+
+
+def start_session(pooler: Pooler, stats: StatsPeriod, client: ClientConnection) -> None:
     """A client authenticated to database ``pgbouncer``: admit it to the console or refuse it."""
     settings = pooler.config.settings
     is_admin = client.user in settings.admin_users
@@ -302,7 +314,7 @@ def start_session(pooler: Pooler, client: ClientConnection) -> None:
         return
     client.state = ClientState.READY
     pooler.admin_sessions.add(client)
-    session = AdminSession(pooler, client, transport, admin=is_admin)
+    session = AdminSession(pooler, stats, client, transport, admin=is_admin)
     transport.set_protocol(session)
     transport.write(welcome_message(client))
     if settings.log_connections:
@@ -315,9 +327,10 @@ def start_session(pooler: Pooler, client: ClientConnection) -> None:
 class AdminSession(asyncio.Protocol):
     """The console's protocol for one connection, installed with ``transport.set_protocol``."""
 
-    def __init__(self, pooler: Pooler, client: ClientConnection, transport: asyncio.Transport, *,
-                 admin: bool) -> None:
+    def __init__(self, pooler: Pooler, stats: StatsPeriod, client: ClientConnection, transport: asyncio.Transport,
+                 *, admin: bool) -> None:
         self.pooler = pooler
+        self.stats = stats
         self.client = client
         self.transport: asyncio.Transport | None = transport
         self.admin = admin
@@ -458,7 +471,7 @@ class AdminSession(asyncio.Protocol):
         if verb in ("show", "select"):
             if arg is None:
                 raise AdminError("SHOW needs a subject", hint=COMMANDS_HINT)
-            return show(pooler, arg)
+            return show(pooler, self.stats, arg)
         if verb == "set":
             assert arg is not None and command.value is not None
             return self._set(arg, command.value)
@@ -529,14 +542,14 @@ class AdminSession(asyncio.Protocol):
         return self._after(control.wait_close(self.pooler, arg), "WAIT_CLOSE")
 
     def _shutdown(self, arg: str | None) -> _Response:
-        modes = {None: control.ShutdownMode.IMMEDIATE, "wait_for_servers": control.ShutdownMode.WAIT_FOR_SERVERS,
-                 "wait_for_clients": control.ShutdownMode.WAIT_FOR_CLIENTS}
+        modes = {None: ShutdownMode.IMMEDIATE, "wait_for_servers": ShutdownMode.WAIT_FOR_SERVERS,
+                 "wait_for_clients": ShutdownMode.WAIT_FOR_CLIENTS}
         key = arg.lower() if arg is not None else None
         if key not in modes:
             raise AdminSyntaxError(f"invalid command 'SHUTDOWN {arg}', use SHOW HELP;")
         mode = modes[key]
-        self.pooler.start_shutdown(mode)
-        if mode == control.ShutdownMode.IMMEDIATE:
+        control.start_shutdown(self.pooler, mode)
+        if mode == ShutdownMode.IMMEDIATE:
             return asyncio.get_running_loop().create_future()  # never answered: the connection closes
         return pq.command_complete("SHUTDOWN")
 

@@ -41,12 +41,6 @@ if TYPE_CHECKING:
 #: The user PgBouncer shows for the admin console's own pool and database entry.
 ADMIN_USER = "pgbouncer"
 
-#: Settings that only take effect at start: a RELOAD or SET keeps the running value (and says so).
-RESTART_ONLY_SETTINGS = frozenset({
-    "listen_addr", "listen_port", "direct_port", "http_port", "unix_socket_dir", "listen_backlog", "so_reuseport",
-    "workers", "metrics_port", "pidfile",
-})  # fmt: skip
-
 _SERVER_STATES = {
     ServerState.ACTIVE: "active",
     ServerState.IDLE: "idle",
@@ -490,5 +484,5 @@ def config_rows(settings: Settings) -> list[tuple[str, str, str, str]]:
     rows = []
     for f in sorted(dataclasses.fields(Settings), key=lambda f: f.name):
         rows.append((f.name, format_setting(getattr(settings, f.name)), format_setting(getattr(defaults, f.name)),
-                     "no" if f.name in RESTART_ONLY_SETTINGS else "yes"))
+                     "no" if f.name in cfg.RESTART_ONLY_SETTINGS else "yes"))
     return rows

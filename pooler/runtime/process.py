@@ -10,24 +10,23 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import enum
 import secrets
 import socket
 import time
 from collections.abc import Callable, Coroutine, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pooler import config as cfg
+from pooler.config import RESTART_ONLY_SETTINGS
 from pooler.core.parameters import TrackedParameters
 from pooler.core.pool import Pool, PoolServer, ServerState
 from pooler.core.prepared import StatementCache
+from pooler.core.stats import error_kind
 from pooler.log import configure_from_settings, log
 from pooler.net.client import ClientConnection, ClientPool, ClientState
 from pooler.net.http import HttpConnection
 from pooler.net.server import ServerConnection
-from pooler.ops import control
-from pooler.ops.introspect import RESTART_ONLY_SETTINGS
-from pooler.ops.metrics import MetricsServer, error_kind
-from pooler.ops.stats_log import StatsPeriod
 from pooler.runtime import upstream
 from pooler.runtime.workers import SINGLE, WORKER_BITS, Worker
 from pooler.wire import messages as pq
@@ -36,6 +35,24 @@ from pooler.wire.framing import MessageReader
 
 if TYPE_CHECKING:
     from pooler.config import Config, DatabaseConfig
+
+
+class ShutdownMode(enum.StrEnum):
+    """PgBouncer's three ways to stop (see pooler.ops.control)."""
+
+    IMMEDIATE = "immediate"
+    WAIT_FOR_SERVERS = "wait_for_servers"
+    WAIT_FOR_CLIENTS = "wait_for_clients"
+
+
+class Service(Protocol):
+    """Something that starts and stops with the pooler; ``start`` returns the port it listens on, if any."""
+
+    name: str
+
+    async def start(self) -> int | None: ...
+
+    def close(self) -> None: ...
 
 
 class Pooler:
@@ -68,15 +85,17 @@ class Pooler:
         self.paused = False
         self.paused_dbs: set[str] = set()
         self.disabled_dbs: set[str] = set()
-        self.shutdown_mode: control.ShutdownMode | None = None
+        self.shutdown_mode: ShutdownMode | None = None
         self.finished = asyncio.Event()  # set once the pooler has shut down (any mode)
         self.config_loader: Callable[[], Config] | None = None  # what RELOAD / SIGHUP re-read
         self.error_counts: dict[str, int] = {}  # pooler_errors_total{kind}
         self.login_counts: dict[tuple[str, str], int] = {}  # SHOW STATS' client_login_count, per pool key
         self.server_ids: dict[ServerConnection, int] = {}  # SHOW SERVERS' id, handed out on first sight
         self._server_seq = 0
-        self.stats_period = StatsPeriod(self)
-        self.metrics: MetricsServer | None = None
+        #: What the composition root (pooler.cli.assemble) plugs in: listeners of its own (metrics) and periodic
+        #: work (the stats period) started and stopped with the pooler, and the admin console's entry.
+        self.services: list[Service] = []
+        self.on_admin_login: Callable[[ClientConnection], None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._apply(config, self._read_userlist(config))
 
@@ -160,15 +179,15 @@ class Pooler:
             relay = await loop.create_unix_server(
                 lambda: _CancelRelay(self), self.worker.cancel_socket(self.worker.index))
             self.listeners.append(relay)
-        if s.metrics_port:
-            self.metrics = MetricsServer(self)
+        for service in self.services:
             try:
-                self.ports["metrics"] = await self.metrics.start(s.listen_addr, s.metrics_port)
+                port = await service.start()
             except OSError:
                 self.close_listeners()
                 raise
+            if port is not None:
+                self.ports[service.name] = port
         self._sweeper = loop.create_task(self._sweep_forever())
-        self._spawn(self.stats_period.run())
         for line in self.config.ignored:
             log.warning("config setting ignored", detail=line)
 
@@ -189,17 +208,18 @@ class Pooler:
         return int(bound)
 
     def close_listeners(self) -> None:
-        """Stop accepting: the listening sockets (and the metrics port) close now, so the ports are free."""
+        """Stop accepting: the listening sockets (and the services' ports) close now, so the ports are free."""
         for listener in self.listeners:
             listener.close()
-        if self.metrics is not None:
-            self.metrics.close()
+        for service in self.services:
+            service.close()
 
-    def start_shutdown(self, mode: control.ShutdownMode) -> None:
-        """Begin a shutdown in ``mode`` (see pooler.ops.control); ``finished`` is set when it is done."""
-        self._spawn(control.shutdown(self, mode))
+    def is_paused(self, database: str) -> bool:
+        """PAUSE (of all, or of ``database``) or a shutdown waiting for servers: hand out no servers."""
+        return self.paused or database in self.paused_dbs or self.shutdown_mode == ShutdownMode.WAIT_FOR_SERVERS
 
-    def _spawn(self, coro: Coroutine[None, None, None]) -> None:
+    def spawn(self, coro: Coroutine[None, None, None]) -> None:
+        """Run ``coro`` as a task of this pooler: cancelled by ``stop()``, never garbage-collected mid-run."""
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -302,9 +322,10 @@ class Pooler:
 
     def admin_login(self, client: ClientConnection) -> None:
         """A client authenticated to the virtual ``pgbouncer`` database (the admin console)."""
-        from pooler.ops.admin import start_session
-
-        start_session(self, client)
+        if self.on_admin_login is None:
+            client.fatal("08P01", "the admin console is not available in this process")
+            return
+        self.on_admin_login(client)
 
     def client_authenticated(self, client: ClientConnection, db: DatabaseConfig, step: AuthStep) -> None:
         """Route a logged-in client to its pool (and its own backend, on the direct endpoint)."""
@@ -312,7 +333,7 @@ class Pooler:
             client.fatal("08P01", f"database \"{db.name}\" is disabled",
                          hint="an admin ran DISABLE on it; ENABLE on the admin console lets clients in again")
             return
-        if self.shutdown_mode == control.ShutdownMode.WAIT_FOR_SERVERS:
+        if self.shutdown_mode == ShutdownMode.WAIT_FOR_SERVERS:
             client.fatal("57P01", "pooler is shutting down")
             return
         pool = self._pool_for(db, client.user, step)
@@ -339,7 +360,7 @@ class Pooler:
                 existing.credentials = self._server_credentials(db, user, step)
             return existing
         pool: ClientPool = Pool(self, db, user, self._server_credentials(db, user, step))
-        pool.paused = control.is_paused(self, db.name)
+        pool.paused = self.is_paused(db.name)
         self.pools[key] = pool
         return pool
 
@@ -401,7 +422,7 @@ class Pooler:
         server = ServerConnection(pool, params, ServerAuth(pool.user, password, keys), direct=direct)
         self.db_servers[pool.db.name] += 1
         self.user_servers[pool.user] += 1
-        self._spawn(upstream.connect(server, pool.db, self.config.settings.server_connect_timeout))
+        self.spawn(upstream.connect(server, pool.db, self.config.settings.server_connect_timeout))
         return server
 
     def server_gone(self, pool: Pool[Any, Any]) -> None:
@@ -443,7 +464,7 @@ class Pooler:
         """
         owner = self.worker.owner_of(key)
         if owner != self.worker.index and owner < self.worker.count:
-            self._spawn(self._relay_cancel(owner, key))
+            self.spawn(self._relay_cancel(owner, key))
             return
         client = self.clients_by_key.get(key)
         if client is None or client.server is None:
@@ -466,7 +487,7 @@ class Pooler:
     def cancel_server(self, server: PoolServer) -> None:
         if not isinstance(server, ServerConnection) or server.key is None:
             return
-        self._spawn(upstream.send_cancel(server.pool.db, server.key, self.config.settings.cancel_wait_timeout))
+        self.spawn(upstream.send_cancel(server.pool.db, server.key, self.config.settings.cancel_wait_timeout))
 
     # --- timeouts -----------------------------------------------------------------------------------
 
