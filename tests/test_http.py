@@ -344,6 +344,21 @@ async def test_invalid_json_and_missing_connection_string(pooler: RunningPooler)
     await served(pooler)
 
 
+async def test_expect_100_continue_answered_at_once(pooler: RunningPooler) -> None:
+    body = json.dumps({"query": "SELECT 'continued'"}).encode()
+    reader, writer = await asyncio.open_connection("127.0.0.1", pooler.port)
+    try:
+        writer.write(b"POST /sql HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: "
+                     + str(len(body)).encode() + b"\r\nNeon-Connection-String: " + pooler.dsn().encode() + b"\r\n\r\n")
+        interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2)
+        assert interim.startswith(b"HTTP/1.1 100 ")
+        writer.write(body)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 200 ")
+    finally:
+        writer.close()
+
+
 async def test_wrong_method_and_path(pooler: RunningPooler) -> None:
     client = await HttpClient.open(pooler.port)
     try:

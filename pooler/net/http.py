@@ -152,6 +152,9 @@ class HttpConnection(asyncio.Protocol):
                 self._body.clear()
                 if not self._accept(event):
                     return
+                if self.h11.they_are_waiting_for_100_continue and self.transport is not None:
+                    # curl waits a second for this before sending a body over 1 KiB
+                    self.transport.write(self.h11.send(h11.InformationalResponse(status_code=100, headers=[])) or b"")
             elif isinstance(event, h11.Data):
                 self._body += event.data
                 if len(self._body) > settings.http_max_body_size:
