@@ -11,12 +11,12 @@ request (no keep-alive), the worst case of the HTTP path.
     python -m benchmarks.http_vs_connect               # embedded Postgres, 2000 queries per contender
     python -m benchmarks.http_vs_connect -n 500 --dsn postgresql://postgres@localhost/postgres
 
-Measured (2026-11-29, 2 shared cores, Python 3.11, uvloop; `-n 1000`), ms:
+Measured (2026-11-29, 2 shared cores, Python 3.11, uvloop; `-n 2000`), ms:
 
     contender                      median      p90      p99
-    POST /sql, keep-alive           0.393    0.820    4.651
-    fresh TCP + SCRAM + query       0.551    1.298    7.499
-    POST /sql, new connection       0.620    1.160    4.642
+    POST /sql, keep-alive           0.392    0.534    1.377
+    fresh TCP + SCRAM + query       0.569    0.855    2.539
+    POST /sql, new connection       0.609    0.821    2.417
 
 TLS: plaintext both ways here; with client TLS in the pooler, the fresh connection also pays a TLS
 handshake and HTTPS keeps one per keep-alive connection, which widens the gap.

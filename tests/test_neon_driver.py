@@ -144,8 +144,14 @@ def test_http_unknown_database(http: dict[str, Any]) -> None:
     assert err["code"] == "3D000" and "no_such_db_here" in err["message"]
 
 
-def test_drizzle_neon_http(pooler: RunningPooler) -> None:
-    assert value(run_driver(pooler, "drizzle"), "drizzle") == [{"five": 5}]
+def test_pool_query_via_fetch(http: dict[str, Any]) -> None:
+    assert value(http, "poolQueryViaFetch") == {"rows": [{"n": 42}], "viaNeonFetch": True}
+
+
+def test_drizzle_neon_http_and_neon_serverless(pooler: RunningPooler) -> None:
+    report = run_driver(pooler, "drizzle")
+    assert value(report, "drizzle") == [{"five": 5}]
+    assert value(report, "drizzleWs") == [{"six": 6}]
 
 
 # --- WebSocket --------------------------------------------------------------------------------------

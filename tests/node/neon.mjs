@@ -87,6 +87,17 @@ if (mode === 'http') {
   await scenario('insert', () => sql.query("INSERT INTO neon_http_items (id, name) VALUES (2, 'x'), (3, 'y')", [],
     { fullResults: true }));
   await scenario('wrongPassword', () => neon(withPassword(url, 'wrong'))`SELECT 1`);
+  await scenario('poolQueryViaFetch', async () => {
+    neonConfig.poolQueryViaFetch = true; // Pool.query() over HTTP: why fetchEndpoint is a fixed string
+    const pool = new Pool({ connectionString: url });
+    try {
+      const result = await pool.query('SELECT $1::int + 1 AS n', [41]);
+      return { rows: result.rows, viaNeonFetch: result.viaNeonFetch === true };
+    } finally {
+      neonConfig.poolQueryViaFetch = false;
+      await pool.end();
+    }
+  });
   await scenario('unknownDatabase', () => neon(withDatabase(url, 'no_such_db_here'))`SELECT 1`);
 } else if (mode === 'ws') {
   await scenario('pool', async () => {
@@ -163,6 +174,15 @@ if (mode === 'http') {
   const { sql: dsql } = await import('drizzle-orm');
   const db = drizzle(neon(url));
   await scenario('drizzle', async () => (await db.execute(dsql`SELECT ${5}::int AS five`)).rows);
+  const { drizzle: drizzleWs } = await import('drizzle-orm/neon-serverless');
+  await scenario('drizzleWs', async () => {
+    const pool = new Pool({ connectionString: url });
+    try {
+      return (await drizzleWs(pool).execute(dsql`SELECT ${6}::int AS six`)).rows;
+    } finally {
+      await pool.end();
+    }
+  });
 }
 
 console.log(JSON.stringify(results));
