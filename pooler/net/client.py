@@ -305,7 +305,7 @@ class ClientConnection(asyncio.Protocol):
                         sent_from = end
                 ledger.request_sent(kind)
             elif kind == pq.SYNC:
-                ledger.sync_sent(server.end_segment() if track and not ledger.copy_in else kind)
+                ledger.sync_sent(server.statements.end_segment() if track and not ledger.copy_in else kind)
             elif kind == pq.COPY_DATA:
                 pass
             elif kind in (pq.COPY_DONE, pq.COPY_FAIL):
@@ -318,7 +318,7 @@ class ClientConnection(asyncio.Protocol):
             else:
                 if not ledger.unsynced:
                     ledger.extended_sent()
-                segment = server.open_segment
+                segment = server.statements.open
                 if segment is not None and segment.dropping and kind != pq.FLUSH:  # refused earlier in it
                     if end > n:
                         break  # dropped whole: wait for the rest of it
@@ -343,7 +343,7 @@ class ClientConnection(asyncio.Protocol):
                         continue
                 if track and kind != pq.FLUSH:
                     if kind == pq.EXECUTE:
-                        server.record(kind)
+                        server.statements.record(kind)
                     else:
                         span = statement_name(kind, data, pos, min(end, n))
                         if span is None or (span[1] > span[0] and end > n):
@@ -355,9 +355,9 @@ class ClientConnection(asyncio.Protocol):
                             parts.extend(self._named_statement(kind, data, pos, end, span=span, server=server))
                             sent_from = end
                         elif kind == pq.DESCRIBE and data[pos + 5] == ord("S"):
-                            server.record(DESCRIBE_STATEMENT)
+                            server.statements.record(DESCRIBE_STATEMENT)
                         else:
-                            server.record(kind)
+                            server.statements.record(kind)
             pos = end
         if pos > n:
             self._skip = pos - n
@@ -427,11 +427,13 @@ class ClientConnection(asyncio.Protocol):
                 return []
             statement = self.pooler.statements.get(data[span[1] + 1 : end])
             self.statements[name] = statement
-            if statement in server.prepared:
-                server.use(statement)
+            if statement in server.statements.prepared:
+                server.statements.use(statement)
                 server.synthesize(pq.PARSE, pq.PARSE_COMPLETE)
                 return []
-            return server.prepare(statement, FORWARD, name, self.pooler.config.settings.max_prepared_statements)
+            self.stats.server_parse_count += 1
+            limit = self.pooler.config.settings.max_prepared_statements
+            return server.statements.prepare(statement, FORWARD, name, limit)
         if kind == pq.CLOSE:
             self.statements.pop(name, None)
             server.synthesize(pq.CLOSE, pq.CLOSE_COMPLETE)
@@ -442,16 +444,18 @@ class ClientConnection(asyncio.Protocol):
             return []
         statement = known
         out: list[bytes] = []
-        if statement in server.prepared:
-            server.use(statement)
+        statements = server.statements
+        if statement in statements.prepared:
+            statements.use(statement)
         else:  # prepared by this client on another server (or evicted here): prepare it first, quietly
-            out = server.prepare(statement, SKIP, None, self.pooler.config.settings.max_prepared_statements)
+            self.stats.server_parse_count += 1
+            out = statements.prepare(statement, SKIP, None, self.pooler.config.settings.max_prepared_statements)
         if kind == pq.BIND:
             self.stats.bind_count += 1
-            server.record(kind)
+            server.statements.record(kind)
             head, tail = data[pos + 5 : span[0]], data[span[1] : end]
         else:
-            server.record(DESCRIBE_STATEMENT)
+            server.statements.record(DESCRIBE_STATEMENT)
             head, tail = b"S", b"\x00"
         out.append(pq.build(bytes((kind,)), head + statement.name + tail))
         return out
