@@ -104,6 +104,10 @@ class ClientHost(Protocol):
 
     def pooler_error(self, client: ClientConnection | None, sqlstate: str, message: str) -> None: ...
 
+    def http_request(self, transport: asyncio.Transport, data: bytes) -> None:
+        """A connection's first bytes ``data`` were an HTTP request: hand ``transport`` to the HTTP shell."""
+        ...
+
 
 class ClientConnection(asyncio.Protocol):
     """A connection from an application to the pooler."""
@@ -116,11 +120,13 @@ class ClientConnection(asyncio.Protocol):
         "_reading_paused",
         "_skip",
         "auth",
+        "cleartext",
         "connected_at",
         "database",
         "db",
         "direct",
         "held_since",
+        "http_ok",
         "id",
         "key",
         "last_active",
@@ -149,6 +155,11 @@ class ClientConnection(asyncio.Protocol):
     def __init__(self, pooler: ClientHost, *, direct: bool = False) -> None:
         self.pooler = pooler
         self.direct = direct
+        # Set by the HTTP and WebSocket shells (pooler.net.sql, pooler.net.websocket): ask for a cleartext
+        # password whatever auth_type says, as Neon does on those doors; and whether the first bytes may
+        # be an HTTP request (on the pooled port, not inside an HTTP or WebSocket session).
+        self.cleartext = False
+        self.http_ok = not direct
         self.transport: asyncio.Transport | None = None
         self.state = ClientState.STARTUP
         self.id = pooler.next_client_id()
@@ -606,6 +617,9 @@ class ClientConnection(asyncio.Protocol):
     def _handshake_data(self, data: bytes) -> None:
         reader = self._reader
         if reader is None:
+            if data and self.http_ok and self.state == ClientState.STARTUP and 0x41 <= data[0] <= 0x5A:
+                self._switch_to_http(data)  # a startup packet starts with a zero byte, an HTTP method with A-Z
+                return
             reader = self._reader = MessageReader(MAX_AUTH_MESSAGE)
         reader.feed(data)
         try:
@@ -637,11 +651,25 @@ class ClientConnection(asyncio.Protocol):
         if self.state in (ClientState.WELCOME, ClientState.READY):
             self._reader = None  # the login is over: its buffer is not kept for the session
             rest = reader.take_rest()
+            if rest and self.cleartext and rest[0] == pq.PASSWORD and len(rest) >= pq.HEADER_SIZE:
+                length = pq.read_int32(rest, 1)
+                if len(rest) >= 1 + length:
+                    rest = rest[1 + length :]  # a pipelined password that auth_type trust never asked for
             if rest:
                 # The client pipelined its first query behind the login (Neon's pipelined connect does).
                 self._held += rest
                 if self.state == ClientState.READY and self.server is None:
                     self._hold(b"")
+
+    def _switch_to_http(self, data: bytes) -> None:
+        """The first bytes are an HTTP request (Neon's SQL over HTTP or a WebSocket upgrade): from here the
+        connection belongs to the HTTP shell, and this object was never a client."""
+        transport = self.transport
+        self.state = ClientState.CLOSED
+        self.transport = None
+        self.pooler.client_disconnected(self)
+        if transport is not None:
+            self.pooler.http_request(transport, data)
 
     def _startup(self, packet: bytes) -> None:
         try:
@@ -710,6 +738,8 @@ class ClientConnection(asyncio.Protocol):
         """Start the exchange once the user's secret is known (possibly after an auth_query)."""
         if self.state != ClientState.AUTH:
             return
+        if self.cleartext and auth_type not in (AuthType.TRUST, AuthType.ANY):
+            auth_type = AuthType.PLAIN  # checked against the same secret (plain, md5 or SCRAM verifier)
         # The admin console (no db entry) forces its own user, as PgBouncer's: any lets admin_users in.
         refusal = login_refusal(auth_type, secret, forced_user=self.db is None or bool(self.db.user))
         if refusal is not None:
