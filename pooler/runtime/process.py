@@ -570,7 +570,18 @@ class Pooler:
             conn.sweep(now)
         for pool in list(self.pools.values()):
             self._sweep_pool(pool, now, s)
-        self.autodb.sweep(self, now, in_use)
+        for key in self.autodb.expired(self.pools, declared=self.config.databases, paused=self.paused_dbs,
+                                       timeout=s.autodb_idle_timeout, now=now, in_use=in_use):
+            self.forget_pool(key)
+
+    def forget_pool(self, key: tuple[str, str]) -> None:
+        """Forget an empty pool and everything counted for it (its SHOW STATS rows and metrics series go too)."""
+        pool = self.pools.pop(key)
+        self.login_counts.pop(key, None)
+        if self.db_servers.get(pool.db.name) == 0:
+            del self.db_servers[pool.db.name]
+        if self.user_servers.get(pool.user) == 0 and not any(p.user == pool.user for p in self.pools.values()):
+            del self.user_servers[pool.user]
 
     def _sweep_client(self, client: ClientConnection, now: float) -> None:
         s = self.config.settings
