@@ -203,6 +203,24 @@ def notice_response(
     return build(b"N", _fields(severity, sqlstate, message, detail, hint))
 
 
+def error_query(sqlstate: str, message: str, *, detail: str | None = None, hint: str | None = None) -> bytes:
+    """A Query that makes Postgres raise this error, sent in place of a Query the pooler refuses.
+
+    Postgres then answers with the error and a ReadyForQuery whose transaction status is right (a refused
+    statement inside a transaction block fails the block, as the statement itself would have).
+    """
+    using = [f"ERRCODE = {_literal(sqlstate)}", f"MESSAGE = {_literal(message)}"]
+    if detail:
+        using.append(f"DETAIL = {_literal(detail)}")
+    if hint:
+        using.append(f"HINT = {_literal(hint)}")
+    return query(f"DO $pooler$ BEGIN RAISE EXCEPTION USING {', '.join(using)}; END $pooler$")
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
 def negotiate_protocol_version(newest_minor: int, unsupported: list[str]) -> bytes:
     """NegotiateProtocolVersion ('v'): the newest minor we speak and the ``_pq_`` options we ignored."""
     payload = _TWO_INT32.pack(newest_minor, len(unsupported)) + b"".join(cstring(o) for o in unsupported)
