@@ -65,9 +65,9 @@ async def test_sql_on_a_pooler_name_is_refused_and_the_victim_never_notices(
             assert re.fullmatch(r'prepared statement name "pooler_\d+" is reserved', diag.message_primary or "")
             assert "Close" in (diag.message_hint or "")
             assert attacker.execute("select 1").fetchone() == (1,)  # the attacker's session goes on
-            with attacker.transaction():  # inside a block, the refusal fails the block as Postgres would
-                with pytest.raises(psycopg.errors.ReservedName):
-                    attacker.execute(text)
+            # inside a block, the refusal fails the block as Postgres would
+            with attacker.transaction(), pytest.raises(psycopg.errors.ReservedName):
+                attacker.execute(text)
         for i in range(5):
             assert await statement.fetchval(i) == i * 3
             assert await victim.fetchval("select $1::int * 3", i) == i * 3
