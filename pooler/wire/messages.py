@@ -314,12 +314,17 @@ def parse_cstrings(payload: bytes | memoryview) -> list[str]:
 
 
 def parse_error_fields(payload: bytes | memoryview) -> dict[str, str]:
-    """The fields of an ErrorResponse / NoticeResponse payload, keyed by their one-letter code."""
+    """The fields of an ErrorResponse / NoticeResponse payload, keyed by their one-letter code.
+
+    Never raises: a last field without its NUL (a truncated or hostile message) runs to the end of the payload.
+    """
     fields: dict[str, str] = {}
     raw = bytes(payload)
     pos = 0
     while pos < len(raw) and raw[pos] != 0:
-        end = raw.index(b"\x00", pos + 1)
+        end = raw.find(b"\x00", pos + 1)
+        if end < 0:
+            end = len(raw)
         fields[chr(raw[pos])] = raw[pos + 1 : end].decode("utf-8", "replace")
         pos = end + 1
     return fields
