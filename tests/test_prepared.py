@@ -246,3 +246,14 @@ def test_admin_console_counts_prepared_statements(postgres: PostgresServer) -> N
             servers = cur.fetchall()
             names = [d.name for d in cur.description or ()]
             assert [row[names.index("prepared_statements")] for row in servers] == [2]
+
+
+def test_a_parse_without_a_terminated_name_gets_an_error_not_a_hang(postgres: PostgresServer) -> None:
+    """Found by the live fuzzer: a whole Parse whose name has no NUL inside it made the scanner wait forever for
+    "the rest" of a complete message. It is forwarded as it is now, and Postgres refuses it."""
+    config = make_config(postgres, default_pool_size=1)
+    with running_pooler(config) as pooler, RawClient(pooler.port, timeout=3) as client:
+        client.login(APP_USER, APP_PASSWORD, APP_DB)
+        client.send(b"P\x00\x00\x00\x04" + pq.SYNC_MESSAGE + pq.query("select 1"))
+        messages = client.read_until("Z")  # TimeoutError today
+        assert messages[0].kind == "E" and messages[0].fields["C"] == "08P01", messages

@@ -389,6 +389,8 @@ class ClientConnection(asyncio.Protocol):
                         server.statements.record(kind)
                     else:
                         span = statement_name(kind, data, pos, min(end, n))
+                        if span is None and end <= n:
+                            span = (pos, pos)  # whole, but its name is not terminated: Postgres refuses it (08P01)
                         if span is None or (span[1] > span[0] and end > n):
                             break  # a named message is rewritten whole: wait for the rest of it
                         if span[1] > span[0]:
@@ -397,7 +399,7 @@ class ClientConnection(asyncio.Protocol):
                             parts.append(data[sent_from:pos])
                             parts.extend(self._named_statement(kind, data, pos, end, span=span, server=server))
                             sent_from = end
-                        elif kind == pq.DESCRIBE and data[pos + 5] == ord("S"):
+                        elif kind == pq.DESCRIBE and end > pos + 5 and data[pos + 5] == ord("S"):
                             server.statements.record(DESCRIBE_STATEMENT)
                         else:
                             server.statements.record(kind)

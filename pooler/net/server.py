@@ -412,6 +412,7 @@ class ServerConnection(asyncio.Protocol):
         """The slow scanner, for chunks answering a tracked segment: every message is matched to its request."""
         n = len(data)
         out: list[bytes] = [data[:pos]] if pos else []  # the end of a row streamed from the last chunk
+        self._skip = 0  # consumed just now; set again only if this chunk ends inside a streamed row
         ledger = self.ledger
         statements = self.statements
         emit = ServerStatements.emit_synthesized
