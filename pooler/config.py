@@ -158,6 +158,22 @@ class Settings:
     metrics_port: int = 9127  # ours: Prometheus /metrics, /healthz, /readyz (pgbouncer_exporter's port); 0 = off
     session_state_check: str = "warn"  # ours: warn | error | off
 
+    # TLS (pooler.runtime.tls): towards clients, and towards Postgres
+    client_tls_sslmode: str = "disable"
+    client_tls_key_file: str = ""
+    client_tls_cert_file: str = ""
+    client_tls_ca_file: str = ""
+    client_tls_protocols: str = "secure"
+    client_tls_ciphers: str = "default"
+    client_tls13_ciphers: str = ""
+    server_tls_sslmode: str = "prefer"
+    server_tls_ca_file: str = ""
+    server_tls_key_file: str = ""
+    server_tls_cert_file: str = ""
+    server_tls_protocols: str = "secure"
+    server_tls_ciphers: str = "default"
+    server_tls13_ciphers: str = ""
+
 
 @dataclass(frozen=True, slots=True)
 class UserlistEntry:
@@ -202,15 +218,8 @@ PGBOUNCER_UNSUPPORTED_SETTINGS: frozenset[str] = frozenset(
         "auth_ident_file",
         "auth_ldap_options",
         "autodb_idle_timeout",
-        "client_tls13_ciphers",
-        "client_tls_ca_file",
-        "client_tls_cert_file",
-        "client_tls_ciphers",
         "client_tls_dheparams",
         "client_tls_ecdhcurve",
-        "client_tls_key_file",
-        "client_tls_protocols",
-        "client_tls_sslmode",
         "conffile",
         "disable_pqexec",
         "dns_max_ttl",
@@ -224,13 +233,6 @@ PGBOUNCER_UNSUPPORTED_SETTINGS: frozenset[str] = frozenset(
         "resolv_conf",
         "scram_iterations",
         "server_fast_close",
-        "server_tls13_ciphers",
-        "server_tls_ca_file",
-        "server_tls_cert_file",
-        "server_tls_ciphers",
-        "server_tls_key_file",
-        "server_tls_protocols",
-        "server_tls_sslmode",
         "service_name",
         "suspend_timeout",
         "syslog",
@@ -399,6 +401,31 @@ def _choice_converter(*choices: str) -> Callable[[object], str]:
     return convert
 
 
+_SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+
+
+def _tls_protocols(raw: object) -> str:
+    from pooler.runtime.tls import parse_protocols
+
+    text = _to_str(raw)
+    try:
+        parse_protocols(text)
+    except ValueError as exc:
+        raise _BadValueError(str(exc)) from None
+    return text
+
+
+def _tls13_ciphers(raw: object) -> str:
+    from pooler.runtime.tls import parse_tls13_ciphers
+
+    text = _to_str(raw)
+    try:
+        parse_tls13_ciphers(text)
+    except ValueError as exc:
+        raise _BadValueError(str(exc)) from None
+    return text
+
+
 def _build_setting_converters() -> dict[str, _Converter]:
     """Derive each setting's converter from ``Settings``' annotations once, so a new field is loadable
     (and overridable from the environment) the moment it is declared."""
@@ -412,6 +439,12 @@ def _build_setting_converters() -> dict[str, _Converter]:
         "auth_type": _to_auth_type,
         "log_format": _choice_converter("auto", "json", "console"),
         "session_state_check": _choice_converter("warn", "error", "off"),
+        "client_tls_sslmode": _choice_converter(*_SSLMODES),
+        "server_tls_sslmode": _choice_converter(*_SSLMODES),
+        "client_tls_protocols": _tls_protocols,
+        "server_tls_protocols": _tls_protocols,
+        "client_tls13_ciphers": _tls13_ciphers,
+        "server_tls13_ciphers": _tls13_ciphers,
     }
     by_type: dict[object, _Converter] = {
         int: _int_converter(),
@@ -476,6 +509,10 @@ _USER_KEYS: dict[str, tuple[str, _Converter]] = {
 }
 _USER_KEYS_UNSUPPORTED = frozenset({"max_user_client_connections"})
 
+#: Settings naming files, resolved next to the config file when relative.
+_FILE_SETTINGS = ("auth_file", "client_tls_key_file", "client_tls_cert_file", "client_tls_ca_file",
+                  "server_tls_ca_file", "server_tls_key_file", "server_tls_cert_file")
+
 _SETTINGS_SECTIONS = ("pgbouncer", "pooler")
 _KNOWN_SECTIONS = (*_SETTINGS_SECTIONS, "databases", "users", "peers")
 
@@ -518,10 +555,12 @@ class _Loader:
 
     def resolve_auth_file(self, base_dir: str) -> None:
         """PgBouncer resolves a relative auth_file against its working directory, which for a service is
-        arbitrary; next to the config file is what the author of ``auth_file = userlist.txt`` meant."""
-        value = self.settings.get("auth_file")
-        if isinstance(value, str) and value:
-            self.settings["auth_file"] = os.path.abspath(os.path.join(base_dir, os.path.expanduser(value)))
+        arbitrary; next to the config file is what the author of ``auth_file = userlist.txt`` meant. The
+        TLS key, certificate and CA files are read the same way."""
+        for name in _FILE_SETTINGS:
+            value = self.settings.get(name)
+            if isinstance(value, str) and value:
+                self.settings[name] = os.path.abspath(os.path.join(base_dir, os.path.expanduser(value)))
 
     # -- [databases] and [users] -----------------------------------------------------------------
 
@@ -813,7 +852,7 @@ def _apply_environment(loader: _Loader, env: Mapping[str, str]) -> tuple[Userlis
         var = _ENV_PREFIX + name.upper()
         if var in env:
             loader.setting(name, env[var], source=ENVIRONMENT_SOURCE, label=var)
-            if name == "auth_file":
+            if name in _FILE_SETTINGS:
                 loader.resolve_auth_file(os.getcwd())
     known_vars = {_ENV_PREFIX + n.upper() for n in _SETTING_CONVERTERS}
     for var in sorted(env):  # sorted: the ignored-notes come out in a stable order

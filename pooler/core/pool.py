@@ -23,6 +23,7 @@ from pooler import config as cfg
 from pooler.config import DatabaseConfig, PoolMode
 from pooler.core.stats import PoolStats
 from pooler.net.server import ServerConnection, ServerState
+from pooler.net.tls import connect_server
 from pooler.wire import messages as pq
 from pooler.wire.auth import ServerAuth
 
@@ -275,7 +276,7 @@ class Pool:
         try:
             async with asyncio.timeout(timeout):
                 if host and not host.startswith("/"):
-                    await loop.create_connection(lambda: server, host, port)
+                    await connect_server(server, host, port, self.pooler.server_tls)
                 else:
                     path = f"{host or '/tmp'}/.s.PGSQL.{port}"
                     await loop.create_unix_connection(lambda: server, path)

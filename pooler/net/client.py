@@ -35,6 +35,7 @@ from pooler.core.prepared import (
 from pooler.core.session_state import Finding, SessionStateChecker
 from pooler.core.stats import LATENCY_BUCKETS, PoolStats
 from pooler.log import log
+from pooler.net import tls as tls_shell
 from pooler.net.server import WRITE_BUFFER_HIGH, WRITE_BUFFER_LOW, ServerConnection, ServerState
 from pooler.wire import messages as pq
 from pooler.wire.auth import AuthStep, AuthType, ClientAuth
@@ -42,6 +43,7 @@ from pooler.wire.auth import AuthStep, AuthType, ClientAuth
 if TYPE_CHECKING:
     from pooler.core.pool import Pool
     from pooler.runtime.process import Pooler
+    from pooler.runtime.tls import ClientTls
 
 _unpack_length = struct.Struct("!i").unpack_from
 _SESSION_STATE_CHECKER = SessionStateChecker()  # one parse cache for the whole pooler
@@ -76,6 +78,7 @@ class ClientConnection(asyncio.Protocol):
         "_negotiate",
         "_reading_paused",
         "_skip",
+        "_tls_pending",
         "auth",
         "connected_at",
         "database",
@@ -99,6 +102,7 @@ class ClientConnection(asyncio.Protocol):
         "state_warned",
         "statements",
         "stats",
+        "tls",
         "track_statements",
         "transport",
         "user",
@@ -144,6 +148,8 @@ class ClientConnection(asyncio.Protocol):
         self._skip = 0
         self._negotiate = b""
         self._reading_paused = False
+        self.tls: ClientTls | None = None  # the TLS this connection was accepted with; None: plaintext
+        self._tls_pending = False  # a TLS handshake is in progress
 
     # --- asyncio.Protocol -----------------------------------------------------------------------
 
@@ -194,7 +200,8 @@ class ClientConnection(asyncio.Protocol):
     def fatal(self, sqlstate: str, message: str, *, hint: str | None = None, detail: str | None = None) -> None:
         """Send a FATAL error naming the cause, log it, and close this connection."""
         self.pooler.pooler_error(self, sqlstate, message)
-        self.write(pq.error_response(sqlstate, message, severity="FATAL", hint=hint, detail=detail))
+        if not self._tls_pending:  # mid-handshake, a Postgres message would only be garbage to TLS
+            self.write(pq.error_response(sqlstate, message, severity="FATAL", hint=hint, detail=detail))
         self.close()
 
     def close(self) -> None:
@@ -526,8 +533,13 @@ class ClientConnection(asyncio.Protocol):
     def _handshake_data(self, data: bytes) -> None:
         buf = self._buf
         buf += data
+        if self._tls_pending:
+            return  # decrypted bytes that came with the end of the handshake: read once it is done
         while True:
             if self.state == ClientState.STARTUP:
+                if self.tls is None and tls_shell.is_client_hello(buf):
+                    self._begin_tls(direct=True)  # Postgres 17's sslnegotiation=direct
+                    return
                 if len(buf) < 4:
                     return
                 length = pq.read_int32(buf)
@@ -570,12 +582,24 @@ class ClientConnection(asyncio.Protocol):
         except pq.ProtocolViolationError as exc:
             self.fatal("08P01", f"invalid startup packet: {exc}")
             return
+        if startup.code == pq.SSL_REQUEST_CODE and self._tls_offered():
+            if self._buf:
+                self.fatal("08P01", "received unencrypted data after SSL request",
+                           hint="this could be a man-in-the-middle attack; the client must wait for the answer")
+                return
+            self.write(b"S")
+            self._begin_tls(direct=False)
+            return
         if startup.code in (pq.SSL_REQUEST_CODE, pq.GSSENC_REQUEST_CODE):
-            self.write(b"N")  # no TLS yet: the client goes on in plaintext (or gives up, per sslmode)
+            self.write(b"N")  # no TLS here: the client goes on in plaintext (or gives up, per sslmode)
             return
         if startup.cancel_key is not None:
             self.pooler.cancel(startup.cancel_key)
             self.close()
+            return
+        if self.tls is None and self.pooler.tls is not None and self.pooler.tls.required and self._tls_offered():
+            self.fatal("08P01", "SSL required",
+                       hint="client_tls_sslmode requires TLS: connect with sslmode=require (or stronger)")
             return
         if self.pooler.over_client_limit():
             # Refused here, after SSL negotiation, as Postgres and PgBouncer do: refused on accept, libpq
@@ -624,12 +648,64 @@ class ClientConnection(asyncio.Protocol):
         """Start the exchange once the user's secret is known (possibly after an auth_query)."""
         if self.state != ClientState.AUTH:
             return
-        self.auth = ClientAuth(auth_type, self.user, secret)
+        binding = self.tls.channel_binding if self.tls is not None else None
+        self.auth = ClientAuth(auth_type, self.user, secret, channel_binding=binding)
         if self._negotiate:
             self.write(self._negotiate)
         self._auth_step(self.auth.start())
         if self._buf and self.state == ClientState.AUTH:
             self._handshake_data(b"")
+
+    # --- TLS (the contexts: pooler.runtime.tls; the handshake: pooler.net.tls) ------------------------
+
+    def _tls_offered(self) -> bool:
+        """TLS is on and this is a plaintext TCP connection (unix sockets never do TLS, as in PgBouncer)."""
+        transport = self.transport
+        return (self.pooler.tls is not None and self.tls is None and transport is not None
+                and not tls_shell.is_unix(transport))
+
+    def _begin_tls(self, *, direct: bool) -> None:
+        """Hand the connection to the TLS layer; the startup packet then comes again, decrypted."""
+        tls = self.pooler.tls
+        transport = self.transport
+        if tls is None or transport is None or tls_shell.is_unix(transport):
+            self.pooler.pooler_error(self, "08P01", "direct TLS connection attempted but TLS is not enabled "
+                                     "(client_tls_sslmode = disable)")
+            self.close()
+            return
+        already_read = bytes(self._buf) if direct else b""
+        self._buf.clear()
+        self._tls_pending = True
+        # Nothing more may reach data_received before the TLS layer takes over: the ClientHello that
+        # follows our "S" belongs to it. start_tls resumes reading once it is in place.
+        transport.pause_reading()
+        tls_shell.spawn(self._tls_handshake(tls, transport, already_read, direct))
+
+    async def _tls_handshake(self, tls: ClientTls, transport: asyncio.Transport, already_read: bytes,
+                             direct: bool) -> None:
+        timeout = self.pooler.config.settings.client_login_timeout or None
+        try:
+            upgraded = await tls_shell.accept(transport, self, tls.context, already_read, timeout)
+        except Exception as exc:  # ssl.SSLError, a reset, a timeout: the client goes, nobody else notices
+            self._tls_pending = False
+            if self.state != ClientState.CLOSED:
+                self.pooler.pooler_error(self, "08P01", f"TLS handshake failed: {exc or type(exc).__name__}")
+            transport.close()
+            self.connection_lost(exc)
+            return
+        self._tls_pending = False
+        self.transport = upgraded
+        self.tls = tls
+        if self.state == ClientState.CLOSED:
+            upgraded.close()
+            return
+        upgraded.set_write_buffer_limits(WRITE_BUFFER_HIGH, WRITE_BUFFER_LOW)
+        ssl_object = upgraded.get_extra_info("ssl_object")
+        if direct and (ssl_object is None or ssl_object.selected_alpn_protocol() != tls_shell.ALPN_POSTGRESQL):
+            self.fatal("08P01", "received direct SSL connection request without ALPN protocol negotiation extension",
+                       hint="direct TLS (sslnegotiation=direct) needs ALPN \"postgresql\"; use libpq 17 or newer")
+            return
+        self._handshake_data(b"")
 
     def _check_startup_parameters(self, params: dict[str, str]) -> bool:
         settings = self.pooler.config.settings

@@ -12,9 +12,10 @@ import collections
 import dataclasses
 import secrets
 import socket
+import ssl
 import time
 from collections.abc import Callable, Coroutine, Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from pooler import config as cfg
 from pooler.core.pool import Pool
@@ -26,6 +27,7 @@ from pooler.ops import control
 from pooler.ops.introspect import RESTART_ONLY_SETTINGS
 from pooler.ops.metrics import MetricsServer, error_kind
 from pooler.ops.stats_log import StatsPeriod
+from pooler.runtime import tls
 from pooler.runtime.workers import SINGLE, WORKER_BITS, Worker
 from pooler.wire import messages as pq
 from pooler.wire.auth import AuthStep, is_md5_secret, parse_scram_verifier
@@ -76,6 +78,7 @@ class Pooler:
         self.stats_period = StatsPeriod(self)
         self.metrics: MetricsServer | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self.tls, self.server_tls = self._read_tls(config)
         self._apply(config, self._read_userlist(config))
 
     # --- configuration ----------------------------------------------------------------------------
@@ -88,6 +91,11 @@ class Pooler:
             userlist.update((e.user, e.secret) for e in cfg.read_userlist(config.settings.auth_file))
         userlist.update((e.user, e.secret) for e in config.extra_userlist)
         return userlist
+
+    @staticmethod
+    def _read_tls(config: Config) -> tuple[tls.ClientTls | None, tls.ServerTls | None]:
+        """TLS contexts towards clients and towards Postgres; raises ConfigError (nothing changed yet)."""
+        return tls.client_tls(config.settings, config.source), tls.server_tls(config.settings, config.source)
 
     def _apply(self, config: Config, userlist: dict[str, str]) -> None:
         self.config = config
@@ -147,6 +155,7 @@ class Pooler:
                         settings=sorted(kept))
             config = dataclasses.replace(config, settings=dataclasses.replace(config.settings, **kept))
         userlist = self._read_userlist(config)
+        self.tls, self.server_tls = self._read_tls(config)  # new handshakes use them; live connections keep theirs
         self._apply(config, userlist)
         for pool in list(self.pools.values()):
             limit = pool.size + (pool.reserve_size if pool.reserve_active else 0)
@@ -189,7 +198,7 @@ class Pooler:
                 raise
         self._sweeper = loop.create_task(self._sweep_forever())
         self._spawn(self.stats_period.run())
-        for line in self.config.ignored:
+        for line in (*self.config.ignored, *tls.tls13_ciphers_warning(s)):
             log.warning("config setting ignored", detail=line)
 
     async def _listen(self, factory: Callable[[], asyncio.BaseProtocol], host: str, port: int) -> int:
@@ -304,7 +313,7 @@ class Pooler:
             conn = await asyncpg.connect(
                 host=db.host or "/tmp", port=db.port, user=auth_user, password=password,
                 database=db.dbname or db.name, timeout=settings.server_connect_timeout or 60.0,
-                statement_cache_size=0)
+                statement_cache_size=0, ssl=self._auth_query_ssl(db))
             try:
                 row = await conn.fetchrow(settings.auth_query, user)
             finally:
@@ -317,6 +326,13 @@ class Pooler:
             return
         self.auth_cache[user] = (secret, self.clock() + settings.auth_cache_ttl)
         client.begin_auth(settings.auth_type, secret)
+
+    def _auth_query_ssl(self, db: DatabaseConfig) -> ssl.SSLContext | Literal[False, "prefer"]:
+        """asyncpg's ``ssl=`` for the auth_query connection: what server_tls_sslmode gives the pool's servers."""
+        server_tls = self.server_tls
+        if server_tls is None or server_tls.context is None or not db.host or db.host.startswith("/"):
+            return False
+        return server_tls.context if server_tls.required else "prefer"
 
     def admin_login(self, client: ClientConnection) -> None:
         """A client authenticated to the virtual ``pgbouncer`` database (the admin console)."""

@@ -25,6 +25,8 @@ MIN_MESSAGE_LENGTH = 4
 PROTOCOL_3_0 = 196608  # 3 << 16
 SSL_REQUEST_CODE = 80877103
 GSSENC_REQUEST_CODE = 80877104
+#: The ALPN protocol name Postgres 17 requires for direct TLS (``sslnegotiation=direct``).
+ALPN_POSTGRESQL = "postgresql"
 CANCEL_REQUEST_CODE = 80877102
 
 # Frontend (client → server) message types that matter to pooling.
@@ -164,6 +166,11 @@ def startup_message(params: dict[str, str], protocol: int = PROTOCOL_3_0) -> byt
     """StartupMessage, as the pooler sends it to Postgres."""
     body = _INT32.pack(protocol) + b"".join(cstring(k) + cstring(v) for k, v in params.items()) + b"\x00"
     return _INT32.pack(len(body) + 4) + body
+
+
+def ssl_request() -> bytes:
+    """SSLRequest: asks the server to answer ``S`` (then a TLS handshake follows) or ``N``."""
+    return struct.pack("!ii", 8, SSL_REQUEST_CODE)
 
 
 def cancel_request(pid: int, secret: int) -> bytes:
