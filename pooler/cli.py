@@ -102,6 +102,9 @@ def neon_pooler_settings(max_connections: int) -> dict[str, object]:
         "default_pool_size": int(0.9 * max_connections),
         "max_prepared_statements": 1000,
         "query_wait_timeout": 120,
+        # postgres.js and asyncpg send a URL's unknown parameters to the server as settings; Neon's URLs
+        # carry channel_binding=require, which those drivers do not implement themselves.
+        "ignore_startup_parameters": "channel_binding",
     }
 
 

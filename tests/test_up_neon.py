@@ -82,18 +82,32 @@ def test_printed_urls_work_as_printed(tmp_path: Path) -> None:
         assert (config["max_client_conn"], config["default_pool_size"], config["max_prepared_statements"],
                 config["pool_mode"], config["client_tls_sslmode"]) == ("10000", "100", "1000", "transaction", "prefer")
         assert float(config["query_wait_timeout"]) == 120
-        # node-postgres with nothing but the URL (it verifies certificates: the CA as printed for Node.js).
+        # node-postgres and postgres.js with nothing but the URL (they verify certificates: the CA as printed
+        # for Node.js).
         node = shutil.which("node")
         assert node is not None, "Node.js is required for the driver tests"
         env = {**os.environ, "NODE_EXTRA_CA_CERTS": up.ca_file}
         result = subprocess.run([node, "url.mjs", up.pooled], cwd=NODE_DIR, env=env, capture_output=True, text=True,
                                 timeout=60, check=False)
         assert result.returncode == 0, result.stderr
-        assert json.loads(result.stdout.strip().splitlines()[-1]) == {"encrypted": True, "who": "app", "two": 2}
+        assert json.loads(result.stdout.strip().splitlines()[-1]) == {
+            "pg": {"encrypted": True, "who": "app", "two": 2}, "postgres": {"who": "app", "two": 2}}
+        # asyncpg takes sslmode from the URL and sends channel_binding as a setting, which `up` ignores.
+        assert asyncio.run(_asyncpg_select(up.pooled)) == 1
         # TLS is offered, not forced.
         plain = up.pooled.split("?")[0] + "?sslmode=disable"
         with psycopg.connect(plain) as conn:
             assert not conn.pgconn.ssl_in_use
+
+
+async def _asyncpg_select(url: str) -> object:
+    import asyncpg
+
+    conn = await asyncpg.connect(url)
+    try:
+        return await conn.fetchval("select 1")
+    finally:
+        await conn.close()
 
 
 async def _connect_all(url: str, n: int) -> list[BaseException | None]:
