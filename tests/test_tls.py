@@ -95,11 +95,18 @@ def test_verify_full_against_another_ca_fails(postgres: PostgresServer, certs: L
 def test_direct_tls_with_alpn_and_channel_binding(postgres: PostgresServer, certs: LocalCertificates) -> None:
     """Postgres 17's sslnegotiation=direct: the ClientHello is the first thing on the wire."""
     assert psycopg.pq.version() >= 170000, "psycopg's libpq must be 17+ for sslnegotiation=direct"
-    with running_pooler(make_config(postgres, **tls_settings(certs))) as p:
+    with running_pooler(make_config(postgres, admin_users=(APP_USER,), **tls_settings(certs))) as p:
         dsn = conninfo(p.port, sslmode="require", sslnegotiation="direct", channel_binding="require")
         with psycopg.connect(dsn) as conn:
             assert conn.pgconn.ssl_in_use
             assert conn.execute("select 1").fetchone() == (1,)
+        # SHOW CLIENTS' tls column, as PgBouncer fills it; empty for plaintext.
+        with psycopg.connect(conninfo(p.port, dbname="pgbouncer", sslmode="require", sslnegotiation="direct"),
+                             autocommit=True) as admin, psycopg.connect(p.dsn(sslmode="disable")):
+            cur = admin.execute("SHOW CLIENTS")
+            names = [d.name for d in cur.description or ()]
+            tls_values = sorted(row[names.index("tls")] for row in cur.fetchall())
+        assert tls_values[0] == "" and tls_values[1].startswith("TLSv1.3/TLS_")
         # A direct ClientHello without ALPN "postgresql" is refused after the handshake, as Postgres does.
         context = ssl.create_default_context(cafile=str(certs.ca_file))
         with socket.create_connection(("127.0.0.1", p.port), timeout=10) as raw, \

@@ -53,6 +53,16 @@ def spawn(handshake: Coroutine[None, None, None]) -> None:
     task.add_done_callback(_HANDSHAKES.discard)
 
 
+def describe_tls(transport: asyncio.BaseTransport | None) -> str:
+    """SHOW CLIENTS / SHOW SERVERS' ``tls`` column, as PgBouncer fills it: ``TLSv1.3/TLS_AES_256_GCM_SHA384``;
+    empty for a plaintext connection."""
+    ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+    if ssl_object is None:
+        return ""
+    cipher = ssl_object.cipher()
+    return f"{ssl_object.version()}/{cipher[0]}" if cipher else str(ssl_object.version() or "")
+
+
 def is_unix(transport: asyncio.BaseTransport) -> bool:
     """A unix-socket connection: never TLS, and exempt from "SSL required" (as in PgBouncer)."""
     return isinstance(transport.get_extra_info("sockname"), str)
