@@ -169,6 +169,19 @@ def test_node_drivers_over_tls(postgres: PostgresServer, certs: LocalCertificate
                           "postgres": {"encrypted": True, "value": 1}}
 
 
+def test_cancel_request_over_tls(postgres: PostgresServer, certs: LocalCertificates) -> None:
+    """libpq 17+ sends the CancelRequest over TLS too (SSLRequest first); it must reach the query."""
+    with running_pooler(make_config(postgres, **tls_settings(certs, "require"))) as p, \
+            psycopg.connect(p.dsn(sslmode="require")) as conn:
+        timer = threading.Timer(0.5, conn.cancel_safe)
+        timer.start()
+        started = time.monotonic()
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            conn.execute("select pg_sleep(20)")
+        timer.join()
+        assert time.monotonic() - started < 10
+
+
 # --- requiring TLS, and what a man in the middle gets -------------------------------------------------
 
 
