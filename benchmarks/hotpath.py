@@ -18,9 +18,9 @@ import time
 from typing import Any
 
 from pooler.config import Config, DatabaseConfig, Settings
-from pooler.core.pool import Pool
+from pooler.core.pool import Pool, ServerState
 from pooler.net.client import ClientConnection, ClientState
-from pooler.net.server import ServerConnection, ServerState
+from pooler.net.server import ServerConnection
 from pooler.runtime.process import Pooler
 from pooler.wire import messages as pq
 from pooler.wire.auth import ServerAuth
@@ -61,7 +61,7 @@ async def run(transactions: int, clients: int = 50, servers: int = 20) -> float:
         server = ServerConnection(pool, {}, ServerAuth("bench", "x"))
         server.transport = NullTransport()  # type: ignore[assignment]
         server.params = dict(params)
-        server.params_key = pooler.params_key(server.params)
+        server.params_key = pooler.parameters.key(server.params)
         server.state = ServerState.IDLE
         pool.servers.add(server)
         pool.idle.append(server)
@@ -72,7 +72,7 @@ async def run(transactions: int, clients: int = 50, servers: int = 20) -> float:
         client.state = ClientState.READY
         client.pool = pool
         client.params = dict(params)
-        client.params_key = pooler.params_key(client.params)
+        client.params_key = pooler.parameters.key(client.params)
         conns.append(client)
     done = 0
     start = time.perf_counter()
@@ -81,7 +81,7 @@ async def run(transactions: int, clients: int = 50, servers: int = 20) -> float:
             if client.server is None and not client.waiting:
                 client.data_received(QUERY)
         for server in list(pool.servers):  # every busy server answers; the release feeds a queued client
-            if server.client is not None and server.pending:
+            if server.client is not None and server.ledger.pending:
                 server.data_received(ANSWER)
                 done += 1
     return (time.perf_counter() - start) / done * 1e6

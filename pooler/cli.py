@@ -15,12 +15,16 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pooler import __version__
 from pooler.config import Config, ConfigError, DatabaseConfig, UserlistEntry, load_config, replace_settings
 from pooler.log import configure, log
 from pooler.runtime.workers import SINGLE, Worker, run_workers, worker_config
 from pooler.wire.auth import AuthType
+
+if TYPE_CHECKING:
+    from pooler.runtime.process import Pooler
 
 #: Exit code for a config that cannot be used (nothing started).
 EXIT_BAD_CONFIG = 2
@@ -156,7 +160,12 @@ def _up(args: argparse.Namespace) -> int:
     password = _persistent_secret(data_dir / "app-password")
     from pooler.dev.certs import ensure_local_certificates
 
-    certs = ensure_local_certificates(data_dir / "tls")
+    try:
+        certs = ensure_local_certificates(data_dir / "tls")
+    except (OSError, ValueError) as exc:
+        print(f"pooler up: cannot make or read the local TLS certificates in {data_dir / 'tls'}: {exc}",
+              file=sys.stderr)
+        return EXIT_BAD_CONFIG
     pg = EmbeddedPostgres(data_dir / "pgdata", port=args.pg_port, max_connections=max_connections)
     pg.start()
     try:
@@ -241,6 +250,26 @@ def _serve(config: Config, *, reload: Callable[[], Config] | None = None,
     return run_workers(config, serve_worker)
 
 
+def assemble(config: Config, worker: Worker = SINGLE) -> Pooler:
+    """The composition root: a pooler process with its operations plugged in.
+
+    The runtime knows nothing of the admin console, metrics or the stats log; this is the one place that
+    wires them to it, so each can be read, tested and replaced on its own.
+    """
+    from pooler.ops.admin import AdminConsole
+    from pooler.ops.metrics import MetricsServer
+    from pooler.ops.stats_log import StatsPeriod
+    from pooler.runtime.process import Pooler
+
+    pooler = Pooler(config, worker)
+    stats = StatsPeriod(pooler)
+    pooler.services.append(stats)
+    if config.settings.metrics_port:
+        pooler.services.append(MetricsServer(pooler))
+    pooler.on_admin_login = AdminConsole(pooler, stats).login
+    return pooler
+
+
 async def serve(config: Config, *, reload: Callable[[], Config] | None = None,
                 on_ready: Callable[[], None] | None = None, worker: Worker = SINGLE) -> int:
     """Run a pooler until it shuts down, with PgBouncer's signals:
@@ -250,21 +279,21 @@ async def serve(config: Config, *, reload: Callable[[], Config] | None = None,
     SIGUSR1 pauses, SIGUSR2 resumes.
     """
     from pooler.ops import control
-    from pooler.runtime.process import Pooler
+    from pooler.runtime.process import ShutdownMode
 
     try:
-        pooler = Pooler(config, worker)  # reads the auth_file and the TLS key and certificates
+        pooler = assemble(config, worker)  # reads the auth_file and the TLS key and certificates
     except ConfigError as exc:
         print(f"pooler: {exc}", file=sys.stderr)
         return EXIT_BAD_CONFIG
     pooler.config_loader = reload
     loop = asyncio.get_running_loop()
 
-    def on_stop(mode: control.ShutdownMode) -> None:
-        if pooler.shutdown_mode is not None and mode != control.ShutdownMode.IMMEDIATE:
+    def on_stop(mode: ShutdownMode) -> None:
+        if pooler.shutdown_mode is not None and mode != ShutdownMode.IMMEDIATE:
             log.info("second shutdown signal: closing everything now")
-            mode = control.ShutdownMode.IMMEDIATE
-        pooler.start_shutdown(mode)
+            mode = ShutdownMode.IMMEDIATE
+        control.start_shutdown(pooler, mode)
 
     def on_hup() -> None:
         try:
@@ -282,9 +311,9 @@ async def serve(config: Config, *, reload: Callable[[], Config] | None = None,
             log.warning("signal ignored", error=str(exc))
 
     # Handlers go in before anything is announced, so a signal right after the URLs print is not lost.
-    loop.add_signal_handler(signal.SIGTERM, on_stop, control.ShutdownMode.WAIT_FOR_CLIENTS)
-    loop.add_signal_handler(signal.SIGINT, on_stop, control.ShutdownMode.WAIT_FOR_SERVERS)
-    loop.add_signal_handler(signal.SIGQUIT, on_stop, control.ShutdownMode.IMMEDIATE)
+    loop.add_signal_handler(signal.SIGTERM, on_stop, ShutdownMode.WAIT_FOR_CLIENTS)
+    loop.add_signal_handler(signal.SIGINT, on_stop, ShutdownMode.WAIT_FOR_SERVERS)
+    loop.add_signal_handler(signal.SIGQUIT, on_stop, ShutdownMode.IMMEDIATE)
     loop.add_signal_handler(signal.SIGHUP, on_hup)
     loop.add_signal_handler(signal.SIGUSR1, on_pause, False)
     loop.add_signal_handler(signal.SIGUSR2, on_pause, True)

@@ -37,6 +37,13 @@ class PoolMode(enum.StrEnum):
     STATEMENT = "statement"
 
 
+#: Settings that only take effect at start: a RELOAD or SET keeps the running value (and says so).
+RESTART_ONLY_SETTINGS = frozenset({
+    "listen_addr", "listen_port", "direct_port", "unix_socket_dir", "listen_backlog", "so_reuseport", "workers",
+    "metrics_port", "pidfile",
+})  # fmt: skip
+
+
 class ConfigError(Exception):
     """A config that cannot be used; ``str()`` is one line naming the file, the setting and the fault."""
 

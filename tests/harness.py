@@ -20,6 +20,7 @@ from urllib.parse import quote, urlencode
 import uvloop
 from support import APP_DB, APP_PASSWORD, APP_USER, MD5_PASSWORD, MD5_USER, OTHER_DB, PostgresServer
 
+from pooler.cli import assemble
 from pooler.config import Config, DatabaseConfig, Settings, UserConfig, UserlistEntry
 from pooler.runtime.process import Pooler
 from pooler.wire.auth import AuthType
@@ -86,7 +87,7 @@ class RunningPooler:
         self.direct_port = self.pooler.ports.get("direct", 0)
 
     async def _start(self) -> Pooler:
-        pooler = Pooler(self.config)
+        pooler = assemble(self.config)
         await pooler.start()
         return pooler
 

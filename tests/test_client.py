@@ -542,7 +542,7 @@ def test_message_length_below_four_after_login(pooler: RunningPooler, in_transac
     assert (fields["C"], fields["M"]) == ("08P01", "invalid message length 2 for message type 'Q'")
     # The server went back clean (rolled back if needed): nobody inherits the transaction.
     wait_until(lambda: pooler.pool_stat()["idle"] == pooler.pool_stat()["servers"], what="the server to be released")
-    statuses = pooler.call(lambda pl: {chr(s.tx_status) for s in pl.pools[(APP_DB, APP_USER)].servers})
+    statuses = pooler.call(lambda pl: {chr(s.ledger.tx_status) for s in pl.pools[(APP_DB, APP_USER)].servers})
     assert statuses == {"I"}
     with connect(pooler.dsn()) as conn:
         assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE

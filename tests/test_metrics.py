@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from support import APP_DB, APP_USER, OTHER_DB, PostgresServer
 
 from pooler.config import DatabaseConfig
-from pooler.ops.metrics import error_kind
+from pooler.core.stats import error_kind
 
 
 @pytest.fixture(autouse=True)

@@ -19,9 +19,11 @@ import psycopg
 import pytest
 from backends import Activity, PeakSampler, in_thread, wait_for_no_test_backends, wait_until, wait_until_sync
 from harness import RunningPooler, make_config, running_pooler
+from rawclient import RawClient, bind, execute, parse
 from support import APP_DB, APP_PASSWORD, APP_USER, MD5_PASSWORD, MD5_USER, OTHER_DB, PostgresServer
 
 from pooler.config import DatabaseConfig, PoolMode, UserConfig, UserlistEntry
+from pooler.wire import messages as pq
 
 pytestmark = pytest.mark.usefixtures("no_leftover_backends")
 
@@ -458,3 +460,27 @@ def test_a_refused_server_login_does_not_fail_clients_other_servers_can_serve(po
             wait_for_no_test_backends(postgres)
             admin.execute(f"REVOKE CONNECT ON DATABASE {APP_DB} FROM limited")
             admin.execute("DROP ROLE limited")
+
+
+# -- COPY pipelined in one write (issue 10, item 2) ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("protocol", ["simple", "extended"])
+def test_pipelined_copy_releases_its_server(postgres: PostgresServer, table: str, protocol: str) -> None:
+    """Query(COPY) + CopyData + CopyDone in one write reached the pooler before Postgres's CopyInResponse,
+    which left the server believing it was still in a COPY: the next client on a pool of one waited forever."""
+    sql = f"COPY {table} (id, v) FROM STDIN"
+    copy = pq.build(b"d", b"7\t7\n") + pq.build(b"c")
+    if protocol == "simple":
+        burst = pq.query(sql) + copy
+    else:
+        burst = parse(sql) + bind([]) + execute() + pq.SYNC_MESSAGE + copy + pq.SYNC_MESSAGE
+    with running_pooler(make_config(postgres, default_pool_size=1)) as p, RawClient(p.port) as first:
+        first.login(APP_USER, APP_PASSWORD, APP_DB)
+        first.send(burst)
+        kinds = "".join(m.kind for m in first.read_until("Z"))
+        assert "G" in kinds and "C" in kinds and "E" not in kinds, kinds
+        wait_until_sync(lambda: p.pool_stat()["idle"] == 1, timeout=5, what="the server back in the pool")
+        with psycopg.connect(p.dsn(), autocommit=True, connect_timeout=5) as second:
+            second.execute("SET statement_timeout = '5s'")
+            assert second.execute(f"SELECT v FROM {table} WHERE id = 7").fetchone() == (7,)

@@ -13,9 +13,11 @@ from typing import Any
 import pytest
 
 from pooler.config import Config, PoolMode
+from pooler.core.parameters import TrackedParameters
+from pooler.core.pool import ServerState
 from pooler.core.stats import PoolStats
 from pooler.net.client import ClientConnection, ClientState
-from pooler.net.server import ServerConnection, ServerState
+from pooler.net.server import ServerConnection
 from pooler.wire import messages as pq
 from pooler.wire.auth import ServerAuth
 
@@ -56,10 +58,10 @@ class FakeClient:
 
 
 def make_server() -> tuple[ServerConnection, FakeClient]:
-    pooler = SimpleNamespace(clock=time.monotonic, tracked_set=frozenset({"TimeZone"}),
-                             params_key=lambda params: (params.get("TimeZone"),),
-                             shared_params=lambda params: (params, (params.get("TimeZone"),)))
-    pool: Any = SimpleNamespace(pooler=pooler, stats=PoolStats())
+    parameters = TrackedParameters()
+    parameters.names, parameters.names_set = ("TimeZone",), frozenset({"TimeZone"})  # track TimeZone alone
+    host = SimpleNamespace(clock=time.monotonic, parameters=parameters)
+    pool: Any = SimpleNamespace(host=host, stats=PoolStats())
     server = ServerConnection(pool, {}, ServerAuth("u", "p"))
     server.transport = FakeTransport()  # type: ignore[assignment]
     server.state = ServerState.ACTIVE
@@ -85,12 +87,12 @@ SELECT_RESPONSE = (
 async def test_response_is_forwarded_unchanged_and_settles_the_request_at_any_split() -> None:
     for pieces in chunkings(SELECT_RESPONSE):
         server, client = make_server()
-        server.pending.append(pq.QUERY)
+        server.ledger.request_sent(pq.QUERY)
         for piece in pieces:
             server.data_received(piece)
         assert bytes(client.received) == SELECT_RESPONSE
-        assert not server.pending
-        assert server.tx_status == pq.TX_IDLE
+        assert not server.ledger.pending
+        assert server.ledger.tx_status == pq.TX_IDLE
         assert client.ready_calls >= 1
         assert server.is_clean()
         assert (server.stats.query_count, server.stats.xact_count) == (1, 1)
@@ -101,12 +103,13 @@ async def test_pipelined_responses_settle_one_request_per_ready_for_query() -> N
     in_tx = pq.build(b"C", b"BEGIN\x00") + pq.ready_for_query(pq.TX_IN_BLOCK)
     for pieces in chunkings(in_tx + SELECT_RESPONSE):
         server, client = make_server()
-        server.pending.extend([pq.SYNC, pq.SYNC, pq.SYNC])
+        for _ in range(3):
+            server.ledger.sync_sent(pq.SYNC)
         for piece in pieces:
             server.data_received(piece)
-        assert len(server.pending) == 1  # the third Sync is still owed
+        assert len(server.ledger.pending) == 1  # the third Sync is still owed
         assert client.ready_calls == 0
-        assert server.tx_status == pq.TX_IDLE
+        assert server.ledger.tx_status == pq.TX_IDLE
 
 
 async def test_internal_query_answer_is_swallowed_and_the_rest_forwarded() -> None:
@@ -118,21 +121,21 @@ async def test_internal_query_answer_is_swallowed_and_the_rest_forwarded() -> No
     for pieces in chunkings(set_answer + SELECT_RESPONSE):
         server, client = make_server()
         server.run_internal("SET TimeZone = 'Europe/Paris'")
-        server.pending.append(pq.QUERY)
+        server.ledger.request_sent(pq.QUERY)
         for piece in pieces:
             server.data_received(piece)
         assert bytes(client.received) == SELECT_RESPONSE
         assert server.params["TimeZone"] == "Europe/Paris"
         assert client.params["TimeZone"] == "Europe/Paris"  # the client's tracked value follows the server
         assert server.params_key == client.params_key == ("Europe/Paris",)  # so the next link sends no SET
-        assert server.swallow == 0 and not server.pending
+        assert server.ledger.swallow == 0 and not server.ledger.pending
 
 
 async def test_fatal_error_is_noticed() -> None:
     fatal = pq.error_response("57P01", "terminating connection due to administrator command", severity="FATAL")
     for pieces in chunkings(fatal):
         server, _ = make_server()
-        server.pending.append(pq.QUERY)
+        server.ledger.request_sent(pq.QUERY)
         for piece in pieces:
             server.data_received(piece)
         assert server.fatal_seen
@@ -140,16 +143,16 @@ async def test_fatal_error_is_noticed() -> None:
 
 async def test_extended_copy_in_forgets_the_syncs_postgres_will_ignore() -> None:
     server, _ = make_server()
-    server.pending.append(pq.SYNC)  # libpq: Parse/Bind/Describe/Execute/Sync, then the copy data
+    server.ledger.sync_sent(pq.SYNC)  # libpq: Parse/Bind/Describe/Execute/Sync, then the copy data
     server.data_received(pq.build(b"G", b"\x00\x00\x00"))
-    assert server.copy_in and not server.pending
+    assert server.ledger.copy_in and not server.ledger.pending
 
 
 async def test_simple_copy_in_keeps_the_query_owed() -> None:
     server, _ = make_server()
-    server.pending.append(pq.QUERY)
+    server.ledger.request_sent(pq.QUERY)
     server.data_received(pq.build(b"G", b"\x00\x00\x00"))
-    assert server.copy_in and list(server.pending) == [pq.QUERY]
+    assert server.ledger.copy_in and list(server.ledger.pending) == [pq.QUERY]
 
 
 # --- the client side ------------------------------------------------------------------------------
@@ -183,33 +186,35 @@ async def test_client_messages_are_forwarded_whole_and_counted_at_any_split() ->
         for piece in pieces:
             client.forward(piece, server)
         assert bytes(transport.written) == stream
-        assert list(server.pending) == [pq.QUERY, pq.SYNC, pq.SYNC]
-        assert not server.unsynced
+        assert list(server.ledger.pending) == [pq.QUERY, pq.SYNC, pq.SYNC]
+        assert not server.ledger.unsynced
 
 
 async def test_extended_messages_without_sync_keep_the_server() -> None:
     client, server, _ = make_client()
     client.forward(EXTENDED[:-5] + pq.build(b"H"), server)  # Parse/Bind/Execute/Flush, no Sync yet
-    assert server.unsynced and not server.pending
+    assert server.ledger.unsynced and not server.ledger.pending
     assert not server.is_clean()
 
 
 async def test_syncs_during_copy_in_are_not_counted() -> None:
     client, server, _ = make_client()
-    server.copy_in = True
+    server.ledger.request_sent(pq.QUERY)  # COPY ... FROM STDIN
+    server.ledger.copy_in_started()
     client.forward(pq.build(b"d", b"1\n") + pq.SYNC_MESSAGE + pq.build(b"c"), server)
-    assert not server.copy_in and not server.pending
+    assert not server.ledger.copy_in and list(server.ledger.pending) == [pq.QUERY]
+    server.ledger.ready_for_query(pq.TX_IDLE)
     client.forward(pq.SYNC_MESSAGE, server)
-    assert list(server.pending) == [pq.SYNC]
+    assert list(server.ledger.pending) == [pq.SYNC]
 
 
 async def test_half_a_header_is_held_back_until_it_is_complete() -> None:
     client, server, transport = make_client()
     message = pq.query("select 1")
     client.forward(message[:3], server)
-    assert transport.written == b"" and not server.pending
+    assert transport.written == b"" and not server.ledger.pending
     client.forward(message[3:], server)
-    assert bytes(transport.written) == message and list(server.pending) == [pq.QUERY]
+    assert bytes(transport.written) == message and list(server.ledger.pending) == [pq.QUERY]
 
 
 @pytest.mark.parametrize("length", [3, -1])

@@ -3,10 +3,16 @@
 Theory of operation. Idle servers sit on a stack (LIFO, so the warmest backend is reused and the
 coldest ones age out under ``server_idle_timeout``; ``server_round_robin`` makes it a queue). A
 client that needs a server takes the top one, or joins a FIFO queue; the pool then opens servers
-while the queue is longer than the logins in flight, up to ``pool_size`` (plus ``reserve_pool_size``
-once the oldest client has waited ``reserve_pool_timeout``), and only while the pooler-wide caps
-``max_db_connections`` / ``max_user_connections`` allow. A released server goes straight to the head
-of the queue, so a queued client never waits for a wakeup.
+while the queue is longer than the logins in flight, up to ``capacity()`` (``pool_size``, plus
+``reserve_pool_size`` once the oldest client has waited ``reserve_pool_timeout``), and only while the
+pooler-wide caps ``max_db_connections`` / ``max_user_connections`` allow. A released server goes
+straight to the head of the queue, so a queued client never waits for a wakeup.
+
+The pool is the one owner of the facts that tie clients and servers together: ``link``/``unlink``
+pair them, and ``_change_state`` is the one place a server's state changes, keeping the idle stack
+in step (PgBouncer's rule: a state change is a move between the pool's lists). It opens no socket
+and imports no shell: servers are opened through the ``PoolHost`` it is given, and clients and
+servers are seen through the narrow protocols below.
 
 A server comes back to the pool only clean: a client that leaves mid-transaction gets its server
 rolled back first, one that leaves mid-query gets it cancelled and closed.
@@ -14,32 +20,104 @@ rolled back first, one that leaves mid-query gets it cancelled and closed.
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import contextlib
-from typing import TYPE_CHECKING
+import enum
+from collections.abc import Callable
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 from pooler import config as cfg
-from pooler.config import DatabaseConfig, PoolMode
+from pooler.config import Config, DatabaseConfig, PoolMode
+from pooler.core.ledger import Ledger
+from pooler.core.parameters import TrackedParameters
 from pooler.core.stats import PoolStats
-from pooler.net.server import ServerConnection, ServerState
-from pooler.net.tls import connect_server
-from pooler.wire import messages as pq
-from pooler.wire.auth import ServerAuth
-
-if TYPE_CHECKING:
-    from pooler.net.client import ClientConnection
-    from pooler.runtime.process import Pooler
 
 
-class Pool:
-    """Servers and waiting clients of one (database entry, upstream user) pair."""
+class ServerState(enum.IntEnum):
+    CONNECTING = 0
+    LOGIN = 1
+    IDLE = 2
+    ACTIVE = 3
+    BUSY = 4  # running the pooler's own query (reset, health check, rollback) with no client linked
+    CLOSED = 5
+
+
+class PoolServer(Protocol):
+    """A server connection as the pool sees it."""
+
+    state: ServerState
+    client: Any  # the linked client: its concrete type is the shells' business (see PoolClient.server)
+    ledger: Ledger
+    direct: bool
+    stale: bool
+    created_at: float
+    last_used: float
+    params: dict[str, str]
+    reading_paused: bool
+
+    def close(self, reason: str) -> None: ...
+
+    def run_internal(self, sql: str) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+
+class PoolClient(Protocol):
+    """A client connection as the pool sees it."""
+
+    server: Any  # the linked server (the pool pairs them in link/unlink)
+    waiting: bool
+    wait_started: float
+    startup_params: dict[str, str]
+
+    def linked(self, server: Any, now: float) -> None: ...
+
+    def welcome(self, server_params: dict[str, str]) -> None: ...
+
+    def login_failed(self, fields: dict[str, str]) -> None: ...
+
+    def server_lost(self, server: Any) -> None: ...
+
+    def fatal(self, sqlstate: str, message: str, *, hint: str | None = None, detail: str | None = None) -> None: ...
+
+
+S = TypeVar("S", bound=PoolServer)
+C = TypeVar("C", bound=PoolClient)
+
+
+class PoolHost(Protocol):
+    """What a pool needs from the process: the config, the clock, pooler-wide caps and a way to open servers."""
+
+    config: Config
+    clock: Callable[[], float]
+    parameters: TrackedParameters
+
+    def open_server(self, pool: Pool[Any, Any], params: dict[str, str], *, direct: bool) -> PoolServer: ...
+
+    def may_open_server(self, pool: Pool[Any, Any]) -> bool: ...
+
+    def server_gone(self, pool: Pool[Any, Any]) -> None: ...
+
+    def room_wanted_by_other_pool(self, pool: Pool[Any, Any]) -> bool: ...
+
+    def cancel_server(self, server: PoolServer) -> None: ...
+
+    def pooler_error(self, client: Any, sqlstate: str, message: str) -> None: ...
+
+
+class Pool(Generic[S, C]):
+    """Servers and waiting clients of one (database entry, upstream user) pair.
+
+    Generic in the server and client types so that the shells and the operations code above it see
+    their own concrete connections; the pool itself only uses what ``PoolServer``/``PoolClient`` offer.
+    """
 
     __slots__ = (
         "connecting",
         "credentials",
         "db",
         "direct_servers",
+        "host",
         "idle",
         "lifetime",
         "login_error",
@@ -47,9 +125,9 @@ class Pool:
         "min_size",
         "mode",
         "paused",
-        "pooler",
         "reserve_active",
         "reserve_size",
+        "round_robin",
         "servers",
         "size",
         "stats",
@@ -60,50 +138,116 @@ class Pool:
     )
 
     def __init__(
-        self, pooler: Pooler, db: DatabaseConfig, user: str, credentials: tuple[str | None, tuple[bytes, bytes] | None]
+        self, host: PoolHost, db: DatabaseConfig, user: str, credentials: tuple[str | None, tuple[bytes, bytes] | None]
     ) -> None:
-        self.pooler = pooler
+        self.host = host
         self.db = db
         self.user = user
         self.credentials = credentials
-        self.idle: list[ServerConnection] = []
-        self.servers: set[ServerConnection] = set()
-        self.direct_servers: set[ServerConnection] = set()
-        self.waiting: collections.deque[ClientConnection] = collections.deque()
-        self.welcome_waiters: list[ClientConnection] = []
+        self.idle: list[S] = []
+        self.servers: set[S] = set()
+        self.direct_servers: set[S] = set()
+        self.waiting: collections.deque[C] = collections.deque()
+        self.welcome_waiters: list[C] = []
         self.connecting = 0
         self.stats = PoolStats()
         self.welcome: dict[str, str] | None = None
         self.login_error: dict[str, str] | None = None
         self.login_error_until = 0.0
         self.reserve_active = False
-        self.paused = False  # PAUSE / shutdown: released servers close, none open (pooler.ops.control sets it)
+        self.paused = False  # PAUSE / shutdown: released servers close, none open (pooler.runtime.control sets it)
         self.mode = PoolMode.TRANSACTION
         self.size = 0
         self.reserve_size = 0
         self.min_size = 0
         self.lifetime = 0.0
+        self.round_robin = False
         self.refresh()
 
     def refresh(self) -> None:
-        """Re-read the sizes and mode from the current config (at creation and on reload)."""
-        config = self.pooler.config
+        """Re-read the sizes and mode from the current config (at creation and on reload).
+
+        ``mode`` is read live by the clients of this pool: a RELOAD that changes a pool's mode applies to
+        its connected clients from their next transaction on (a client linked in session mode keeps its
+        server until it disconnects, as it was promised at login).
+        """
+        config = self.host.config
         self.mode = cfg.effective_pool_mode(config, self.db, self.user)
         self.size = cfg.effective_pool_size(config, self.db, self.user)
         self.reserve_size = cfg.effective_reserve_pool_size(config, self.db, self.user)
         self.min_size = cfg.effective_min_pool_size(config, self.db, self.user)
         self.lifetime = config.settings.server_lifetime
+        self.round_robin = config.settings.server_round_robin
 
     @property
     def dbname(self) -> str:
         return self.db.dbname or self.db.name
 
-    def _now(self) -> float:
-        return self.pooler.clock()
+    def capacity(self) -> int:
+        """How many servers this pool may have now: its size, plus the reserve while that is active."""
+        return self.size + (self.reserve_size if self.reserve_active else 0)
+
+    # --- state: the one place it changes ------------------------------------------------------------
+
+    def _change_state(self, server: S, state: ServerState) -> None:
+        """Move a server to ``state``, keeping the idle stack in step (the common case pops its top)."""
+        if server.state == ServerState.IDLE and state != ServerState.IDLE:
+            idle = self.idle
+            if idle and idle[-1] is server:
+                idle.pop()
+            elif idle and idle[0] is server:
+                idle.pop(0)
+            else:
+                idle.remove(server)
+        elif state == ServerState.IDLE:
+            self.idle.append(server)
+        server.state = state
+
+    def server_connecting(self, server: S) -> None:
+        self._change_state(server, ServerState.LOGIN)
+
+    def server_closing(self, server: S) -> ServerState:
+        """The server closes: it leaves every list at once, so it is never handed out; returns where it was."""
+        previous = server.state
+        if previous != ServerState.CLOSED:
+            self._change_state(server, ServerState.CLOSED)
+        return previous
+
+    def begin_internal(self, server: S, sql: str) -> None:
+        """Run the pooler's own query (reset, check, rollback) on a server no client holds."""
+        self._change_state(server, ServerState.BUSY)
+        server.run_internal(sql)
+
+    def link(self, client: C, server: S, now: float) -> None:
+        """Pair a client with a server (at ``now``); the client then aligns parameters and sends what it holds."""
+        if server.state != ServerState.ACTIVE:
+            self._change_state(server, ServerState.ACTIVE)
+        client.server = server
+        server.client = client
+        client.linked(server, now)
+
+    @staticmethod
+    def unlink(client: C, server: S) -> None:
+        server.client = None
+        client.server = None
+        if server.reading_paused:  # paused for the client's slow reading: the next client must not inherit that
+            server.resume_reading()
+
+    def close_idle(self, reason: str, count: int | None = None) -> int:
+        """Close up to ``count`` idle servers (all of them by default), oldest first; returns how many."""
+        closed = 0
+        idle = self.idle
+        while idle and (count is None or closed < count):
+            server = idle[0]
+            server.close(reason)  # leaves the stack through server_closing
+            if idle and idle[0] is server:  # a server that was closed already: never loop on it
+                idle.pop(0)
+            closed += 1
+        return closed
 
     # --- clients ----------------------------------------------------------------------------------
 
-    def welcome_client(self, client: ClientConnection) -> None:
+    def welcome_client(self, client: C) -> None:
         """Finish a client's login once the pool knows the server's parameters."""
         if self.welcome is not None:
             client.welcome(self.welcome)
@@ -115,113 +259,123 @@ class Pool:
         if self.connecting == 0:
             self._grow(at_least=1)
 
-    def request(self, client: ClientConnection) -> None:
+    def request(self, client: C) -> None:
         """A client has a transaction to run: give it a server now or queue it."""
         idle = self.idle
         if idle:
-            server = idle.pop(0) if self.pooler.config.settings.server_round_robin else idle.pop()
-            client.link(server, client.wait_started)
+            self.link(client, idle[0] if self.round_robin else idle[-1], client.wait_started)
             return
         if self.login_error is not None and not self.servers and self._failing():
             client.waiting = False  # nothing could serve it before server_login_retry: fail fast
             client.login_failed(self._cached_error())
             return
         self.waiting.append(client)
-        if len(self.servers) < self.size + (self.reserve_size if self.reserve_active else 0):
+        if len(self.servers) < self.capacity():
             self._grow()  # below the pool size: open a server (a full pool only queues: the hot case)
 
-    def remove_waiter(self, client: ClientConnection) -> None:
+    def remove_waiter(self, client: C) -> None:
         with contextlib.suppress(ValueError):
             self.waiting.remove(client)
         if client in self.welcome_waiters:
             self.welcome_waiters.remove(client)
 
-    def release(self, server: ServerConnection, *, touch: bool = True, now: float = 0.0) -> None:
+    def release(self, server: S, *, touch: bool = True, now: float = 0.0) -> None:
         """A clean server is free: hand it to the first queued client, or park it.
 
         ``touch=False`` keeps its idle clock (after a health check, which is not use).
         """
         if server.state == ServerState.CLOSED:
             return
-        now = now or self._now()
+        now = now or self.host.clock()
         if touch:
             server.last_used = now
         lifetime = self.lifetime
         if server.stale or self.paused or (lifetime and now - server.created_at > lifetime) or len(
             self.servers
-        ) > self.size + (self.reserve_size if self.reserve_active else 0):
+        ) > self.capacity():
             server.close("paused" if self.paused else "reconnect" if server.stale else "server_lifetime")
             return
         waiting = self.waiting
         while waiting:
             client = waiting.popleft()
             if client.waiting and client.server is None:
-                client.link(server, now)
+                self.link(client, server, now)
                 return
-        if self.pooler.room_wanted_by_other_pool(self):
+        if self.host.room_wanted_by_other_pool(self):
             server.close("closed to make room for another pool")
             return
         self.reserve_active = False
-        server.state = ServerState.IDLE
-        self.idle.append(server)
+        self._change_state(server, ServerState.IDLE)
 
-    def client_left_server(self, server: ServerConnection, mid_message: bool, reason: str) -> None:
+    def server_ready(self, client: C, server: S, now: float) -> None:
+        """The linked client's server owes nothing and is clean: unlink it and release it."""
+        self.unlink(client, server)
+        self.release(server, now=now)
+
+    def client_left_server(self, client: C, server: S, mid_message: bool, reason: str) -> None:
         """A linked client went away: return its server only once it is clean again."""
+        self.unlink(client, server)
         if server.state == ServerState.CLOSED:
             return
         if server.direct:
             server.close("direct client left")
             return
-        if mid_message or server.pending or server.unsynced or server.copy_in or server.swallow:
-            self.pooler.cancel_server(server)
+        ledger = server.ledger
+        if mid_message or ledger.owes_anything():
+            self.host.cancel_server(server)
             server.close(f"{reason} with a query in flight")
             return
-        settings = self.pooler.config.settings
+        settings = self.host.config.settings
         reset = settings.server_reset_query if (
             self.mode == PoolMode.SESSION or settings.server_reset_query_always) else ""
-        server.last_used = self._now()
-        if server.tx_status != pq.TX_IDLE or reset:
-            server.state = ServerState.BUSY
-            if server.tx_status != pq.TX_IDLE:
-                server.run_internal("ROLLBACK")
+        server.last_used = self.host.clock()
+        if ledger.in_transaction():
+            self.begin_internal(server, "ROLLBACK")
             if reset:
                 server.run_internal(reset)
-            return
-        self.release(server)
+        elif reset:
+            self.begin_internal(server, reset)
+        else:
+            self.release(server)
 
-    def server_done_busy(self, server: ServerConnection) -> None:
+    def server_done_busy(self, server: S) -> None:
         """The pooler's own query on an unlinked server finished."""
-        if server.tx_status != pq.TX_IDLE:
+        if server.ledger.in_transaction():
             server.close("internal query left a transaction open")
             return
         self.release(server, touch=False)
 
     # --- servers ----------------------------------------------------------------------------------
 
-    def open_direct(self, client: ClientConnection) -> None:
+    def open_direct(self, client: C) -> None:
         """Open a dedicated backend for a direct-endpoint client."""
-        if not self.pooler.may_open_server(self):
+        if not self.host.may_open_server(self):
             client.fatal("53300", f"too many connections for database \"{self.dbname}\" or user \"{self.user}\" "
                          "(max_db_connections / max_user_connections)",
                          hint="close other sessions or raise max_db_connections / max_user_connections")
             return
         params = {"user": self.user, "database": self.dbname, **client.startup_params}
-        server = self._open(params, direct=True)
+        server = cast(S, self.host.open_server(self, params, direct=True))
+        self.direct_servers.add(server)
         server.client = client
         client.server = server
 
     def needs_room(self) -> bool:
         """Clients wait for a server that only a pooler-wide cap keeps this pool from opening."""
         want = max(len(self.waiting), 1 if self.welcome_waiters else 0)
-        limit = self.size + (self.reserve_size if self.reserve_active else 0)
-        return want > self.connecting and len(self.servers) < limit and not self._failing()
+        return want > self.connecting and len(self.servers) < self.capacity() and not self._failing()
 
     def grow_for_waiters(self) -> None:
         """Retry opening servers for queued clients and for clients waiting for the pool's first login."""
         self._grow(at_least=1 if self.welcome_waiters else 0)
 
+    def activate_reserve(self) -> None:
+        """The oldest client has waited reserve_pool_timeout: the reserve may open now."""
+        self.reserve_active = True
+        self._grow()
+
     def _failing(self) -> bool:
-        return self.login_error is not None and self._now() < self.login_error_until
+        return self.login_error is not None and self.host.clock() < self.login_error_until
 
     def _cached_error(self) -> dict[str, str]:
         assert self.login_error is not None
@@ -234,15 +388,21 @@ class Pool:
         if self._failing() or self.paused:
             return
         need = max(len(self.waiting), at_least) - self.connecting
-        limit = self.size + (self.reserve_size if self.reserve_active else 0)
-        while need > 0 and len(self.servers) < limit and self.pooler.may_open_server(self):
-            self._open(self._startup_params())
+        limit = self.capacity()
+        while need > 0 and len(self.servers) < limit and self.host.may_open_server(self):
+            self._open()
             need -= 1
 
     def grow_to_minimum(self) -> None:
         if self.min_size and not self._failing() and not self.paused:
-            while len(self.servers) < self.min_size and self.pooler.may_open_server(self):
-                self._open(self._startup_params())
+            while len(self.servers) < self.min_size and self.host.may_open_server(self):
+                self._open()
+
+    def shrink_to_capacity(self, reason: str) -> None:
+        """Close idle servers beyond the pool's capacity (after a reload made it smaller)."""
+        excess = len(self.servers) - self.capacity()
+        if excess > 0:
+            self.close_idle(reason, excess)
 
     def _startup_params(self) -> dict[str, str]:
         params = {"user": self.user, "database": self.dbname}
@@ -255,49 +415,16 @@ class Pool:
             params["TimeZone"] = db.timezone
         return params
 
-    def _open(self, params: dict[str, str], *, direct: bool = False) -> ServerConnection:
-        password, keys = self.credentials
-        server = ServerConnection(self, params, ServerAuth(self.user, password, keys), direct=direct)
-        if direct:
-            self.direct_servers.add(server)
-        else:
-            self.servers.add(server)
-            self.connecting += 1
-        self.pooler.server_opened(self)
-        asyncio.get_running_loop().create_task(self._connect(server))
-        return server
+    def _open(self) -> None:
+        server = cast(S, self.host.open_server(self, self._startup_params(), direct=False))
+        self.servers.add(server)
+        self.connecting += 1
 
-    async def _connect(self, server: ServerConnection) -> None:
-        loop = asyncio.get_running_loop()
-        host = self.db.host
-        port = self.db.port
-        timeout = self.pooler.config.settings.server_connect_timeout or None
-        where = f"{host or 'local socket'}:{port}"
-        try:
-            async with asyncio.timeout(timeout):
-                if host and not host.startswith("/"):
-                    await connect_server(server, host, port, self.pooler.server_tls)
-                else:
-                    path = f"{host or '/tmp'}/.s.PGSQL.{port}"
-                    await loop.create_unix_connection(lambda: server, path)
-        except (OSError, TimeoutError) as exc:
-            reason = "timed out (server_connect_timeout)" if isinstance(exc, TimeoutError) else (
-                exc.strerror or str(exc))
-            server.login_error = {
-                "C": "08006",
-                "M": f"could not connect to server {where}: {reason}",
-                "H": "is Postgres running and accepting connections there? check host/port in [databases]",
-            }
-            server.close(server.login_error["M"])
-            return
-        if server.state == ServerState.CLOSED and server.transport is not None:
-            server.transport.close()
-
-    def server_logged_in(self, server: ServerConnection) -> None:
+    def server_logged_in(self, server: S) -> None:
         self.login_error = None
         if server.direct:
+            self._change_state(server, ServerState.ACTIVE)
             client = server.client
-            server.state = ServerState.ACTIVE
             if client is not None:
                 client.welcome(server.params)
             return
@@ -309,28 +436,28 @@ class Pool:
                 client.welcome(self.welcome)
         connect_query = self.db.connect_query
         if connect_query:
-            server.run_internal(connect_query)
+            self.begin_internal(server, connect_query)
             return
+        self._change_state(server, ServerState.BUSY)
         self.release(server)
 
-    def server_login_failed(self, server: ServerConnection, fields: dict[str, str]) -> None:
+    def server_login_failed(self, server: S, fields: dict[str, str]) -> None:
         if server not in self.servers and server not in self.direct_servers:
             return
-        self.pooler.pooler_error(None, fields.get("C", "08006"), f"server login failed: {fields.get('M')}")
+        self.host.pooler_error(None, fields.get("C", "08006"), f"server login failed: {fields.get('M')}")
         if server.direct:
             self.direct_servers.discard(server)
-            self.pooler.server_gone(self)
+            self.host.server_gone(self)
             client = server.client
-            server.client = None
             if client is not None:
-                client.server = None
+                self.unlink(client, server)
                 client.login_failed(fields)
             return
         self.servers.discard(server)
         self.connecting -= 1
-        self.pooler.server_gone(self)
+        self.host.server_gone(self)
         self.login_error = fields
-        self.login_error_until = self._now() + self.pooler.config.settings.server_login_retry
+        self.login_error_until = self.host.clock() + self.host.config.settings.server_login_retry
         if self.servers:
             # Other servers are up (or still logging in): the queue is served by them. Failing it would turn
             # one refused login (Postgres out of slots, say) into an error for every waiting client.
@@ -342,26 +469,16 @@ class Pool:
             client.waiting = False
             client.login_failed(fields)
 
-    def server_closed(self, server: ServerConnection, previous: ServerState) -> None:
+    def server_closed(self, server: S) -> None:
         if server.direct:
             self.direct_servers.discard(server)
         elif server in self.servers:
             self.servers.discard(server)
         else:
             return
-        if server in self.idle:
-            self.idle.remove(server)
         client = server.client
         if client is not None:
-            server.client = None
+            self.unlink(client, server)
             client.server_lost(server)
-        self.pooler.server_gone(self)
+        self.host.server_gone(self)
         self.grow_for_waiters()
-
-    def close_idle(self, count: int = 1) -> int:
-        """Close up to ``count`` idle servers (to make room elsewhere); returns how many were closed."""
-        closed = 0
-        while self.idle and closed < count:
-            self.idle.pop(0).close("closed to make room for another pool")
-            closed += 1
-        return closed

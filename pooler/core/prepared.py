@@ -23,8 +23,6 @@ message. That slow path runs once per statement per server, not per query.
 
 from __future__ import annotations
 
-import struct
-
 from pooler.wire import messages as pq
 
 # What happens to the answer of a request in a tracked segment.
@@ -36,10 +34,6 @@ SYNTH = 2  # the server never sees the request: the pooler answers in its place
 #: answers ParameterDescription before its RowDescription/NoData) gets a code of its own.
 DESCRIBE_STATEMENT = 1
 
-PARSE_COMPLETE = pq.build(b"1")
-CLOSE_COMPLETE = pq.build(b"3")
-
-_INT32 = struct.Struct("!i")
 
 
 class PreparedStatement:
@@ -52,12 +46,10 @@ class PreparedStatement:
         self.name = name
 
     def parse_message(self) -> bytes:
-        payload = self.name + b"\x00" + self.body
-        return b"P" + _INT32.pack(len(payload) + 4) + payload
+        return pq.parse(self.name, self.body)
 
     def close_message(self) -> bytes:
-        payload = b"S" + self.name + b"\x00"
-        return b"C" + _INT32.pack(len(payload) + 4) + payload
+        return pq.close_statement(self.name)
 
 
 class StatementCache:

@@ -92,3 +92,46 @@ class PoolStats:
     @property
     def wait_time(self) -> float:
         return self.wait_hist.total
+
+
+#: (message prefix, kind) for the errors the pooler itself sends; first match wins.
+_ERROR_KINDS: tuple[tuple[str, str], ...] = (
+    ("query_wait_timeout", "query_wait_timeout"),
+    ("query_timeout", "query_timeout"),
+    ("client_idle_timeout", "client_idle_timeout"),
+    ("client_login_timeout", "client_login_timeout"),
+    ("idle transaction timeout", "idle_transaction_timeout"),
+    ("no more connections allowed", "max_client_conn"),
+    ("too many connections for database", "max_db_or_user_connections"),
+    ("password authentication failed", "auth_failed"),
+    ("SASL authentication failed", "auth_failed"),
+    ("no such user", "auth_failed"),
+    ("auth_query", "auth_query_failed"),
+    ("no such database", "no_such_database"),
+    ("not allowed", "admin_not_allowed"),
+    ("unsupported startup parameter", "unsupported_startup_parameter"),
+    ("server login has been failing", "server_login_retry"),
+    ("server login failed", "server_login_failed"),
+    ("could not connect to server", "server_connect_failed"),
+    ("server_connect_timeout", "server_connect_failed"),
+    ("server conn crashed", "server_conn_crashed"),
+    ("pooler is shutting down", "shutting_down"),
+    ("transaction blocks not allowed", "statement_mode_transaction"),
+    ("admin forced disconnect", "admin_kill"),
+    ("database killed", "admin_kill"),
+    ("prepared statement", "prepared_statement"),
+)
+
+
+def error_kind(sqlstate: str, message: str) -> str:
+    """A small, fixed vocabulary for ``pooler_errors_total{kind}`` (a label must not carry free text)."""
+    for prefix, kind in _ERROR_KINDS:
+        if message.startswith(prefix):
+            return kind
+    if message.startswith("database \"") and message.endswith("is disabled"):
+        return "database_disabled"
+    if sqlstate == "08P01":
+        return "protocol_violation"
+    if sqlstate.startswith("28"):
+        return "auth_failed"
+    return "other"

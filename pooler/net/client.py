@@ -18,16 +18,18 @@ import enum
 import struct
 import sys
 from bisect import bisect_left
-from typing import TYPE_CHECKING, cast
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol, TypeAlias, cast
 
-from pooler.config import ADMIN_DATABASE, DatabaseConfig, PoolMode, find_database
+from pooler.config import ADMIN_DATABASE, Config, DatabaseConfig, PoolMode, find_database
+from pooler.core.parameters import TrackedParameters
+from pooler.core.pool import Pool
 from pooler.core.prepared import (
-    CLOSE_COMPLETE,
     DESCRIBE_STATEMENT,
     FORWARD,
-    PARSE_COMPLETE,
     SKIP,
     PreparedStatement,
+    StatementCache,
     did_not_exist,
     name_in_use,
     statement_name,
@@ -36,13 +38,13 @@ from pooler.core.session_state import Finding, SessionStateChecker
 from pooler.core.stats import LATENCY_BUCKETS, PoolStats
 from pooler.log import log
 from pooler.net import tls as tls_shell
-from pooler.net.server import WRITE_BUFFER_HIGH, WRITE_BUFFER_LOW, ServerConnection, ServerState
+from pooler.net.server import WRITE_BUFFER_HIGH, WRITE_BUFFER_LOW, ServerConnection
 from pooler.wire import messages as pq
 from pooler.wire.auth import AuthStep, AuthType, ClientAuth
+from pooler.wire.framing import BadLengthError, MessageReader
+from pooler.wire.handshake import Refusal, read_login
 
 if TYPE_CHECKING:
-    from pooler.core.pool import Pool
-    from pooler.runtime.process import Pooler
     from pooler.runtime.tls import ClientTls
 
 _unpack_length = struct.Struct("!i").unpack_from
@@ -55,10 +57,6 @@ HOLD_LIMIT = 256 * 1024
 #: The largest authentication message we accept (SASL messages are a few hundred bytes).
 MAX_AUTH_MESSAGE = 10_000
 
-#: Startup parameters accepted without configuration (PgBouncer's list) besides tracked GUCs.
-_STARTUP_KEYS = frozenset({"user", "database", "replication", "options"})
-#: GUCs tracked per client and re-applied to whichever backend it lands on (canonical spelling).
-TRACKED_PARAMETERS = ("client_encoding", "DateStyle", "TimeZone", "standard_conforming_strings", "application_name")
 
 
 class ClientState(enum.IntEnum):
@@ -69,13 +67,47 @@ class ClientState(enum.IntEnum):
     CLOSED = 4
 
 
+class ClientHost(Protocol):
+    """What a client connection needs from the process (``pooler.runtime.process.Pooler`` provides it)."""
+
+    config: Config
+    clock: Callable[[], float]
+    parameters: TrackedParameters
+    statements: StatementCache
+    tls: ClientTls | None  # TLS towards clients (pooler.runtime.tls); None: client_tls_sslmode = disable
+
+    def next_client_id(self) -> int: ...
+
+    def new_cancel_key(self) -> tuple[int, int]: ...
+
+    def client_connected(self, client: ClientConnection) -> None: ...
+
+    def client_disconnected(self, client: ClientConnection) -> None: ...
+
+    def over_client_limit(self) -> bool: ...
+
+    def cancel(self, key: tuple[int, int]) -> None: ...
+
+    def lookup_secret(self, user: str) -> str | None: ...
+
+    def auth_query_enabled(self, db: DatabaseConfig) -> bool: ...
+
+    def auth_query_lookup(self, client: ClientConnection, db: DatabaseConfig, user: str) -> None: ...
+
+    def admin_login(self, client: ClientConnection) -> None: ...
+
+    def client_authenticated(self, client: ClientConnection, db: DatabaseConfig, step: AuthStep) -> None: ...
+
+    def pooler_error(self, client: ClientConnection | None, sqlstate: str, message: str) -> None: ...
+
+
 class ClientConnection(asyncio.Protocol):
     """A connection from an application to the pooler."""
 
     __slots__ = (
-        "_buf",
         "_held",
         "_negotiate",
+        "_reader",
         "_reading_paused",
         "_skip",
         "_tls_pending",
@@ -110,7 +142,7 @@ class ClientConnection(asyncio.Protocol):
         "waiting",
     )
 
-    def __init__(self, pooler: Pooler, *, direct: bool = False) -> None:
+    def __init__(self, pooler: ClientHost, *, direct: bool = False) -> None:
         self.pooler = pooler
         self.direct = direct
         self.transport: asyncio.Transport | None = None
@@ -121,7 +153,7 @@ class ClientConnection(asyncio.Protocol):
         self.user = ""
         self.database = ""
         self.db: DatabaseConfig | None = None
-        self.pool: Pool | None = None
+        self.pool: ClientPool | None = None
         self.pool_mode = PoolMode.TRANSACTION
         self.server: ServerConnection | None = None
         self.auth: ClientAuth | None = None
@@ -141,7 +173,7 @@ class ClientConnection(asyncio.Protocol):
         self.connected_at = now
         self.last_active = now
         self.wait_started = 0.0
-        self._buf = bytearray()
+        self._reader: MessageReader | None = None  # startup and authentication messages
         # Immutable on purpose: b"" + data is data itself in CPython, so the usual case (one whole
         # message arrives while no server is linked) is held and later forwarded without a copy.
         self._held = b""
@@ -237,8 +269,8 @@ class ClientConnection(asyncio.Protocol):
             transport.write(data)
             return
         self.stats.received += n
-        pending = server.pending
-        was_idle = not pending
+        ledger = server.ledger
+        was_idle = not ledger.pending
         unpack = _unpack_length
         max_packet = self.max_packet
         track = self.track_statements
@@ -262,7 +294,7 @@ class ClientConnection(asyncio.Protocol):
                     if end > n:
                         break  # checked whole: wait for the rest of it
                     findings = checker.check(data[pos + 5 : end - 1].decode("utf-8", "replace"),
-                                             server.tx_status != pq.TX_IDLE)
+                                             ledger.tx_status != pq.TX_IDLE)
                     refusal = self._session_state(findings, server) if findings else None
                     if refusal is not None:
                         if parts is None:
@@ -270,23 +302,21 @@ class ClientConnection(asyncio.Protocol):
                         parts.append(data[sent_from:pos])
                         parts.append(refusal)  # Postgres raises the refusal: order and tx state stay right
                         sent_from = end
-                pending.append(kind)
-                server.unsynced = False
+                ledger.request_sent(kind)
             elif kind == pq.SYNC:
-                if not server.copy_in:
-                    pending.append(server.end_segment() if track else kind)
-                server.unsynced = False
+                ledger.sync_sent(server.end_segment() if track and not ledger.copy_in else kind)
             elif kind == pq.COPY_DATA:
                 pass
             elif kind in (pq.COPY_DONE, pq.COPY_FAIL):
-                server.copy_in = False
+                ledger.copy_end_sent()
             elif kind == pq.TERMINATE:
                 if pos:
                     transport.write(data[:pos])
                 self.close()
                 return
             else:
-                server.unsynced = True
+                if not ledger.unsynced:
+                    ledger.extended_sent()
                 segment = server.open_segment
                 if segment is not None and segment.dropping and kind != pq.FLUSH:  # refused earlier in it
                     if end > n:
@@ -302,7 +332,7 @@ class ClientConnection(asyncio.Protocol):
                     name_end = data.find(b"\x00", pos + 5, end)
                     query_end = data.find(b"\x00", name_end + 1, end)
                     findings = self.state_checker.check(
-                        data[name_end + 1 : query_end].decode("utf-8", "replace"), server.tx_status != pq.TX_IDLE
+                        data[name_end + 1 : query_end].decode("utf-8", "replace"), ledger.tx_status != pq.TX_IDLE
                     ) if name_end > 0 and query_end > 0 else ()
                     if findings and self._session_state(findings, server, extended=True) is not None:
                         if parts is None:
@@ -345,9 +375,9 @@ class ClientConnection(asyncio.Protocol):
             if stop:
                 transport.write(data[:stop])
             self._held += data[stop:]
-        if was_idle and pending:
+        if was_idle and ledger.pending:
             now = server.request_started = self.pooler.clock()
-            if server.tx_status == pq.TX_IDLE:
+            if ledger.tx_status == pq.TX_IDLE:
                 server.xact_started = now
 
     def _session_state(
@@ -398,12 +428,12 @@ class ClientConnection(asyncio.Protocol):
             self.statements[name] = statement
             if statement in server.prepared:
                 server.use(statement)
-                server.synthesize(pq.PARSE, PARSE_COMPLETE)
+                server.synthesize(pq.PARSE, pq.PARSE_COMPLETE)
                 return []
             return server.prepare(statement, FORWARD, name, self.pooler.config.settings.max_prepared_statements)
         if kind == pq.CLOSE:
             self.statements.pop(name, None)
-            server.synthesize(pq.CLOSE, CLOSE_COMPLETE)
+            server.synthesize(pq.CLOSE, pq.CLOSE_COMPLETE)
             return []
         known = self.statements.get(name)
         if known is None:
@@ -452,8 +482,8 @@ class ClientConnection(asyncio.Protocol):
 
     # --- linking to servers (called by the pool) --------------------------------------------------
 
-    def link(self, server: ServerConnection, now: float) -> None:
-        """The pool hands us a server (at ``now``): align its session parameters, send what we hold."""
+    def linked(self, server: ServerConnection, now: float) -> None:
+        """The pool paired us with a server (at ``now``): align its session parameters, send what we hold."""
         stats = self.stats
         stats.server_assignment_count += 1
         if self.waiting:
@@ -462,9 +492,6 @@ class ClientConnection(asyncio.Protocol):
             hist = stats.wait_hist
             hist.counts[bisect_left(LATENCY_BUCKETS, waited)] += 1
             hist.total += waited
-        self.server = server
-        server.client = self
-        server.state = ServerState.ACTIVE
         if server.params_key != self.params_key:
             self._sync_parameters(server)
         if self._held:
@@ -480,27 +507,20 @@ class ClientConnection(asyncio.Protocol):
 
     def server_ready_for_query(self, server: ServerConnection) -> None:
         """The server owes nothing: release it if this pool mode allows and it is clean."""
-        if server.tx_status != pq.TX_IDLE:
+        if server.ledger.tx_status != pq.TX_IDLE:
             server.last_used = self.pooler.clock()  # idle in a transaction from now on (idle_transaction_timeout)
         mode = self.pool_mode
         if mode == PoolMode.SESSION or self.direct or self._skip:
             return
         if server.is_clean():
-            self._unlink(server)
             now = self.last_active = self.pooler.clock()
             assert self.pool is not None
-            self.pool.release(server, now=now)
+            self.pool.server_ready(self, server, now)
             if len(self._held) >= 5:
                 self._hold(b"")
-        elif mode == PoolMode.STATEMENT and server.tx_status != pq.TX_IDLE:
+        elif mode == PoolMode.STATEMENT and server.ledger.tx_status != pq.TX_IDLE:
             self.fatal("08P01", "transaction blocks not allowed in statement pooling mode",
                        hint="use transaction pool_mode, or the direct endpoint, for multi-statement transactions")
-
-    def _unlink(self, server: ServerConnection) -> None:
-        server.client = None
-        self.server = None
-        if server.reading_paused:  # paused for our slow reading: the next client must not inherit that
-            server.resume_reading()
 
     def server_lost(self, server: ServerConnection) -> None:
         """Our server died while linked: the transaction is gone, so is this session."""
@@ -525,56 +545,54 @@ class ClientConnection(asyncio.Protocol):
         server = self.server
         if server is None:
             return
-        self._unlink(server)
-        pool.client_left_server(server, self._skip != 0, reason)
+        pool.client_left_server(self, server, self._skip != 0, reason)
 
     # --- startup and authentication -------------------------------------------------------------
 
     def _handshake_data(self, data: bytes) -> None:
-        buf = self._buf
-        buf += data
+        reader = self._reader
+        if reader is None:
+            reader = self._reader = MessageReader(MAX_AUTH_MESSAGE)
+        reader.feed(data)
         if self._tls_pending:
             return  # decrypted bytes that came with the end of the handshake: read once it is done
-        while True:
-            if self.state == ClientState.STARTUP:
-                if self.tls is None and tls_shell.is_client_hello(buf):
-                    self._begin_tls(direct=True)  # Postgres 17's sslnegotiation=direct
-                    return
-                if len(buf) < 4:
-                    return
-                length = pq.read_int32(buf)
-                if length < 8 or length > pq.MAX_STARTUP_PACKET:
-                    self.fatal("08P01", f"invalid length of startup packet ({length} bytes)")
-                    return
-                if len(buf) < length:
-                    return
-                packet = bytes(buf[:length])
-                del buf[:length]
-                self._startup(packet)
-            elif self.state == ClientState.AUTH and self.auth is not None:
-                if len(buf) < 5:
-                    return
-                kind = buf[0]
-                length = pq.read_int32(buf, 1)
-                if kind != pq.PASSWORD:
-                    self.fatal("08P01", f"expected a password message, got message type {chr(kind)!r}")
-                    return
-                if length < 4 or length > MAX_AUTH_MESSAGE:
-                    self.fatal("08P01", f"invalid password message length {length}")
-                    return
-                if len(buf) < 1 + length:
-                    return
-                payload = bytes(buf[5 : 1 + length])
-                del buf[: 1 + length]
-                self._auth_step(self.auth.receive(payload))
-            else:
-                break
-        if buf and self.state in (ClientState.WELCOME, ClientState.READY):
-            # The client pipelined its first query behind the login (Neon's pipelined connect does).
-            self._held += bytes(buf)
-            buf.clear()
-            if self.state == ClientState.READY and self.server is None:
-                self._hold(b"")
+        try:
+            while True:
+                if self.state == ClientState.STARTUP:
+                    if self.tls is None and tls_shell.is_client_hello(reader.peek_type()):
+                        self._begin_tls(direct=True)  # Postgres 17's sslnegotiation=direct
+                        return
+                    packet = reader.next_startup_packet()
+                    if packet is None:
+                        return
+                    self._startup(packet)
+                elif self.state == ClientState.AUTH and self.auth is not None:
+                    kind = reader.peek_type()
+                    if kind is None:
+                        return
+                    if kind != pq.PASSWORD:
+                        self.fatal("08P01", f"expected a password message, got message type {chr(kind)!r}")
+                        return
+                    message = reader.next_message()
+                    if message is None:
+                        return
+                    self._auth_step(self.auth.receive(message[1]))
+                else:
+                    break
+        except BadLengthError as exc:
+            self.fatal("08P01", f"invalid password message length {exc.length}")
+            return
+        except pq.ProtocolViolationError as exc:
+            self.fatal("08P01", str(exc))
+            return
+        if self.state in (ClientState.WELCOME, ClientState.READY):
+            self._reader = None  # the login is over: its buffer is not kept for the session
+            rest = reader.take_rest()
+            if rest:
+                # The client pipelined its first query behind the login (Neon's pipelined connect does).
+                self._held += rest
+                if self.state == ClientState.READY and self.server is None:
+                    self._hold(b"")
 
     def _startup(self, packet: bytes) -> None:
         try:
@@ -583,7 +601,7 @@ class ClientConnection(asyncio.Protocol):
             self.fatal("08P01", f"invalid startup packet: {exc}")
             return
         if startup.code == pq.SSL_REQUEST_CODE and self._tls_offered():
-            if self._buf:
+            if self._reader is not None and len(self._reader):
                 self.fatal("08P01", "received unencrypted data after SSL request",
                            hint="this could be a man-in-the-middle attack; the client must wait for the answer")
                 return
@@ -597,7 +615,7 @@ class ClientConnection(asyncio.Protocol):
             self.pooler.cancel(startup.cancel_key)
             self.close()
             return
-        if self.tls is None and self.pooler.tls is not None and self.pooler.tls.required and self._tls_offered():
+        if self.pooler.tls is not None and self.pooler.tls.required and self._tls_offered():
             self.fatal("08P01", "SSL required",
                        hint="client_tls_sslmode requires TLS: connect with sslmode=require (or stronger)")
             return
@@ -607,25 +625,15 @@ class ClientConnection(asyncio.Protocol):
             self.fatal("53300", "no more connections allowed (max_client_conn)",
                        hint="raise max_client_conn, or close idle connections in the app")
             return
-        if startup.major != 3:
-            self.fatal(
-                "0A000",
-                f"unsupported frontend protocol {startup.major}.{startup.minor}: server supports 3.0 to 3.0",
-            )
-            return
-        params = startup.params
-        unsupported_options = [k for k in params if k.startswith("_pq_.")]
-        if startup.minor > 0 or unsupported_options:
-            self._negotiate = pq.negotiate_protocol_version(pq.PROTOCOL_3_0, unsupported_options)
-        user = params.get("user", "")
-        if not user:
-            self.fatal("28000", "no PostgreSQL user name specified in startup packet")
-            return
-        self.user = sys.intern(user)  # one string per name, not one per connection
-        self.database = sys.intern(params.get("database") or user)
-        if not self._check_startup_parameters(params):
-            return
         settings = self.pooler.config.settings
+        login = read_login(startup, self.pooler.parameters.canonical, settings.ignore_startup_parameters)
+        if isinstance(login, Refusal):
+            self.fatal(login.sqlstate, login.message, hint=login.hint)
+            return
+        self._negotiate = login.negotiate
+        user = self.user = sys.intern(login.user)  # one string per name, not one per connection
+        self.database = sys.intern(login.database)
+        self.startup_params = self.pooler.parameters.shared(login.tracked)[0] if login.tracked else _NO_PARAMS
         if self.database == ADMIN_DATABASE:
             # The admin console: authenticated like anyone (auth_file / auth_query), then handed over.
             self.state = ClientState.AUTH
@@ -653,7 +661,7 @@ class ClientConnection(asyncio.Protocol):
         if self._negotiate:
             self.write(self._negotiate)
         self._auth_step(self.auth.start())
-        if self._buf and self.state == ClientState.AUTH:
+        if self._reader is not None and len(self._reader) and self.state == ClientState.AUTH:
             self._handshake_data(b"")
 
     # --- TLS (the contexts: pooler.runtime.tls; the handshake: pooler.net.tls) ------------------------
@@ -673,8 +681,8 @@ class ClientConnection(asyncio.Protocol):
                                      "(client_tls_sslmode = disable)")
             self.close()
             return
-        already_read = bytes(self._buf) if direct else b""
-        self._buf.clear()
+        reader = self._reader
+        already_read = reader.take_rest() if direct and reader is not None else b""
         self._tls_pending = True
         # Nothing more may reach data_received before the TLS layer takes over: the ClientHello that
         # follows our "S" belongs to it. start_tls resumes reading once it is in place.
@@ -707,43 +715,6 @@ class ClientConnection(asyncio.Protocol):
             return
         self._handshake_data(b"")
 
-    def _check_startup_parameters(self, params: dict[str, str]) -> bool:
-        settings = self.pooler.config.settings
-        tracked = self.pooler.tracked_parameters
-        ignored = settings.ignore_startup_parameters
-        startup: dict[str, str] = {}
-        for key, value in params.items():
-            canonical = tracked.get(key.lower())
-            if canonical is not None:
-                startup[canonical] = value
-            elif key in _STARTUP_KEYS or key.startswith("_pq_.") or key in ignored:
-                continue
-            else:
-                self.fatal("08P01", f"unsupported startup parameter: {key}",
-                           hint=f"add {key} to ignore_startup_parameters in the pooler config")
-                return False
-        if params.get("replication", "false").lower() not in ("false", "off", "no", "0"):
-            self.fatal("08P01", "replication connections are not supported by the pooler",
-                       hint="connect to Postgres directly for replication")
-            return False
-        options = params.get("options", "")
-        if options:
-            parsed = _parse_options(options)
-            if parsed is None:
-                self.fatal("08P01", f"unsupported startup parameter in options: {options}",
-                           hint="only -c name=value settings of tracked parameters pass through the pooler")
-                return False
-            for key, value in parsed:
-                canonical = tracked.get(key.lower())
-                if canonical is not None:
-                    startup[canonical] = value
-                elif key not in ignored:
-                    self.fatal("08P01", f"unsupported startup parameter in options: {key}",
-                               hint=f"add {key} to ignore_startup_parameters, or use the direct endpoint")
-                    return False
-        self.startup_params = self.pooler.shared_params(startup)[0] if startup else _NO_PARAMS
-        return True
-
     def _auth_step(self, step: AuthStep) -> None:
         if step.send:
             self.write(step.send)
@@ -766,8 +737,8 @@ class ClientConnection(asyncio.Protocol):
             return
         values = dict(server_params)
         values.update(self.startup_params)
-        tracked = self.pooler.tracked_parameters.values()
-        self.params, self.params_key = self.pooler.shared_params({k: values[k] for k in tracked if k in values})
+        parameters = self.pooler.parameters
+        self.params, self.params_key = parameters.shared({k: values[k] for k in parameters.names if k in values})
         out = [pq.parameter_status(k, v) for k, v in values.items()]
         out.append(pq.backend_key_data(*self.key))
         out.append(pq.READY_FOR_QUERY_IDLE)
@@ -796,23 +767,5 @@ def _quote(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def _parse_options(options: str) -> list[tuple[str, str]] | None:
-    """Parse libpq's ``options`` (``-c name=value`` / ``--name=value``); None when it holds anything else."""
-    tokens = options.replace("\\ ", "\x00").split()
-    result: list[tuple[str, str]] = []
-    i = 0
-    while i < len(tokens):
-        token = tokens[i].replace("\x00", " ")
-        if token == "-c" and i + 1 < len(tokens):
-            token = tokens[i + 1].replace("\x00", " ")
-            i += 1
-        elif token.startswith("-c") or token.startswith("--"):
-            token = token[2:]
-        else:
-            return None
-        name, sep, value = token.partition("=")
-        if not sep:
-            return None
-        result.append((name.replace("-", "_"), value))
-        i += 1
-    return result
+#: A pool of this process: servers are ServerConnections, clients ClientConnections.
+ClientPool: TypeAlias = Pool[ServerConnection, ClientConnection]

@@ -2,40 +2,33 @@
 
 Theory of operation. A server logs in once (``LOGIN``), then alternates between ``IDLE`` in its pool
 and ``ACTIVE``, linked to one client. While active, bytes from Postgres are forwarded to the client in
-whole chunks; the scanner only reads message headers to keep three facts current:
-
-* ``pending`` — the requests sent to Postgres that still owe a ReadyForQuery (each Query, Sync and
-  FunctionCall owes exactly one). The client side appends, ReadyForQuery pops.
-* ``tx_status`` — the status byte of the last ReadyForQuery (``I`` idle, ``T``/``E`` in a transaction).
-* ``params`` — the tracked GUCs Postgres reported with ParameterStatus.
-
-From those the pool decides, cheaply and exactly, when a server is clean enough to hand to another
-client: nothing pending, not in a transaction, no COPY, no half-sent message.
+whole chunks; the scanner only reads message headers, to keep the server's ``Ledger``
+(``pooler.core.ledger``: what it still owes, its transaction status, COPY) and its tracked ``params``
+(the GUCs Postgres reported with ParameterStatus) current. From those the pool decides, cheaply and
+exactly, when a server is clean enough to hand to another client.
 
 The pooler also talks to Postgres on its own (parameter sync before a client's traffic, the reset
 query, the health check). Such a query is sent only when nothing is pending, so its answer is always
-the first thing that comes back; ``swallow`` counts the ReadyForQuery messages whose answers are
+the first thing that comes back; the ledger counts the ReadyForQuery messages whose answers are
 dropped instead of forwarded.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
-import enum
 import struct
 from bisect import bisect_left
-from typing import TYPE_CHECKING, cast
+from typing import Any, Protocol, cast
 
 from pooler.config import PoolMode
+from pooler.core.ledger import Ledger
+from pooler.core.parameters import ParamsKey
+from pooler.core.pool import Pool, ServerState
 from pooler.core.prepared import DESCRIBE_STATEMENT, FORWARD, SKIP, SYNTH, Action, PreparedStatement, Segment
 from pooler.core.stats import LATENCY_BUCKETS
 from pooler.wire import messages as pq
 from pooler.wire.auth import AuthFailed, ServerAuth
-
-if TYPE_CHECKING:
-    from pooler.core.pool import Pool
-    from pooler.net.client import ClientConnection
+from pooler.wire.framing import MessageReader
 
 _LENGTH = struct.Struct("!i")
 _unpack_length = _LENGTH.unpack_from
@@ -64,42 +57,58 @@ _PASS_THROUGH = frozenset((pq.NOTICE_RESPONSE, pq.PARAMETER_STATUS, pq.NOTIFICAT
 _FATAL_PREFIX = b"SFATAL\x00"
 _PANIC_PREFIX = b"SPANIC\x00"
 
+#: The largest message Postgres sends during login that we read (errors and notices are a few hundred bytes).
+MAX_LOGIN_MESSAGE = 1024 * 1024
+
 #: Write-buffer marks for both directions: past ``high`` the other side stops being read.
 WRITE_BUFFER_HIGH = 256 * 1024
 WRITE_BUFFER_LOW = 64 * 1024
 
 
-class ServerState(enum.IntEnum):
-    CONNECTING = 0
-    LOGIN = 1
-    IDLE = 2
-    ACTIVE = 3
-    BUSY = 4  # running the pooler's own query (reset, health check) with no client linked
-    CLOSED = 5
+class LinkedClient(Protocol):
+    """The client a server forwards to, as the server sees it (``pooler.net.client`` implements it)."""
+
+    transport: asyncio.Transport | None
+    direct: bool
+    params: dict[str, str]
+    params_key: ParamsKey
+    statements: dict[bytes, PreparedStatement]
+
+    @property
+    def pool_mode(self) -> PoolMode: ...
+
+    def write(self, data: bytes) -> None: ...
+
+    def fatal(self, sqlstate: str, message: str, *, hint: str | None = None, detail: str | None = None) -> None: ...
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+    def server_ready_for_query(self, server: ServerConnection) -> None: ...
 
 
 class ServerConnection(asyncio.Protocol):
     """A backend connection and the byte scanner for its responses."""
 
     __slots__ = (
-        "_buf",
+        "_login_reader",
         "_partial",
         "_skip",
         "auth",
         "client",
         "close_reason",
         "connect_started",
-        "copy_in",
         "created_at",
         "direct",
         "fatal_seen",
         "key",
         "last_used",
+        "ledger",
         "login_error",
         "open_segment",
         "params",
         "params_key",
-        "pending",
         "pinned",
         "pool",
         "prepared",
@@ -110,31 +119,30 @@ class ServerConnection(asyncio.Protocol):
         "startup_params",
         "state",
         "stats",
-        "swallow",
         "tracked_inflight",
         "transport",
-        "tx_status",
-        "unsynced",
         "xact_started",
     )
 
-    def __init__(self, pool: Pool, startup_params: dict[str, str], auth: ServerAuth, *, direct: bool = False):
+    def __init__(
+        self,
+        pool: Pool[ServerConnection, Any],
+        startup_params: dict[str, str],
+        auth: ServerAuth,
+        *,
+        direct: bool = False,
+    ) -> None:
         self.pool = pool
         self.startup_params = startup_params
         self.auth = auth
         self.direct = direct
         self.transport: asyncio.Transport | None = None
-        self.client: ClientConnection | None = None
+        self.client: LinkedClient | None = None
         self.state = ServerState.CONNECTING
         self.params: dict[str, str] = {}
-        self.params_key: tuple[str | None, ...] = ()  # tracked values, in pooler.tracked_names order
+        self.params_key: ParamsKey = ()  # tracked values, in TrackedParameters.names order
         self.key: tuple[int, int] | None = None
-        # What each ReadyForQuery still owed answers: QUERY / SYNC / FUNCTION_CALL, or a tracked Segment.
-        self.pending: collections.deque[int | Segment] = collections.deque()
-        self.tx_status = pq.TX_IDLE
-        self.unsynced = False
-        self.copy_in = False
-        self.swallow = 0
+        self.ledger = Ledger()
         self.fatal_seen = False
         # Prepared statements (see pooler.core.prepared): the statements this server has, least recently used
         # first; the kinds of the extended messages of the open segment; that segment once it is tracked;
@@ -148,10 +156,10 @@ class ServerConnection(asyncio.Protocol):
         self.stale = False  # set on RECONNECT/config change: close instead of reuse
         self.login_error: dict[str, str] | None = None
         self.close_reason = ""
-        self._buf = bytearray()
+        self._login_reader = MessageReader(MAX_LOGIN_MESSAGE)
         self._partial = b""
         self._skip = 0
-        loop_time = pool.pooler.clock()
+        loop_time = pool.host.clock()
         self.created_at = loop_time
         self.connect_started = loop_time
         self.last_used = loop_time
@@ -164,7 +172,7 @@ class ServerConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         transport.set_write_buffer_limits(WRITE_BUFFER_HIGH, WRITE_BUFFER_LOW)
-        self.state = ServerState.LOGIN
+        self.pool.server_connecting(self)
         transport.write(pq.startup_message(self.startup_params))
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -207,7 +215,7 @@ class ServerConnection(asyncio.Protocol):
         if pos >= n:
             # Inside the body of a large message: nothing to look at, forward as is.
             self._skip = pos - n
-            if not self.swallow and self.client is not None:
+            if not self.ledger.swallow and self.client is not None:
                 self.stats.sent += n
                 self.client.write(data)
             return
@@ -216,7 +224,8 @@ class ServerConnection(asyncio.Protocol):
             return
         inspect = _INSPECT_TABLE
         unpack = _unpack_length
-        forward_from = -1 if self.swallow else 0
+        ledger = self.ledger
+        forward_from = -1 if ledger.swallow else 0
         refused = -1
         refused_parameters: dict[str, str] | None = None
         answered = 0
@@ -227,17 +236,14 @@ class ServerConnection(asyncio.Protocol):
                 if end > n:
                     break
                 if kind == pq.READY_FOR_QUERY:
-                    self.tx_status = data[pos + 5]
-                    if self.swallow:
-                        self.swallow -= 1
-                        if not self.swallow:
-                            forward_from = end
-                    elif self.pending:
-                        self.pending.popleft()
+                    swallowing = ledger.swallow
+                    if ledger.ready_for_query(data[pos + 5]):
                         answered += 1
-                        if self.tx_status != pq.TX_IDLE and self._refuses_transactions():
+                        if ledger.tx_status != pq.TX_IDLE and self._refuses_transactions():
                             refused = pos
                             break
+                    elif swallowing and not ledger.swallow:
+                        forward_from = end
                 elif kind == pq.PARAMETER_STATUS:
                     self._parameter_status(data[pos + 5 : end - 1])
                 elif kind == pq.COMMAND_COMPLETE:
@@ -247,7 +253,7 @@ class ServerConnection(asyncio.Protocol):
                     self._copy_in_started()
                 elif data.startswith(_FATAL_PREFIX, pos + 5) or data.startswith(_PANIC_PREFIX, pos + 5):
                     self.fatal_seen = True
-                elif self.swallow and self.client is not None:
+                elif ledger.swallow and self.client is not None:
                     # The only internal query run while a client is linked is the SET of its parameters.
                     refused_parameters = pq.parse_error_fields(data[pos + 5 : end])
                     break
@@ -279,17 +285,17 @@ class ServerConnection(asyncio.Protocol):
         if client is None:
             if self.state == ServerState.IDLE and self.fatal_seen:
                 self.close("server sent FATAL while idle")
-            elif self.state == ServerState.BUSY and not self.swallow and not self.pending:
+            elif self.state == ServerState.BUSY and not ledger.pending and not ledger.swallow:
                 self.pool.server_done_busy(self)
             return
-        if not self.pending and not self.swallow:
+        if not ledger.pending and not ledger.swallow:
             client.server_ready_for_query(self)
 
     # --- state helpers ----------------------------------------------------------------------------
 
     def _count_answers(self, answered: int) -> None:
         """Statistics for the requests a chunk answered: one clock read per chunk, not per message."""
-        now = self.pool.pooler.clock()
+        now = self.pool.host.clock()
         stats = self.stats
         stats.query_count += answered
         elapsed = now - self.request_started
@@ -297,7 +303,7 @@ class ServerConnection(asyncio.Protocol):
         hist.counts[bisect_left(LATENCY_BUCKETS, elapsed)] += 1
         hist.total += elapsed
         self.request_started = now  # a pipelined request still owed started no later than this
-        if self.tx_status == pq.TX_IDLE:
+        if self.ledger.tx_status == pq.TX_IDLE:
             stats.xact_count += 1
             elapsed = now - self.xact_started
             hist = stats.xact_hist
@@ -306,16 +312,7 @@ class ServerConnection(asyncio.Protocol):
 
     def is_clean(self) -> bool:
         """True when nothing is in flight and no transaction is open: safe for another client."""
-        return (
-            not self.pending
-            and not self.swallow
-            and not self.unsynced
-            and not self.copy_in
-            and self._skip == 0
-            and not self._partial
-            and self.tx_status == pq.TX_IDLE
-            and self.open_segment is None
-        )
+        return self.ledger.is_clean() and self._skip == 0 and not self._partial and self.open_segment is None
 
     def _refuses_transactions(self) -> bool:
         client = self.client
@@ -329,8 +326,7 @@ class ServerConnection(asyncio.Protocol):
         assert client is not None
         if 0 <= forward_from < at:
             client.write(data[forward_from:at])
-        self.client = None
-        client.server = None
+        self.pool.unlink(client, self)
         reason = "transaction blocks not allowed in statement pooling mode"
         client.fatal("08P01", reason,
                      hint="use transaction pool_mode, or the direct endpoint, for multi-statement transactions")
@@ -343,38 +339,30 @@ class ServerConnection(asyncio.Protocol):
         server may already be running the client's query behind the SET: close it."""
         client = self.client
         assert client is not None
-        self.client = None
-        client.server = None
+        self.pool.unlink(client, self)
         client.fatal(fields.get("C", "22023"), fields.get("M", "invalid value for a startup parameter"),
                      detail=fields.get("D"),
                      hint=fields.get("H") or "fix the value in the connection string; the pooler sets it with SET")
         self.close("the client's startup parameters were refused")
 
     def _parameter_status(self, body: bytes) -> None:
-        name, _, value = body.partition(b"\x00")
-        key = name.decode()
-        text = value.decode("utf-8", "replace")
+        key, text = pq.parse_parameter_status(body)
         self.params[key] = text
-        if key not in self.pool.pooler.tracked_set:
+        if key not in self.pool.host.parameters.names_set:
             return
-        self.params_key = self.pool.pooler.params_key(self.params)
+        self.params_key = self.pool.host.parameters.key(self.params)
         client = self.client
         if client is not None and key in client.params:  # client.params may be shared: replace, never mutate
-            client.params, client.params_key = self.pool.pooler.shared_params({**client.params, key: text})
+            client.params, client.params_key = self.pool.host.parameters.shared({**client.params, key: text})
 
     def _copy_in_started(self) -> None:
-        # In copy-in mode Postgres ignores Sync. If the COPY came from the extended protocol, the Syncs
-        # the client already sent after its Execute will never be answered: forget them. The Sync the
-        # client sends after CopyDone/CopyFail is the one that gets the ReadyForQuery.
-        self.copy_in = True
-        if self.pending and (self.pending[0] == pq.SYNC or isinstance(self.pending[0], Segment)):
-            self.pending.clear()
-            self.tracked_inflight = 1 if self.open_segment is not None else 0
+        """Postgres entered copy-in mode: the ledger drops the Syncs it will ignore, tracked ones included."""
+        self.tracked_inflight -= len(self.ledger.copy_in_started())
 
     def run_internal(self, sql: str) -> None:
         """Send the pooler's own query; its whole answer is dropped. Only call when nothing is pending."""
         assert self.transport is not None
-        self.swallow += 1
+        self.ledger.internal_query_sent()
         self.transport.write(pq.query(sql))
 
     def close(self, reason: str) -> None:
@@ -389,14 +377,13 @@ class ServerConnection(asyncio.Protocol):
         self._closed(reason)
 
     def _closed(self, reason: str) -> None:
-        previous = self.state
-        self.state = ServerState.CLOSED
         if not self.close_reason:
             self.close_reason = reason
+        previous = self.pool.server_closing(self)
         if previous in (ServerState.CONNECTING, ServerState.LOGIN):
             self.pool.server_login_failed(self, self.login_error or {"C": "08006", "M": reason})
         else:
-            self.pool.server_closed(self, previous)
+            self.pool.server_closed(self)
 
     # --- prepared statements: the client side records, the tracked scanner answers -------------------
 
@@ -439,7 +426,7 @@ class ServerConnection(asyncio.Protocol):
         segment.actions.append(Action(code, SYNTH, payload))
         if refuse:
             segment.dropping = True
-        if not self.pending and segment.head == len(segment.actions) - 1 and self.client is not None:
+        if not self.ledger.pending and segment.head == len(segment.actions) - 1 and self.client is not None:
             out: list[bytes] = []  # nothing before it is owed: answer at once (the client may be waiting)
             self._emit_synthesized(segment, out)
             self.client.write(b"".join(out))
@@ -504,24 +491,25 @@ class ServerConnection(asyncio.Protocol):
         """The slow scanner, for chunks answering a tracked segment: every message is matched to its request."""
         n = len(data)
         out: list[bytes] = [data[:pos]] if pos else []  # the end of a row streamed from the last chunk
-        pending = self.pending
+        ledger = self.ledger
         answered = 0
         while pos + 5 <= n:
             kind = data[pos]
             end = pos + 1 + _unpack_length(data, pos + 1)[0]
-            head = pending[0] if pending else self.open_segment
+            head = ledger.head()
+            if head is None:
+                head = self.open_segment
             if end > n:
-                if kind == pq.DATA_ROW and self.swallow == 0 and (
+                if kind == pq.DATA_ROW and ledger.swallow == 0 and (
                         not isinstance(head, Segment) or head.head >= len(head.actions)
                         or head.actions[head.head].mode == FORWARD):
                     out.append(data[pos:])  # a large row of a forwarded answer: stream it
                     self._skip = end - n
                     pos = n
                 break
-            if self.swallow:
+            if ledger.swallow:
                 if kind == pq.READY_FOR_QUERY:
-                    self.swallow -= 1
-                    self.tx_status = data[pos + 5]
+                    ledger.ready_for_query(data[pos + 5])
                 elif kind == pq.PARAMETER_STATUS:
                     self._parameter_status(data[pos + 5 : end - 1])
                 elif kind == pq.ERROR_RESPONSE and self.client is not None:
@@ -544,21 +532,17 @@ class ServerConnection(asyncio.Protocol):
                 self._copy_in_started()
             if not isinstance(head, Segment):  # an untracked request: forwarded as is
                 out.append(data[pos:end])
-                if kind == pq.READY_FOR_QUERY:
-                    self.tx_status = data[pos + 5]
-                    if pending:
-                        pending.popleft()
-                        answered += 1
+                if kind == pq.READY_FOR_QUERY and ledger.ready_for_query(data[pos + 5]):
+                    answered += 1
                 pos = end
                 continue
             self._emit_synthesized(head, out)
             if kind == pq.READY_FOR_QUERY:
                 out.append(data[pos:end])
-                self.tx_status = data[pos + 5]
                 if head is self.open_segment:  # cannot happen: a ReadyForQuery answers a Sync, which closed it
                     self.open_segment = None
-                elif pending:
-                    pending.popleft()
+                    ledger.ready_for_query(data[pos + 5])
+                elif ledger.ready_for_query(data[pos + 5]):
                     answered += 1
                 self.tracked_inflight -= 1
             elif kind == pq.ERROR_RESPONSE:
@@ -582,32 +566,30 @@ class ServerConnection(asyncio.Protocol):
             self._count_answers(answered)
         client = self.client
         if client is None:
-            if self.state == ServerState.BUSY and not self.swallow and not self.pending:
+            if self.state == ServerState.BUSY and not ledger.swallow and not ledger.pending:
                 self.pool.server_done_busy(self)
             return
         if out:
             payload = b"".join(out)
             self.stats.sent += len(payload)
             client.write(payload)
-        if not pending and not self.swallow:
+        if not ledger.pending and not ledger.swallow:
             client.server_ready_for_query(self)
 
     # --- login ------------------------------------------------------------------------------------
 
     def _login_data(self, data: bytes) -> None:
-        buf = self._buf
-        buf += data
-        while len(buf) >= 5:
-            length = _unpack_length(buf, 1)[0]
-            if length < 4:
-                self._login_failed({"C": "08P01", "M": "server sent an invalid message length during login"})
+        reader = self._login_reader
+        reader.feed(data)
+        while True:
+            try:
+                message = reader.next_message()
+            except pq.ProtocolViolationError as exc:
+                self._login_failed({"C": "08P01", "M": f"server sent an invalid message during login: {exc}"})
                 return
-            end = 1 + length
-            if len(buf) < end:
+            if message is None:
                 return
-            kind = buf[0]
-            body = bytes(buf[5:end])
-            del buf[:end]
+            kind, body = message
             if kind == pq.AUTHENTICATION:
                 code = pq.read_int32(body)
                 try:
@@ -619,19 +601,17 @@ class ServerConnection(asyncio.Protocol):
                     assert self.transport is not None
                     self.transport.write(reply)
             elif kind == pq.PARAMETER_STATUS:
-                name, _, value = body.rstrip(b"\x00").partition(b"\x00")
-                self.params[name.decode()] = value.decode("utf-8", "replace")
+                name, value = pq.parse_parameter_status(body)
+                self.params[name] = value
             elif kind == pq.BACKEND_KEY_DATA:
                 self.key = (pq.read_int32(body), pq.read_int32(body, 4))
             elif kind == pq.ERROR_RESPONSE:
                 self._login_failed(pq.parse_error_fields(body))
                 return
             elif kind == pq.READY_FOR_QUERY:
-                self.state = ServerState.BUSY
-                self.params_key = self.pool.pooler.params_key(self.params)
-                self.tx_status = body[0]
-                remainder = bytes(buf)
-                buf.clear()
+                self.params_key = self.pool.host.parameters.key(self.params)
+                self.ledger.ready_for_query(body[0])
+                remainder = reader.take_rest()
                 self.pool.server_logged_in(self)
                 if remainder:
                     self.data_received(remainder)

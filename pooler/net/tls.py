@@ -20,7 +20,8 @@ import ssl
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, cast
 
-from pooler.net.server import ServerConnection, ServerState
+from pooler.core.pool import ServerState
+from pooler.net.server import ServerConnection
 from pooler.wire import messages as pq
 
 if TYPE_CHECKING:
@@ -35,15 +36,13 @@ _HANDSHAKES: set[asyncio.Task[None]] = set()
 TLS_HANDSHAKE_RECORD = 0x16
 
 
-def is_client_hello(first: bytes | bytearray) -> bool:
-    """True when a connection's first bytes start a TLS handshake record (TLS 1.0-1.3 record layer).
+def is_client_hello(first_byte: int | None) -> bool:
+    """True when a connection's first byte starts a TLS handshake record (a direct-TLS ClientHello).
 
-    A Postgres startup packet starts with its length, whose first byte is 0 for anything a client
-    sends, so one byte tells them apart; the version byte is checked too when it has arrived.
+    A Postgres startup packet starts with its length, whose first byte is 0 for any length a client may
+    send (at most ``MAX_STARTUP_PACKET``), so one byte tells them apart.
     """
-    if not first or first[0] != TLS_HANDSHAKE_RECORD:
-        return False
-    return len(first) < 2 or first[1] == 3
+    return first_byte == TLS_HANDSHAKE_RECORD
 
 
 def spawn(handshake: Coroutine[None, None, None]) -> None:
@@ -126,7 +125,7 @@ class _SslNegotiation(asyncio.Protocol):
         self.answer: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        cast(asyncio.Transport, transport).write(pq.ssl_request())
+        cast(asyncio.Transport, transport).write(pq.SSL_REQUEST)
 
     def data_received(self, data: bytes) -> None:
         if self.answer.done():

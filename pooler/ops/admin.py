@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import struct
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -30,20 +29,19 @@ from pooler.log import log
 from pooler.net.client import ClientState
 from pooler.ops import control, introspect
 from pooler.ops.metrics import VERSION_STRING
+from pooler.ops.stats_log import StatsPeriod
+from pooler.runtime.process import Pooler, ShutdownMode
 from pooler.wire import messages as pq
+from pooler.wire.framing import MessageReader
 
 if TYPE_CHECKING:
     from pooler.net.client import ClientConnection
-    from pooler.runtime.process import Pooler
 
 # --- the wire ------------------------------------------------------------------------------------------
 
-TEXT_OID, INT4_OID, INT8_OID, NUMERIC_OID = 25, 23, 20, 1700
 #: PgBouncer's column type letters: s text, i int4, q int8, N numeric, T timestamp shown as text.
-_TYPES = {"s": (TEXT_OID, -1), "i": (INT4_OID, 4), "q": (INT8_OID, 8), "N": (NUMERIC_OID, -1), "T": (TEXT_OID, -1)}
-_FIELD = struct.Struct("!ihihih")
-_INT16 = struct.Struct("!h")
-_INT32 = struct.Struct("!i")
+_TYPES = {"s": (pq.TEXT_OID, -1), "i": (pq.INT4_OID, 4), "q": (pq.INT8_OID, 8), "N": (pq.NUMERIC_OID, -1),
+          "T": (pq.TEXT_OID, -1)}
 
 #: The largest message the console reads (a query of a few hundred bytes is the most it needs).
 MAX_ADMIN_MESSAGE = 1024 * 1024
@@ -53,36 +51,18 @@ ADMIN_SQLSTATE = "08P01"
 
 
 def row_description(names: Sequence[str], types: str) -> bytes:
-    """RowDescription ('T') for text-format columns with PgBouncer's type letters."""
+    """RowDescription for text-format columns with PgBouncer's type letters."""
     assert len(names) == len(types), (names, types)
-    parts = [_INT16.pack(len(names))]
-    for name, letter in zip(names, types, strict=True):
-        oid, size = _TYPES[letter]
-        parts.append(pq.cstring(name) + _FIELD.pack(0, 0, oid, size, -1, 0))
-    return pq.build(b"T", b"".join(parts))
+    return pq.row_description([(name, *_TYPES[letter]) for name, letter in zip(names, types, strict=True)])
 
 
 def data_row(values: Sequence[object]) -> bytes:
-    """DataRow ('D'): None is SQL NULL, everything else its text form."""
-    parts = [_INT16.pack(len(values))]
-    for value in values:
-        if value is None:
-            parts.append(_INT32.pack(-1))
-        else:
-            raw = str(value).encode()
-            parts.append(_INT32.pack(len(raw)) + raw)
-    return pq.build(b"D", b"".join(parts))
-
-
-def command_complete(tag: str) -> bytes:
-    return pq.build(b"C", pq.cstring(tag))
-
-
-EMPTY_QUERY_RESPONSE = pq.build(b"I")
+    """DataRow: None is SQL NULL, everything else its text form."""
+    return pq.data_row([None if value is None else str(value).encode() for value in values])
 
 
 def result(names: Sequence[str], types: str, rows: Sequence[Sequence[object]], tag: str = "SHOW") -> bytes:
-    return row_description(names, types) + b"".join(data_row(r) for r in rows) + command_complete(tag)
+    return row_description(names, types) + b"".join(data_row(r) for r in rows) + pq.command_complete(tag)
 
 
 # --- parsing ---------------------------------------------------------------------------------------------
@@ -189,10 +169,10 @@ def _stat_values(totals: introspect.Totals) -> list[int]:
     return out
 
 
-def show_stats(pooler: Pooler, which: str) -> bytes:
+def show_stats(pooler: Pooler, stats: StatsPeriod, which: str) -> bytes:
     """SHOW STATS / STATS_TOTALS / STATS_AVERAGES / TOTALS (times in µs, as PgBouncer)."""
     totals = introspect.by_database(pooler, introspect.pool_totals(pooler))
-    averages = pooler.stats_period.averages()
+    averages = stats.averages()
     if which == "stats":
         names = ["database", "total_server_assignment_count", "total_xact_count", "total_query_count",
                  "total_received", "total_sent", "total_xact_time", "total_query_time", "total_wait_time",
@@ -215,7 +195,7 @@ def show_stats(pooler: Pooler, which: str) -> bytes:
         return result(names, "s" + "N" * 12, rows)
     # totals: one row per figure, over all databases
     overall = introspect.Totals.sum(totals.values())
-    overall_avg = pooler.stats_period.overall_average()
+    overall_avg = stats.overall_average()
     labels = ["server_assignment_count", "xact_count", "query_count", "client_bytes", "server_bytes", "xact_time",
               "query_time", "wait_time", "ps_client_parse_count", "ps_server_parse_count", "ps_bind_count",
               "client_login_count"]
@@ -234,12 +214,11 @@ def _sockets(rows: list[introspect.ConnectionRow]) -> bytes:
     return result(_SOCKET_NAMES, _SOCKET_TYPES, [[getattr(r, n) for n in _SOCKET_NAMES] for r in rows])
 
 
-def show(pooler: Pooler, subject: str) -> bytes:
+def show(pooler: Pooler, stats: StatsPeriod, subject: str) -> bytes:
     """Every SHOW; raises AdminError for an unknown subject."""
     what = subject.lower()
     if what == "help":
-        notice = pq.build(b"N", b"SNOTICE\x00VNOTICE\x00C00000\x00MConsole usage\x00D" + USAGE.encode() + b"\x00\x00")
-        return notice + command_complete("SHOW")
+        return pq.notice_response("Console usage", detail=USAGE) + pq.command_complete("SHOW")
     if what == "version":
         return result(["version"], "s", [[VERSION_STRING]])
     if what == "config":
@@ -270,11 +249,11 @@ def show(pooler: Pooler, subject: str) -> bytes:
     if what == "lists":
         return result(["list", "items"], "si", introspect.lists(pooler))
     if what == "state":
-        paused = pooler.paused or pooler.shutdown_mode == control.ShutdownMode.WAIT_FOR_SERVERS
+        paused = pooler.paused or pooler.shutdown_mode == ShutdownMode.WAIT_FOR_SERVERS
         return result(["key", "value"], "ss", [["active", "no" if paused else "yes"],
                                                 ["paused", "yes" if paused else "no"], ["suspended", "no"]])
     if what in ("stats", "stats_totals", "stats_averages", "totals"):
-        return show_stats(pooler, what)
+        return show_stats(pooler, stats, what)
     if what in _FAKE_PARAMETERS:
         return result([what], "s", [[_FAKE_PARAMETERS[what]]])
     if what in ("peers",):
@@ -311,7 +290,18 @@ def welcome_message(client: ClientConnection) -> bytes:
     return b"".join(out)
 
 
-def start_session(pooler: Pooler, client: ClientConnection) -> None:
+class AdminConsole:
+    """The console of one pooler process: what the composition root plugs into ``Pooler.on_admin_login``."""
+
+    def __init__(self, pooler: Pooler, stats: StatsPeriod) -> None:
+        self.pooler = pooler
+        self.stats = stats
+
+    def login(self, client: ClientConnection) -> None:
+        start_session(self.pooler, self.stats, client)
+
+
+def start_session(pooler: Pooler, stats: StatsPeriod, client: ClientConnection) -> None:
     """A client authenticated to database ``pgbouncer``: admit it to the console or refuse it."""
     settings = pooler.config.settings
     is_admin = client.user in settings.admin_users
@@ -324,7 +314,7 @@ def start_session(pooler: Pooler, client: ClientConnection) -> None:
         return
     client.state = ClientState.READY
     pooler.admin_sessions.add(client)
-    session = AdminSession(pooler, client, transport, admin=is_admin)
+    session = AdminSession(pooler, stats, client, transport, admin=is_admin)
     transport.set_protocol(session)
     transport.write(welcome_message(client))
     if settings.log_connections:
@@ -337,13 +327,14 @@ def start_session(pooler: Pooler, client: ClientConnection) -> None:
 class AdminSession(asyncio.Protocol):
     """The console's protocol for one connection, installed with ``transport.set_protocol``."""
 
-    def __init__(self, pooler: Pooler, client: ClientConnection, transport: asyncio.Transport, *,
-                 admin: bool) -> None:
+    def __init__(self, pooler: Pooler, stats: StatsPeriod, client: ClientConnection, transport: asyncio.Transport,
+                 *, admin: bool) -> None:
         self.pooler = pooler
+        self.stats = stats
         self.client = client
         self.transport: asyncio.Transport | None = transport
         self.admin = admin
-        self.buf = bytearray()
+        self.reader = MessageReader(MAX_ADMIN_MESSAGE)
         self.busy = False
         self.skip_to_sync = False
         self.task: asyncio.Future[bytes] | None = None
@@ -351,7 +342,7 @@ class AdminSession(asyncio.Protocol):
     # --- asyncio.Protocol ---------------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        self.buf += data
+        self.reader.feed(data)
         self._process()
 
     def eof_received(self) -> bool | None:
@@ -377,18 +368,15 @@ class AdminSession(asyncio.Protocol):
             self.transport.write(data)
 
     def _process(self) -> None:
-        buf = self.buf
-        while not self.busy and self.transport is not None and len(buf) >= 5:
-            kind = buf[0]
-            length = pq.read_int32(buf, 1)
-            if length < 4 or length > MAX_ADMIN_MESSAGE:
-                self.client.fatal("08P01", f"invalid message length {length} on the admin console")
+        while not self.busy and self.transport is not None:
+            try:
+                message = self.reader.next_message()
+            except pq.ProtocolViolationError as exc:
+                self.client.fatal("08P01", f"{exc} on the admin console")
                 return
-            if len(buf) < 1 + length:
+            if message is None:
                 return
-            payload = bytes(buf[5 : 1 + length])
-            del buf[: 1 + length]
-            self._message(kind, payload)
+            self._message(*message)
 
     def _message(self, kind: int, payload: bytes) -> None:
         if self.skip_to_sync:
@@ -434,7 +422,7 @@ class AdminSession(asyncio.Protocol):
         try:
             command = parse_command(text)
             if command is None:
-                self._write(EMPTY_QUERY_RESPONSE + pq.READY_FOR_QUERY_IDLE)
+                self._write(pq.EMPTY_QUERY_RESPONSE + pq.READY_FOR_QUERY_IDLE)
                 return
             log.debug("admin command", client=self.client.id, user=self.client.user, command=text.strip())
             response = self._run(command)
@@ -483,7 +471,7 @@ class AdminSession(asyncio.Protocol):
         if verb in ("show", "select"):
             if arg is None:
                 raise AdminError("SHOW needs a subject", hint=COMMANDS_HINT)
-            return show(pooler, arg)
+            return show(pooler, self.stats, arg)
         if verb == "set":
             assert arg is not None and command.value is not None
             return self._set(arg, command.value)
@@ -497,12 +485,12 @@ class AdminSession(asyncio.Protocol):
 
     def _set(self, key: str, value: str) -> bytes:
         if key.lower() in _FAKE_PARAMETERS:
-            return pq.notice_response("SET ignored") + command_complete("SET")
+            return pq.notice_response("SET ignored") + pq.command_complete("SET")
         self._require_admin()
         control.set_setting(self.pooler, key, value)
         log.info("admin command", command="SET", setting=key.lower(), value=value, client=self.client.id,
                  user=self.client.user)
-        return command_complete(f"SET {key.lower()}={value}")
+        return pq.command_complete(f"SET {key.lower()}={value}")
 
     def _pause(self, arg: str | None) -> _Response:
         control.pause(self.pooler, arg)
@@ -510,33 +498,33 @@ class AdminSession(asyncio.Protocol):
 
     def _resume(self, arg: str | None) -> bytes:
         control.resume(self.pooler, arg)
-        return command_complete("RESUME")
+        return pq.command_complete("RESUME")
 
     def _disable(self, arg: str | None) -> bytes:
         if arg is None:
             raise AdminError("a database is required")
         control.disable(self.pooler, arg)
-        return command_complete("DISABLE")
+        return pq.command_complete("DISABLE")
 
     def _enable(self, arg: str | None) -> bytes:
         if arg is None:
             raise AdminError("a database is required")
         control.enable(self.pooler, arg)
-        return command_complete("ENABLE")
+        return pq.command_complete("ENABLE")
 
     def _reconnect(self, arg: str | None) -> bytes:
         control.reconnect(self.pooler, arg)
-        return command_complete("RECONNECT")
+        return pq.command_complete("RECONNECT")
 
     def _kill(self, arg: str | None) -> bytes:
         control.kill(self.pooler, arg)
-        return command_complete("KILL")
+        return pq.command_complete("KILL")
 
     def _kill_client(self, arg: str | None) -> bytes:
         if arg is None or not arg.isdigit():
             raise AdminError("invalid client id", hint="KILL_CLIENT <id>, with an id from SHOW CLIENTS")
         control.kill_client(self.pooler, int(arg))
-        return command_complete("KILL_CLIENT")
+        return pq.command_complete("KILL_CLIENT")
 
     def _reload(self, arg: str | None) -> bytes:
         if arg is not None:
@@ -546,7 +534,7 @@ class AdminSession(asyncio.Protocol):
         except ConfigError as exc:
             log.error("config reload failed, keeping the old config", error=str(exc))
             raise AdminError(f"RELOAD failed, keeping the running config: {exc}", sqlstate="F0000") from None
-        return command_complete("RELOAD")
+        return pq.command_complete("RELOAD")
 
     def _wait_close(self, arg: str | None) -> _Response:
         if arg is not None:
@@ -554,21 +542,21 @@ class AdminSession(asyncio.Protocol):
         return self._after(control.wait_close(self.pooler, arg), "WAIT_CLOSE")
 
     def _shutdown(self, arg: str | None) -> _Response:
-        modes = {None: control.ShutdownMode.IMMEDIATE, "wait_for_servers": control.ShutdownMode.WAIT_FOR_SERVERS,
-                 "wait_for_clients": control.ShutdownMode.WAIT_FOR_CLIENTS}
+        modes = {None: ShutdownMode.IMMEDIATE, "wait_for_servers": ShutdownMode.WAIT_FOR_SERVERS,
+                 "wait_for_clients": ShutdownMode.WAIT_FOR_CLIENTS}
         key = arg.lower() if arg is not None else None
         if key not in modes:
             raise AdminSyntaxError(f"invalid command 'SHUTDOWN {arg}', use SHOW HELP;")
         mode = modes[key]
-        self.pooler.start_shutdown(mode)
-        if mode == control.ShutdownMode.IMMEDIATE:
+        control.start_shutdown(self.pooler, mode)
+        if mode == ShutdownMode.IMMEDIATE:
             return asyncio.get_running_loop().create_future()  # never answered: the connection closes
-        return command_complete("SHUTDOWN")
+        return pq.command_complete("SHUTDOWN")
 
     @staticmethod
     async def _after(wait: Awaitable[None], tag: str) -> bytes:
         await wait
-        return command_complete(tag)
+        return pq.command_complete(tag)
 
 
 _HANDLERS: dict[str, Callable[[AdminSession, str | None], _Response]] = {

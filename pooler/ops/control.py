@@ -23,7 +23,6 @@ Shutdown modes, as PgBouncer's signals:
 from __future__ import annotations
 
 import asyncio
-import enum
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -31,19 +30,13 @@ from pooler import config as cfg
 from pooler.config import ADMIN_DATABASE, ConfigError
 from pooler.log import log
 from pooler.net.client import ClientState
+from pooler.runtime.process import Pooler, ShutdownMode
 
 if TYPE_CHECKING:
-    from pooler.core.pool import Pool
-    from pooler.runtime.process import Pooler
+    from pooler.net.client import ClientPool
 
 #: How often the waits (PAUSE, WAIT_CLOSE, shutdown drains) look at the pools again.
 POLL_INTERVAL = 0.05
-
-
-class ShutdownMode(enum.StrEnum):
-    IMMEDIATE = "immediate"
-    WAIT_FOR_SERVERS = "wait_for_servers"
-    WAIT_FOR_CLIENTS = "wait_for_clients"
 
 
 class ControlError(Exception):
@@ -62,25 +55,19 @@ def check_database(pooler: Pooler, name: str) -> None:
         raise ControlError(f"no such database: {name}")
 
 
-def pools_of(pooler: Pooler, database: str | None) -> list[Pool]:
+def pools_of(pooler: Pooler, database: str | None) -> list[ClientPool]:
     return [p for p in pooler.pools.values() if database is None or p.db.name == database]
-
-
-def is_paused(pooler: Pooler, database: str) -> bool:
-    return (pooler.paused or database in pooler.paused_dbs
-            or pooler.shutdown_mode == ShutdownMode.WAIT_FOR_SERVERS)
 
 
 def apply_pause(pooler: Pooler) -> None:
     """Bring every pool's ``paused`` flag in line with the pooler's state; act on the transitions."""
     for pool in list(pooler.pools.values()):
-        paused = is_paused(pooler, pool.db.name)
+        paused = pooler.is_paused(pool.db.name)
         if paused == pool.paused:
             continue
         pool.paused = paused
         if paused:
-            while pool.idle:
-                pool.idle.pop().close("paused")
+            pool.close_idle("paused")
         else:
             pool.grow_for_waiters()
 
@@ -156,8 +143,7 @@ def reconnect(pooler: Pooler, database: str | None) -> None:
     for pool in pools_of(pooler, database):
         for server in list(pool.servers):
             server.stale = True
-        while pool.idle:
-            pool.idle.pop().close("reconnect")
+        pool.close_idle("reconnect")
         pool.grow_for_waiters()
     log.info("reconnect", database=database or "*")
 
@@ -212,10 +198,9 @@ def reload(pooler: Pooler) -> None:
 
 def set_setting(pooler: Pooler, key: str, value: str) -> None:
     """SET key = value: validated as if read from a file, applied like a reload (until the next RELOAD)."""
-    from pooler.ops.introspect import RESTART_ONLY_SETTINGS
 
     name = key.strip().lower()
-    if name in RESTART_ONLY_SETTINGS:
+    if name in cfg.RESTART_ONLY_SETTINGS:
         raise ControlError(f"{name} cannot be changed at run time; restart the pooler")
     try:
         new = cfg.replace_settings(pooler.config, **{name: value})
@@ -242,6 +227,11 @@ def _disconnect_idle_clients(pooler: Pooler) -> None:
         if client.state != ClientState.READY or server is None or server.is_clean():
             client.fatal("57P01", "pooler is shutting down",
                          hint="the pooler stopped after the transactions in flight; reconnect to its replacement")
+
+
+def start_shutdown(pooler: Pooler, mode: ShutdownMode) -> None:
+    """Begin a shutdown in ``mode`` (signals, SHUTDOWN); ``pooler.finished`` is set when it is done."""
+    pooler.spawn(shutdown(pooler, mode))
 
 
 async def shutdown(pooler: Pooler, mode: ShutdownMode) -> None:

@@ -29,25 +29,18 @@ from typing import TYPE_CHECKING
 
 from pooler import config as cfg
 from pooler.config import ADMIN_DATABASE, PoolMode, Settings
+from pooler.core.pool import ServerState
 from pooler.net.client import ClientState
-from pooler.net.server import ServerState
 from pooler.net.tls import describe_tls
 from pooler.wire.auth import AuthType
 
 if TYPE_CHECKING:
-    from pooler.core.pool import Pool
-    from pooler.net.client import ClientConnection
+    from pooler.net.client import ClientConnection, ClientPool
     from pooler.net.server import ServerConnection
     from pooler.runtime.process import Pooler
 
 #: The user PgBouncer shows for the admin console's own pool and database entry.
 ADMIN_USER = "pgbouncer"
-
-#: Settings that only take effect at start: a RELOAD or SET keeps the running value (and says so).
-RESTART_ONLY_SETTINGS = frozenset({
-    "listen_addr", "listen_port", "direct_port", "unix_socket_dir", "listen_backlog", "so_reuseport", "workers",
-    "metrics_port", "pidfile",
-})  # fmt: skip
 
 _SERVER_STATES = {
     ServerState.ACTIVE: "active",
@@ -360,7 +353,7 @@ def server_rows(pooler: Pooler) -> list[ConnectionRow]:
     return rows
 
 
-def _server_row(pooler: Pooler, pool: Pool, server: ServerConnection, wall_offset: float,
+def _server_row(pooler: Pooler, pool: ClientPool, server: ServerConnection, wall_offset: float,
                 ids: dict[ServerConnection, int]) -> ConnectionRow:
     server_id = ids.get(server)
     if server_id is None:
@@ -411,7 +404,7 @@ class Totals:
     client_login_count: int = 0
 
     @classmethod
-    def of_pool(cls, pool: Pool, logins: int) -> Totals:
+    def of_pool(cls, pool: ClientPool, logins: int) -> Totals:
         s = pool.stats
         return cls(s.server_assignment_count, s.xact_count, s.query_count, s.received, s.sent, s.xact_hist.total,
                    s.query_hist.total, s.wait_hist.total, s.client_parse_count, s.server_parse_count, s.bind_count,
@@ -493,5 +486,5 @@ def config_rows(settings: Settings) -> list[tuple[str, str, str, str]]:
     rows = []
     for f in sorted(dataclasses.fields(Settings), key=lambda f: f.name):
         rows.append((f.name, format_setting(getattr(settings, f.name)), format_setting(getattr(defaults, f.name)),
-                     "no" if f.name in RESTART_ONLY_SETTINGS else "yes"))
+                     "no" if f.name in cfg.RESTART_ONLY_SETTINGS else "yes"))
     return rows

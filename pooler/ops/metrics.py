@@ -45,51 +45,6 @@ if TYPE_CHECKING:
 #: What SHOW VERSION and ``pgbouncer_version_info`` report.
 VERSION_STRING = f"pooler {__version__}"
 
-# --- errors by kind ---------------------------------------------------------------------------------------
-
-#: (message prefix, kind) for the errors the pooler itself sends; first match wins.
-_ERROR_KINDS: tuple[tuple[str, str], ...] = (
-    ("query_wait_timeout", "query_wait_timeout"),
-    ("query_timeout", "query_timeout"),
-    ("client_idle_timeout", "client_idle_timeout"),
-    ("client_login_timeout", "client_login_timeout"),
-    ("idle transaction timeout", "idle_transaction_timeout"),
-    ("no more connections allowed", "max_client_conn"),
-    ("too many connections for database", "max_db_or_user_connections"),
-    ("password authentication failed", "auth_failed"),
-    ("SASL authentication failed", "auth_failed"),
-    ("no such user", "auth_failed"),
-    ("auth_query", "auth_query_failed"),
-    ("no such database", "no_such_database"),
-    ("not allowed", "admin_not_allowed"),
-    ("unsupported startup parameter", "unsupported_startup_parameter"),
-    ("server login has been failing", "server_login_retry"),
-    ("server login failed", "server_login_failed"),
-    ("could not connect to server", "server_connect_failed"),
-    ("server_connect_timeout", "server_connect_failed"),
-    ("server conn crashed", "server_conn_crashed"),
-    ("pooler is shutting down", "shutting_down"),
-    ("transaction blocks not allowed", "statement_mode_transaction"),
-    ("admin forced disconnect", "admin_kill"),
-    ("database killed", "admin_kill"),
-    ("prepared statement", "prepared_statement"),
-)
-
-
-def error_kind(sqlstate: str, message: str) -> str:
-    """A small, fixed vocabulary for ``pooler_errors_total{kind}`` (a label must not carry free text)."""
-    for prefix, kind in _ERROR_KINDS:
-        if message.startswith(prefix):
-            return kind
-    if message.startswith("database \"") and message.endswith("is disabled"):
-        return "database_disabled"
-    if sqlstate == "08P01":
-        return "protocol_violation"
-    if sqlstate.startswith("28"):
-        return "auth_failed"
-    return "other"
-
-
 # --- the collector ----------------------------------------------------------------------------------------
 
 _POOL_GAUGES = (
@@ -285,7 +240,7 @@ async def probe_postgres(host: str | None, port: int, timeout: float = PROBE_TIM
             else:
                 reader, writer = await asyncio.open_unix_connection(f"{host or '/tmp'}/.s.PGSQL.{port}")
             try:
-                writer.write(b"\x00\x00\x00\x08" + pq.SSL_REQUEST_CODE.to_bytes(4, "big"))
+                writer.write(pq.SSL_REQUEST)
                 answer = await reader.read(1)
             finally:
                 writer.close()
@@ -322,7 +277,9 @@ _INDEX = (b"pooler metrics\n\n/metrics  Prometheus metrics\n/healthz  200 while 
 
 
 class MetricsServer:
-    """The HTTP listener on ``metrics_port`` and its open connections."""
+    """The HTTP listener on ``metrics_port`` and its open connections; a service of the pooler."""
+
+    name = "metrics"
 
     def __init__(self, pooler: Pooler) -> None:
         self.pooler = pooler
@@ -331,7 +288,9 @@ class MetricsServer:
         self.connections: set[_HttpConnection] = set()
         self._ready: tuple[float, str | None] | None = None
 
-    async def start(self, host: str, port: int) -> int:
+    async def start(self) -> int:
+        settings = self.pooler.config.settings
+        host, port = settings.listen_addr, settings.metrics_port
         loop = asyncio.get_running_loop()
         hosts: str | list[str] = [h.strip() for h in host.split(",")] if "," in host else host
         if host == "*":

@@ -19,7 +19,9 @@ if TYPE_CHECKING:
 
 
 class StatsPeriod:
-    """The two latest snapshots of every pool's totals, and when they were taken."""
+    """The two latest snapshots of every pool's totals, and when they were taken; a service of the pooler."""
+
+    name = "stats_period"
 
     def __init__(self, pooler: Pooler) -> None:
         self.pooler = pooler
@@ -64,6 +66,13 @@ class StatsPeriod:
                  client_logins_per_s=avg.client_login_count, in_bytes_per_s=avg.received,
                  out_bytes_per_s=avg.sent, xact_us=int(avg.xact_time * 1e6), query_us=int(avg.query_time * 1e6),
                  wait_us=int(avg.wait_time * 1e6), clients=clients, waiting=waiting, servers=servers)
+
+    async def start(self) -> None:
+        """Begin ticking (as a task of the pooler, stopped with it); listens on no port."""
+        self.pooler.spawn(self.run())
+
+    def close(self) -> None:
+        pass  # the tick task is the pooler's: stop() cancels it
 
     async def run(self) -> None:
         """Tick forever; ``stats_period`` and ``log_stats`` are re-read each time (a reload changes them)."""

@@ -10,30 +10,49 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import enum
 import secrets
 import socket
 import ssl
 import time
 from collections.abc import Callable, Coroutine, Iterable
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from pooler import config as cfg
-from pooler.core.pool import Pool
+from pooler.config import RESTART_ONLY_SETTINGS
+from pooler.core.parameters import TrackedParameters
+from pooler.core.pool import Pool, PoolServer, ServerState
 from pooler.core.prepared import StatementCache
+from pooler.core.stats import error_kind
 from pooler.log import configure_from_settings, log
-from pooler.net.client import TRACKED_PARAMETERS, ClientConnection, ClientState
-from pooler.net.server import ServerConnection, ServerState
-from pooler.ops import control
-from pooler.ops.introspect import RESTART_ONLY_SETTINGS
-from pooler.ops.metrics import MetricsServer, error_kind
-from pooler.ops.stats_log import StatsPeriod
-from pooler.runtime import tls
+from pooler.net.client import ClientConnection, ClientPool, ClientState
+from pooler.net.server import ServerConnection
+from pooler.runtime import tls, upstream
 from pooler.runtime.workers import SINGLE, WORKER_BITS, Worker
 from pooler.wire import messages as pq
-from pooler.wire.auth import AuthStep, is_md5_secret, parse_scram_verifier
+from pooler.wire.auth import AuthStep, ServerAuth, is_md5_secret, parse_scram_verifier
+from pooler.wire.framing import MessageReader
 
 if TYPE_CHECKING:
     from pooler.config import Config, DatabaseConfig
+
+
+class ShutdownMode(enum.StrEnum):
+    """PgBouncer's three ways to stop (see pooler.ops.control)."""
+
+    IMMEDIATE = "immediate"
+    WAIT_FOR_SERVERS = "wait_for_servers"
+    WAIT_FOR_CLIENTS = "wait_for_clients"
+
+
+class Service(Protocol):
+    """Something that starts and stops with the pooler; ``start`` returns the port it listens on, if any."""
+
+    name: str
+
+    async def start(self) -> int | None: ...
+
+    def close(self) -> None: ...
 
 
 class Pooler:
@@ -42,18 +61,15 @@ class Pooler:
     def __init__(self, config: Config, worker: Worker = SINGLE) -> None:
         self.config = config
         self.worker = worker  # which of `workers` processes this is (pooler.runtime.workers)
-        self.pools: dict[tuple[str, str], Pool] = {}
+        self.pools: dict[tuple[str, str], ClientPool] = {}
         self.clients: set[ClientConnection] = set()
         self.clients_by_key: dict[tuple[int, int], ClientConnection] = {}
         self.db_servers: collections.Counter[str] = collections.Counter()
         self.user_servers: collections.Counter[str] = collections.Counter()
         self.userlist: dict[str, str] = {}
-        self.tracked_parameters: dict[str, str] = {}  # lower-case spelling -> Postgres's spelling
-        self.tracked_names: tuple[str, ...] = ()
-        self.tracked_set: frozenset[str] = frozenset()
+        self.parameters = TrackedParameters()
         self.auth_cache: dict[str, tuple[str | None, float]] = {}
         self.statements = StatementCache()  # protocol-level prepared statements, shared by every pool
-        self._shared_params: dict[tuple[str | None, ...], tuple[dict[str, str], tuple[str | None, ...]]] = {}
         self.listeners: list[asyncio.Server] = []
         self.ports: dict[str, int] = {}
         self._client_seq = 0
@@ -68,15 +84,17 @@ class Pooler:
         self.paused = False
         self.paused_dbs: set[str] = set()
         self.disabled_dbs: set[str] = set()
-        self.shutdown_mode: control.ShutdownMode | None = None
+        self.shutdown_mode: ShutdownMode | None = None
         self.finished = asyncio.Event()  # set once the pooler has shut down (any mode)
         self.config_loader: Callable[[], Config] | None = None  # what RELOAD / SIGHUP re-read
         self.error_counts: dict[str, int] = {}  # pooler_errors_total{kind}
         self.login_counts: dict[tuple[str, str], int] = {}  # SHOW STATS' client_login_count, per pool key
         self.server_ids: dict[ServerConnection, int] = {}  # SHOW SERVERS' id, handed out on first sight
         self._server_seq = 0
-        self.stats_period = StatsPeriod(self)
-        self.metrics: MetricsServer | None = None
+        #: What the composition root (pooler.cli.assemble) plugs in: listeners of its own (metrics) and periodic
+        #: work (the stats period) started and stopped with the pooler, and the admin console's entry.
+        self.services: list[Service] = []
+        self.on_admin_login: Callable[[ClientConnection], None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.tls, self.server_tls = self._read_tls(config)
         self._apply(config, self._read_userlist(config))
@@ -99,10 +117,7 @@ class Pooler:
 
     def _apply(self, config: Config, userlist: dict[str, str]) -> None:
         self.config = config
-        tracked = list(TRACKED_PARAMETERS) + list(config.settings.track_extra_parameters)
-        self.tracked_parameters = {name.lower(): name for name in tracked}
-        self.tracked_names = tuple(self.tracked_parameters.values())
-        self.tracked_set = frozenset(self.tracked_names)
+        self.parameters.track(config.settings.track_extra_parameters)
         self.userlist = userlist
         for pool in self.pools.values():
             db = cfg.find_database(config, pool.db.name)
@@ -110,7 +125,7 @@ class Pooler:
                 self._retarget(pool, db)
             pool.refresh()
 
-    def _retarget(self, pool: Pool, db: DatabaseConfig) -> None:
+    def _retarget(self, pool: ClientPool, db: DatabaseConfig) -> None:
         """A reload changed the pool's [databases] entry: new server logins use the new entry (address,
         password, ...), and the servers opened with the old one are closed once free, as PgBouncer does."""
         old = pool.db
@@ -120,25 +135,6 @@ class Pooler:
             pool.credentials = credentials  # (None, None): the next client's login supplies them
         for server in pool.servers:
             server.stale = True
-
-    def params_key(self, params: dict[str, str]) -> tuple[str | None, ...]:
-        """The tracked values of a session as one tuple: equal keys mean no SET is needed on link."""
-        return tuple(params.get(name) for name in self.tracked_names)
-
-    def shared_params(self, params: dict[str, str]) -> tuple[dict[str, str], tuple[str | None, ...]]:
-        """One read-only dict (and its key) for every client with these tracked values.
-
-        An idle client costs memory that matters at ten thousand clients, and the clients of one app
-        nearly all carry the same values: they share one dict instead of a copy each. Callers never
-        mutate the result; a change makes a new dict (see ServerConnection._parameter_status).
-        """
-        key = self.params_key(params)
-        shared = self._shared_params.get(key)
-        if shared is not None and shared[0] == params:
-            return shared
-        if len(self._shared_params) < _MAX_SHARED_PARAMS:
-            self._shared_params[key] = (params, key)
-        return params, key
 
     def reload(self, config: Config) -> None:
         """Swap in a new config; pools pick up new sizes, modes and [databases] entries, connected clients stay.
@@ -158,9 +154,7 @@ class Pooler:
         self.tls, self.server_tls = self._read_tls(config)  # new handshakes use them; live connections keep theirs
         self._apply(config, userlist)
         for pool in list(self.pools.values()):
-            limit = pool.size + (pool.reserve_size if pool.reserve_active else 0)
-            while len(pool.servers) > limit and pool.idle:
-                pool.idle.pop(0).close("pool size reduced")
+            pool.shrink_to_capacity("pool size reduced")
             if not pool.paused:
                 pool.grow_for_waiters()
         changed = sorted(f.name for f in dataclasses.fields(config.settings)
@@ -189,16 +183,16 @@ class Pooler:
             relay = await loop.create_unix_server(
                 lambda: _CancelRelay(self), self.worker.cancel_socket(self.worker.index))
             self.listeners.append(relay)
-        if s.metrics_port:
-            self.metrics = MetricsServer(self)
+        for service in self.services:
             try:
-                self.ports["metrics"] = await self.metrics.start(s.listen_addr, s.metrics_port)
+                port = await service.start()
             except OSError:
                 self.close_listeners()
                 raise
+            if port is not None:
+                self.ports[service.name] = port
         self._sweeper = loop.create_task(self._sweep_forever())
-        self._spawn(self.stats_period.run())
-        for line in (*self.config.ignored, *tls.tls13_ciphers_warning(s)):
+        for line in (*self.config.ignored, *tls.tls13_ciphers_warning(self.config.settings)):
             log.warning("config setting ignored", detail=line)
 
     async def _listen(self, factory: Callable[[], asyncio.BaseProtocol], host: str, port: int) -> int:
@@ -218,17 +212,18 @@ class Pooler:
         return int(bound)
 
     def close_listeners(self) -> None:
-        """Stop accepting: the listening sockets (and the metrics port) close now, so the ports are free."""
+        """Stop accepting: the listening sockets (and the services' ports) close now, so the ports are free."""
         for listener in self.listeners:
             listener.close()
-        if self.metrics is not None:
-            self.metrics.close()
+        for service in self.services:
+            service.close()
 
-    def start_shutdown(self, mode: control.ShutdownMode) -> None:
-        """Begin a shutdown in ``mode`` (see pooler.ops.control); ``finished`` is set when it is done."""
-        self._spawn(control.shutdown(self, mode))
+    def is_paused(self, database: str) -> bool:
+        """PAUSE (of all, or of ``database``) or a shutdown waiting for servers: hand out no servers."""
+        return self.paused or database in self.paused_dbs or self.shutdown_mode == ShutdownMode.WAIT_FOR_SERVERS
 
-    def _spawn(self, coro: Coroutine[None, None, None]) -> None:
+    def spawn(self, coro: Coroutine[None, None, None]) -> None:
+        """Run ``coro`` as a task of this pooler: cancelled by ``stop()``, never garbage-collected mid-run."""
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -336,9 +331,10 @@ class Pooler:
 
     def admin_login(self, client: ClientConnection) -> None:
         """A client authenticated to the virtual ``pgbouncer`` database (the admin console)."""
-        from pooler.ops.admin import start_session
-
-        start_session(self, client)
+        if self.on_admin_login is None:
+            client.fatal("08P01", "the admin console is not available in this process")
+            return
+        self.on_admin_login(client)
 
     def client_authenticated(self, client: ClientConnection, db: DatabaseConfig, step: AuthStep) -> None:
         """Route a logged-in client to its pool (and its own backend, on the direct endpoint)."""
@@ -346,7 +342,7 @@ class Pooler:
             client.fatal("08P01", f"database \"{db.name}\" is disabled",
                          hint="an admin ran DISABLE on it; ENABLE on the admin console lets clients in again")
             return
-        if self.shutdown_mode == control.ShutdownMode.WAIT_FOR_SERVERS:
+        if self.shutdown_mode == ShutdownMode.WAIT_FOR_SERVERS:
             client.fatal("57P01", "pooler is shutting down")
             return
         pool = self._pool_for(db, client.user, step)
@@ -364,16 +360,17 @@ class Pooler:
         else:
             pool.welcome_client(client)
 
-    def _pool_for(self, db: DatabaseConfig, client_user: str, step: AuthStep) -> Pool:
+    def _pool_for(self, db: DatabaseConfig, client_user: str, step: AuthStep) -> ClientPool:
         user = db.user or client_user
         key = self._pool_key(db, user)
-        pool = self.pools.get(key)
-        if pool is None:
-            pool = Pool(self, db, user, self._server_credentials(db, user, step))
-            pool.paused = control.is_paused(self, db.name)
-            self.pools[key] = pool
-        elif pool.credentials == (None, None):
-            pool.credentials = self._server_credentials(db, user, step)
+        existing = self.pools.get(key)
+        if existing is not None:
+            if existing.credentials == (None, None):
+                existing.credentials = self._server_credentials(db, user, step)
+            return existing
+        pool: ClientPool = Pool(self, db, user, self._server_credentials(db, user, step))
+        pool.paused = self.is_paused(db.name)
+        self.pools[key] = pool
         return pool
 
     @staticmethod
@@ -406,7 +403,7 @@ class Pooler:
 
     # --- servers and limits -----------------------------------------------------------------------
 
-    def may_open_server(self, pool: Pool) -> bool:
+    def may_open_server(self, pool: Pool[Any, Any]) -> bool:
         """Pooler-wide caps. When one is reached, close an idle server of another pool to make room."""
         s = self.config.settings
         dbname = pool.db.name
@@ -418,24 +415,29 @@ class Pooler:
             return self._make_room(p for p in self.pools.values() if p.user == pool.user and p is not pool)
         return True
 
-    def _make_room(self, pools: Iterable[Pool]) -> bool:
+    def _make_room(self, pools: Iterable[ClientPool]) -> bool:
         for other in pools:
-            if other.close_idle(1):
+            if other.close_idle("closed to make room for another pool", 1):
                 return False  # the count drops when the close is processed; the caller retries then
         return False
 
-    def server_opened(self, pool: Pool) -> None:
+    def open_server(self, pool: Pool[Any, Any], params: dict[str, str], *, direct: bool) -> ServerConnection:
+        """A new server for ``pool``, counted against the pooler-wide caps at once; it connects in the background."""
+        password, keys = pool.credentials
+        server = ServerConnection(pool, params, ServerAuth(pool.user, password, keys), direct=direct)
         self.db_servers[pool.db.name] += 1
         self.user_servers[pool.user] += 1
+        self.spawn(upstream.connect(server, pool.db, self.config.settings.server_connect_timeout, self.server_tls))
+        return server
 
-    def server_gone(self, pool: Pool) -> None:
+    def server_gone(self, pool: Pool[Any, Any]) -> None:
         self.db_servers[pool.db.name] -= 1
         self.user_servers[pool.user] -= 1
         for other in self.pools.values():
             if (other.waiting or other.welcome_waiters) and other is not pool:
                 other.grow_for_waiters()
 
-    def room_wanted_by_other_pool(self, pool: Pool) -> bool:
+    def room_wanted_by_other_pool(self, pool: Pool[Any, Any]) -> bool:
         """True when a server of ``pool`` about to go idle should be closed instead: another pool has clients
         waiting and is held back by the max_db_connections / max_user_connections cap it shares with ``pool``
         (PgBouncer evicts an idle server for it)."""
@@ -467,13 +469,13 @@ class Pooler:
         """
         owner = self.worker.owner_of(key)
         if owner != self.worker.index and owner < self.worker.count:
-            self._spawn(self._relay_cancel(owner, key))
+            self.spawn(self._relay_cancel(owner, key))
             return
         client = self.clients_by_key.get(key)
         if client is None or client.server is None:
             return
         server = client.server
-        if server.pending or server.state == ServerState.LOGIN:
+        if server.ledger.pending or server.state == ServerState.LOGIN:
             self.cancel_server(server)
 
     async def _relay_cancel(self, owner: int, key: tuple[int, int]) -> None:
@@ -487,24 +489,10 @@ class Pooler:
         except (OSError, TimeoutError) as exc:
             log.warning("cancel relay failed", worker=owner, error=str(exc))
 
-    def cancel_server(self, server: ServerConnection) -> None:
-        if server.key is None:
+    def cancel_server(self, server: PoolServer) -> None:
+        if not isinstance(server, ServerConnection) or server.key is None:
             return
-        asyncio.get_running_loop().create_task(self._send_cancel(server.pool.db, server.key))
-
-    async def _send_cancel(self, db: DatabaseConfig, key: tuple[int, int]) -> None:
-        try:
-            async with asyncio.timeout(self.config.settings.cancel_wait_timeout or None):
-                if db.host and not db.host.startswith("/"):
-                    _, writer = await asyncio.open_connection(db.host, db.port)
-                else:
-                    _, writer = await asyncio.open_unix_connection(f"{db.host or '/tmp'}/.s.PGSQL.{db.port}")
-                writer.write(pq.cancel_request(*key))
-                await writer.drain()
-                writer.close()
-                await writer.wait_closed()
-        except (OSError, TimeoutError) as exc:
-            log.warning("cancel request failed", error=str(exc))
+        self.spawn(upstream.send_cancel(server.pool.db, server.key, self.config.settings.cancel_wait_timeout))
 
     # --- timeouts -----------------------------------------------------------------------------------
 
@@ -561,17 +549,17 @@ class Pooler:
             return
         if server.state != ServerState.ACTIVE:
             return
-        if server.pending:
+        if server.ledger.pending:
             limit = cfg.effective_query_timeout(self.config, client.user)
             if limit and now - server.request_started > limit:
                 client.fatal("08P01", "query_timeout", hint="the query ran longer than query_timeout")
-        elif server.tx_status != pq.TX_IDLE:
+        elif server.ledger.in_transaction():
             limit = cfg.effective_idle_transaction_timeout(self.config, client.user)
             if limit and now - server.last_used > limit:
                 client.fatal("08P01", "idle transaction timeout",
                              hint="the transaction stayed open and idle longer than idle_transaction_timeout")
 
-    def _sweep_pool(self, pool: Pool, now: float, s: cfg.Settings) -> None:
+    def _sweep_pool(self, pool: ClientPool, now: float, s: cfg.Settings) -> None:
         connect_timeout = s.server_connect_timeout
         for server in list(pool.servers):
             logging_in = server.state in (ServerState.CONNECTING, ServerState.LOGIN)
@@ -581,27 +569,21 @@ class Pooler:
                 server.close("server_connect_timeout")
         if (pool.waiting and pool.reserve_size and not pool.reserve_active
                 and now - pool.waiting[0].wait_started >= s.reserve_pool_timeout):
-            pool.reserve_active = True
-            pool._grow()
+            pool.activate_reserve()
         keep = pool.min_size
         for server in list(pool.idle):
+            assert isinstance(server, ServerConnection)
             idle_for = now - server.last_used
             too_old = s.server_lifetime and now - server.created_at > s.server_lifetime
             too_idle = s.server_idle_timeout and idle_for > s.server_idle_timeout and len(pool.servers) > keep
             if too_old or too_idle or server.stale:
-                pool.idle.remove(server)
                 server.close("server_lifetime" if too_old else "server_idle_timeout")
             elif (s.server_check_query and s.server_check_delay
                   and now - max(server.last_used, server.request_started) > s.server_check_delay):
-                pool.idle.remove(server)
                 server.request_started = now
-                server.state = ServerState.BUSY
-                server.run_internal(s.server_check_query)
+                pool.begin_internal(server, s.server_check_query)
         pool.grow_to_minimum()
 
-
-#: Distinct tracked-parameter sets shared between clients; past this, clients keep their own copies.
-_MAX_SHARED_PARAMS = 1024
 
 
 class _CancelRelay(asyncio.Protocol):
@@ -609,13 +591,17 @@ class _CancelRelay(asyncio.Protocol):
 
     def __init__(self, pooler: Pooler) -> None:
         self.pooler = pooler
-        self.buffer = b""
+        self.reader = MessageReader(0)
 
     def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        if len(self.buffer) >= 16:
-            packet = pq.parse_startup_packet(self.buffer[:16])
-            if packet.cancel_key is not None and self.pooler.worker.owner_of(packet.cancel_key) == (
-                    self.pooler.worker.index):
-                self.pooler.cancel(packet.cancel_key)
-            self.buffer = b""
+        self.reader.feed(data)
+        try:
+            packet = self.reader.next_startup_packet()
+            if packet is None:
+                return
+            startup = pq.parse_startup_packet(packet)
+        except pq.ProtocolViolationError:
+            return  # only our own workers write here; anything else is dropped
+        key = startup.cancel_key
+        if key is not None and self.pooler.worker.owner_of(key) == self.pooler.worker.index:
+            self.pooler.cancel(key)

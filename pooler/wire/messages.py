@@ -73,9 +73,20 @@ TX_IDLE = ord("I")
 TX_IN_BLOCK = ord("T")
 TX_FAILED = ord("E")
 
+#: Every message after startup begins with a type byte and an int32 length: five bytes.
+HEADER_SIZE = 5
+
+# Type OIDs of the columns the pooler itself returns (the admin console).
+TEXT_OID = 25
+INT4_OID = 23
+INT8_OID = 20
+NUMERIC_OID = 1700
+
+_INT16 = struct.Struct("!h")
 _INT32 = struct.Struct("!i")
 _HEADER = struct.Struct("!ci")
 _TWO_INT32 = struct.Struct("!ii")
+_FIELD = struct.Struct("!ihihih")
 
 
 # --- Builders -------------------------------------------------------------------------------------
@@ -124,6 +135,44 @@ def query(sql: str) -> bytes:
 
 TERMINATE_MESSAGE = build(b"X")
 SYNC_MESSAGE = build(b"S")
+PARSE_COMPLETE = build(b"1")
+CLOSE_COMPLETE = build(b"3")
+EMPTY_QUERY_RESPONSE = build(b"I")
+SSL_REQUEST = _TWO_INT32.pack(8, SSL_REQUEST_CODE)
+
+
+def parse(name: bytes, body: bytes) -> bytes:
+    """Parse ('P') of statement ``name``; ``body`` is the rest of a Parse payload (query, parameter types)."""
+    return build(b"P", name + b"\x00" + body)
+
+
+def close_statement(name: bytes) -> bytes:
+    """Close ('C') of the prepared statement ``name``."""
+    return build(b"C", b"S" + name + b"\x00")
+
+
+def row_description(columns: list[tuple[str, int, int]]) -> bytes:
+    """RowDescription ('T') of text-format columns, each ``(name, type OID, type size)``."""
+    parts = [_INT16.pack(len(columns))]
+    for name, oid, size in columns:
+        parts.append(cstring(name) + _FIELD.pack(0, 0, oid, size, -1, 0))
+    return build(b"T", b"".join(parts))
+
+
+def data_row(values: list[bytes | None]) -> bytes:
+    """DataRow ('D'): None is SQL NULL."""
+    parts = [_INT16.pack(len(values))]
+    for raw in values:
+        if raw is None:
+            parts.append(_INT32.pack(-1))
+        else:
+            parts.append(_INT32.pack(len(raw)) + raw)
+    return build(b"D", b"".join(parts))
+
+
+def command_complete(tag: str) -> bytes:
+    """CommandComplete ('C') with its command tag."""
+    return build(b"C", cstring(tag))
 
 
 def _fields(severity: str, sqlstate: str, message: str, detail: str | None, hint: str | None) -> bytes:
@@ -166,11 +215,6 @@ def startup_message(params: dict[str, str], protocol: int = PROTOCOL_3_0) -> byt
     """StartupMessage, as the pooler sends it to Postgres."""
     body = _INT32.pack(protocol) + b"".join(cstring(k) + cstring(v) for k, v in params.items()) + b"\x00"
     return _INT32.pack(len(body) + 4) + body
-
-
-def ssl_request() -> bytes:
-    """SSLRequest: asks the server to answer ``S`` (then a TLS handshake follows) or ``N``."""
-    return struct.pack("!ii", 8, SSL_REQUEST_CODE)
 
 
 def cancel_request(pid: int, secret: int) -> bytes:
@@ -237,6 +281,12 @@ def parse_startup_packet(packet: bytes) -> StartupPacket:
     except UnicodeDecodeError as exc:
         raise ProtocolViolationError("startup packet is not valid UTF-8") from exc
     return StartupPacket(code, params)
+
+
+def parse_parameter_status(payload: bytes | memoryview) -> tuple[str, str]:
+    """The name and value of a ParameterStatus payload."""
+    name, _, value = bytes(payload).rstrip(b"\x00").partition(b"\x00")
+    return name.decode("utf-8", "replace"), value.decode("utf-8", "replace")
 
 
 def parse_cstrings(payload: bytes | memoryview) -> list[str]:

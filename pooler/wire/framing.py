@@ -1,0 +1,84 @@
+"""Cutting a byte stream into whole messages: the one framing the slow paths share.
+
+The two fast scanners of the data path (``pooler.net.client`` and ``pooler.net.server``) only read
+headers and forward bytes, and stay specialised for speed. Everything else that must see whole
+messages — the startup packet, authentication on either side, the admin console, a cancel relay —
+reads them through ``MessageReader``: bytes in with ``feed``, whole messages out with ``next_message``
+or ``next_startup_packet``, a ``ProtocolViolationError`` naming the fault for a length no peer
+should send. Its buffer never grows past one message of ``max_length`` plus what one read brought.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from pooler.wire.messages import HEADER_SIZE, MAX_STARTUP_PACKET, MIN_MESSAGE_LENGTH, ProtocolViolationError
+
+
+class BadLengthError(ProtocolViolationError):
+    """A message header whose length no peer should send; the caller may word it for its context."""
+
+    def __init__(self, kind: int, length: int) -> None:
+        super().__init__(f"invalid message length {length} for message type {chr(kind)!r}")
+        self.kind = kind
+        self.length = length
+
+_INT32 = struct.Struct("!i")
+#: The shortest startup-phase packet: its length and a request code.
+_MIN_STARTUP_PACKET = 8
+
+
+class MessageReader:
+    """Whole messages out of a stream; ``max_length`` bounds a message (and so the buffer)."""
+
+    __slots__ = ("_buf", "max_length")
+
+    def __init__(self, max_length: int) -> None:
+        self._buf = bytearray()
+        self.max_length = max_length
+
+    def feed(self, data: bytes) -> None:
+        self._buf += data
+
+    def __len__(self) -> int:
+        return len(self._buf)
+
+    def next_startup_packet(self) -> bytes | None:
+        """A whole startup-phase packet (length prefix included), or None until one has arrived."""
+        buf = self._buf
+        if len(buf) < 4:
+            return None
+        length = _INT32.unpack_from(buf)[0]
+        if length < _MIN_STARTUP_PACKET or length > MAX_STARTUP_PACKET:
+            raise ProtocolViolationError(f"invalid length of startup packet ({length} bytes)")
+        if len(buf) < length:
+            return None
+        packet = bytes(buf[:length])
+        del buf[:length]
+        return packet
+
+    def peek_type(self) -> int | None:
+        """The type byte of the next message, once one has begun to arrive."""
+        return self._buf[0] if self._buf else None
+
+    def next_message(self) -> tuple[int, bytes] | None:
+        """``(type, payload)`` of the next whole message, or None until it has arrived."""
+        buf = self._buf
+        if len(buf) < HEADER_SIZE:
+            return None
+        kind = buf[0]
+        length = _INT32.unpack_from(buf, 1)[0]
+        if length < MIN_MESSAGE_LENGTH or length > self.max_length:
+            raise BadLengthError(kind, length)
+        end = 1 + length
+        if len(buf) < end:
+            return None
+        payload = bytes(buf[HEADER_SIZE:end])
+        del buf[:end]
+        return kind, payload
+
+    def take_rest(self) -> bytes:
+        """Whatever follows the messages read so far (handed to the next owner of the stream)."""
+        rest = bytes(self._buf)
+        self._buf.clear()
+        return rest
