@@ -182,6 +182,50 @@ def test_cancel_request_over_tls(postgres: PostgresServer, certs: LocalCertifica
         assert time.monotonic() - started < 10
 
 
+def _client_certificate(ca: LocalCertificates, directory: Path, name: str) -> tuple[Path, Path]:
+    """A client certificate for ``name`` signed by ``ca``'s CA (what client_tls_ca_file verifies)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    ca_cert = x509.load_pem_x509_certificate(ca.ca_file.read_bytes())
+    ca_key = serialization.load_pem_private_key((ca.ca_file.parent / "ca.key").read_bytes(), password=None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .issuer_name(ca_cert.subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    cert_file, key_file = directory / f"{name}.crt", directory / f"{name}.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    key_file.chmod(0o600)
+    return cert_file, key_file
+
+
+def test_verify_ca_requires_a_client_certificate_from_the_ca(postgres: PostgresServer, certs: LocalCertificates,
+                                                             other_certs: LocalCertificates, tmp_path: Path) -> None:
+    config = make_config(postgres, client_tls_ca_file=str(certs.ca_file), **tls_settings(certs, "verify-ca"))
+    good_cert, good_key = _client_certificate(certs, tmp_path, "good")
+    bad_cert, bad_key = _client_certificate(other_certs, tmp_path, "stranger")
+    with running_pooler(config) as p:
+        with psycopg.connect(p.dsn(sslmode="require", sslcert=str(good_cert), sslkey=str(good_key))) as conn:
+            assert conn.execute("select 1").fetchone() == (1,)
+        for params in ({}, {"sslcert": str(bad_cert), "sslkey": str(bad_key)}):
+            with pytest.raises(psycopg.OperationalError):
+                psycopg.connect(p.dsn(sslmode="require", **params))
+        with pytest.raises(psycopg.OperationalError, match="SSL required"):
+            psycopg.connect(p.dsn(sslmode="disable"))
+
+
 # --- requiring TLS, and what a man in the middle gets -------------------------------------------------
 
 
