@@ -341,15 +341,18 @@ def test_stalled_handshake_is_cut_by_client_login_timeout(postgres: PostgresServ
             with sock:
                 assert _read_all(sock) == b""  # closed without a word: a Postgres message is not TLS
         assert 0.5 < time.monotonic() - started < 8
+        deadline = time.monotonic() + 5
+        while p.call(lambda pl: len(pl.clients)) and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert p.call(lambda pl: len(pl.clients)) == 0
+        assert p.call(lambda pl: dict(pl.error_counts)) == {"client_login_timeout": 2}
 
 
 def test_garbage_after_a_client_hello_gets_a_clean_close(postgres: PostgresServer, certs: LocalCertificates) -> None:
     with running_pooler(make_config(postgres, **tls_settings(certs))) as p:
         for garbage in (b"\x16\x03\x01\x00\x05hello" + os.urandom(200), b"\x16\x03\x03\xff\xff" + b"\x00" * 4096):
             with socket.create_connection(("127.0.0.1", p.port), timeout=10) as sock:
-                sock.sendall(garbage)
-                sock.shutdown(socket.SHUT_WR)
+                sock.sendall(garbage)  # and wait: the pooler, not the client, must end this
                 data = _read_all(sock)
                 assert not data.startswith(b"E")  # a TLS alert at most, never a Postgres message
         with socket.create_connection(("127.0.0.1", p.port), timeout=10) as sock:
@@ -359,6 +362,7 @@ def test_garbage_after_a_client_hello_gets_a_clean_close(postgres: PostgresServe
             assert b"received unencrypted data after SSL request" in data
         with psycopg.connect(p.dsn(sslmode="require")) as conn:
             assert conn.execute("select 1").fetchone() == (1,)
+        assert p.call(lambda pl: pl.error_counts.get("tls_handshake_failed", 0)) == 2
         deadline = time.monotonic() + 5
         while p.call(lambda pl: len(pl.clients)) and time.monotonic() < deadline:
             time.sleep(0.05)

@@ -195,6 +195,8 @@ class ClientConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.state == ClientState.CLOSED and self.transport is None:
             return
+        if self._tls_pending and exc is not None and self.state != ClientState.CLOSED:
+            self.pooler.pooler_error(self, "08P01", f"TLS handshake failed: {exc}")
         self.state = ClientState.CLOSED
         self.transport = None
         self._detach("client disconnected")
@@ -691,7 +693,10 @@ class ClientConnection(asyncio.Protocol):
 
     async def _tls_handshake(self, tls: ClientTls, transport: asyncio.Transport, already_read: bytes,
                              direct: bool) -> None:
-        timeout = self.pooler.config.settings.client_login_timeout or None
+        # client_login_timeout cuts a stalled handshake (the sweep, one reason for every slow login); the
+        # TLS layer's own timeout is only the backstop, later, and 60 s when client_login_timeout is off.
+        login_timeout = self.pooler.config.settings.client_login_timeout
+        timeout = login_timeout + 5 if login_timeout else None
         try:
             upgraded = await tls_shell.accept(transport, self, tls.context, already_read, timeout)
         except Exception as exc:  # ssl.SSLError, a reset, a timeout: the client goes, nobody else notices
@@ -704,8 +709,9 @@ class ClientConnection(asyncio.Protocol):
         self._tls_pending = False
         self.transport = upgraded
         self.tls = tls
-        if self.state == ClientState.CLOSED:
-            upgraded.close()
+        if self.state == ClientState.CLOSED:  # closed meanwhile (client_login_timeout, shutdown): the loop's
+            upgraded.close()                  # TLS may still report a handshake that ended with the socket
+            self.connection_lost(None)
             return
         upgraded.set_write_buffer_limits(WRITE_BUFFER_HIGH, WRITE_BUFFER_LOW)
         ssl_object = upgraded.get_extra_info("ssl_object")
