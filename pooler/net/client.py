@@ -196,7 +196,7 @@ class ClientConnection(asyncio.Protocol):
         if self.state == ClientState.CLOSED and self.transport is None:
             return
         if self._tls_pending and exc is not None and self.state != ClientState.CLOSED:
-            self.pooler.pooler_error(self, "08P01", f"TLS handshake failed: {exc}")
+            self.pooler.pooler_error(self, "08P01", f"TLS handshake failed: {str(exc) or type(exc).__name__}")
         self.state = ClientState.CLOSED
         self.transport = None
         self._detach("client disconnected")
@@ -702,7 +702,7 @@ class ClientConnection(asyncio.Protocol):
         except Exception as exc:  # ssl.SSLError, a reset, a timeout: the client goes, nobody else notices
             self._tls_pending = False
             if self.state != ClientState.CLOSED:
-                self.pooler.pooler_error(self, "08P01", f"TLS handshake failed: {exc or type(exc).__name__}")
+                self.pooler.pooler_error(self, "08P01", f"TLS handshake failed: {str(exc) or type(exc).__name__}")
             transport.close()
             self.connection_lost(exc)
             return
