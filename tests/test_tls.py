@@ -423,14 +423,55 @@ def test_server_tls_verify_full(tls_postgres: EmbeddedPostgres, postgres: Postgr
     with running_pooler(config) as p, psycopg.connect(p.dsn()) as conn:
         assert conn.execute(ssl_query).fetchone() == (True,)
     config = config_for("localhost", server_tls_sslmode="verify-full", server_tls_ca_file=str(other_certs.ca_file))
-    with running_pooler(config) as p, pytest.raises(psycopg.OperationalError, match="certificate verify failed"):
+    with running_pooler(config) as p, pytest.raises(psycopg.OperationalError, match="certificate verify failed") as err:
         psycopg.connect(p.dsn())
+    assert "server_tls_ca_file" in str(err.value)  # the hint names the setting to look at
     # The default (prefer) finds TLS on its own; disable is refused by this server's pg_hba.conf.
     with running_pooler(config_for("127.0.0.1")) as p, psycopg.connect(p.dsn()) as conn:
         assert conn.execute(ssl_query).fetchone() == (True,)
     with running_pooler(config_for("127.0.0.1", server_tls_sslmode="disable")) as p, \
             pytest.raises(psycopg.OperationalError, match="no encryption"):
         psycopg.connect(p.dsn())
+
+
+def test_server_tls_sends_the_host_name_as_sni(postgres: PostgresServer, certs: LocalCertificates) -> None:
+    """Neon routes by SNI: the pooler's TLS to Postgres names the [databases] host. A stand-in server
+    records the name, reads the startup packet (which arrives encrypted) and hangs up."""
+    seen: dict[str, object] = {}
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(certs.cert_file, certs.key_file)
+
+    def record_sni(_sock: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> None:
+        seen["sni"] = name
+
+    context.sni_callback = record_sni  # type: ignore[assignment]
+    loop = asyncio.new_event_loop()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen["request"] = await reader.readexactly(8)
+        writer.write(b"S")
+        await writer.drain()
+        await writer.start_tls(context)
+        length = struct.unpack("!i", await reader.readexactly(4))[0]
+        seen["startup"] = await reader.readexactly(length - 4)
+        writer.close()
+
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    server = asyncio.run_coroutine_threadsafe(asyncio.start_server(serve, "127.0.0.1", 0), loop).result(10)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        databases = {APP_DB: DatabaseConfig(name=APP_DB, host="localhost", port=port)}
+        config = make_config(postgres, databases=databases, server_tls_sslmode="require")
+        with running_pooler(config) as p, pytest.raises(psycopg.OperationalError):
+            psycopg.connect(p.dsn(), connect_timeout=10)
+    finally:
+        loop.call_soon_threadsafe(server.close)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+    assert seen["request"] == struct.pack("!ii", 8, 80877103)
+    assert seen["sni"] == "localhost"
+    assert b"user\x00app\x00" in seen["startup"]  # type: ignore[operator]
 
 
 def test_server_tls_require_against_a_plaintext_postgres(postgres: PostgresServer) -> None:

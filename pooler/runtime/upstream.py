@@ -9,14 +9,18 @@ like any other failed login.
 from __future__ import annotations
 
 import asyncio
+import ssl
 
 from pooler.config import DatabaseConfig
 from pooler.core.pool import ServerState
 from pooler.log import log
 from pooler.net.server import ServerConnection
-from pooler.net.tls import connect_server
+from pooler.net.tls import TlsRefusedError, connect_server
 from pooler.runtime.tls import ServerTls
 from pooler.wire import messages as pq
+
+_TLS_HINT = ("check server_tls_sslmode and server_tls_ca_file (verify-full also checks the host name in "
+             "[databases] against the certificate), and that Postgres has ssl = on")
 
 
 def socket_path(directory: str, port: int) -> str:
@@ -42,11 +46,13 @@ async def connect(server: ServerConnection, db: DatabaseConfig, timeout: float, 
             else:
                 await loop.create_unix_connection(lambda: server, socket_path(db.host or "/tmp", db.port))
     except (OSError, TimeoutError) as exc:
-        reason = "timed out (server_connect_timeout)" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        reason = "timed out (server_connect_timeout)" if isinstance(exc, TimeoutError) else (
+            exc.strerror or str(exc) or type(exc).__name__)
         server.login_error = {
             "C": "08006",
             "M": f"could not connect to server {where}: {reason}",
-            "H": "is Postgres running and accepting connections there? check host/port in [databases]",
+            "H": _TLS_HINT if isinstance(exc, ssl.SSLError | TlsRefusedError) else
+            "is Postgres running and accepting connections there? check host/port in [databases]",
         }
         server.close(server.login_error["M"])
         return
