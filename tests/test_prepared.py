@@ -38,7 +38,7 @@ def pooler(postgres: PostgresServer) -> Iterator[RunningPooler]:
 
 def server_statements(pooler: RunningPooler) -> list[int]:
     """How many statements each server of the appdb/app pool has prepared, per the pooler."""
-    return pooler.call(lambda p: [len(s.prepared) for s in p.pools[(APP_DB, APP_USER)].servers])
+    return pooler.call(lambda p: [len(s.statements.prepared) for s in p.pools[(APP_DB, APP_USER)].servers])
 
 
 def login(pooler: RunningPooler) -> RawClient:

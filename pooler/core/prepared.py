@@ -96,14 +96,120 @@ class Action:
 class Segment:
     """The requests of one Sync-terminated segment, tracked because the pooler answers some of them."""
 
-    __slots__ = ("actions", "dropping", "failed", "head", "started")
+    __slots__ = ("actions", "dropping", "failed", "head")
 
     def __init__(self, codes: bytes | bytearray) -> None:
         self.actions = [Action(code, FORWARD) for code in codes]
         self.head = 0  # the first request whose answer is not complete yet
         self.failed = False  # Postgres reported an error: it skips the rest until Sync
         self.dropping = False  # the pooler refused a message: the client's rest until Sync is dropped
-        self.started = False  # the head request's answer has begun (Describe statement: 't' seen)
+
+
+class ServerStatements:
+    """One server's prepared statements and the segment its client is sending: the tracking half of the
+    scheme above, beside the cache it serves. The client side records and rewrites through it; the
+    server side's slow scanner matches answers to its tracked segments."""
+
+    __slots__ = ("inflight", "kinds", "open", "pinned", "prepared")
+
+    def __init__(self) -> None:
+        #: The statements this server has, least recently used first (an insertion-ordered dict as LRU).
+        self.prepared: dict[PreparedStatement, None] = {}
+        #: The kinds of the extended messages of the open segment while it is not tracked (one byte each).
+        self.kinds = bytearray()
+        #: The open segment once it is tracked.
+        self.open: Segment | None = None
+        #: Statements the open segment uses: never evicted under it.
+        self.pinned: set[PreparedStatement] = set()
+        #: Tracked segments not answered yet (the open one included): while any is, the slow scanner runs.
+        self.inflight = 0
+
+    def tracked(self) -> Segment:
+        """The open segment as a tracked one (its earlier requests all forwarded as they are)."""
+        segment = self.open
+        if segment is None:
+            segment = self.open = Segment(self.kinds)
+            self.kinds.clear()
+            self.inflight += 1
+        return segment
+
+    def record(self, code: int) -> None:
+        """A request of the open segment whose answer goes to the client unchanged."""
+        segment = self.open
+        if segment is None:
+            self.kinds.append(code)
+        else:
+            segment.actions.append(Action(code, FORWARD))
+
+    def end_segment(self) -> int | Segment:
+        """The client sent Sync: what the ReadyForQuery it owes will answer (SYNC, or the tracked segment)."""
+        if self.pinned:
+            self.pinned.clear()
+        segment = self.open
+        if segment is None:
+            if self.kinds:
+                self.kinds.clear()
+            return pq.SYNC
+        self.open = None
+        return segment
+
+    def add_synthesized(self, code: int, payload: bytes, *, refuse: bool) -> Segment:
+        """The pooler answers a request in the server's place; ``refuse``: the answer is an error, and like
+        Postgres after an error the rest of the client's segment is dropped until Sync."""
+        segment = self.tracked()
+        segment.actions.append(Action(code, SYNTH, payload))
+        if refuse:
+            segment.dropping = True
+        return segment
+
+    def prepare(self, statement: PreparedStatement, mode: int, client_name: bytes | None, limit: int) -> list[bytes]:
+        """Messages that prepare ``statement`` here: Close of least recently used ones over ``limit``, then Parse."""
+        out: list[bytes] = []
+        segment = self.tracked()
+        prepared = self.prepared
+        if limit:
+            for old in list(prepared):
+                if len(prepared) < limit:
+                    break
+                if old in self.pinned:
+                    continue
+                del prepared[old]
+                out.append(old.close_message())
+                segment.actions.append(Action(pq.CLOSE, SKIP))
+        prepared[statement] = None
+        self.pinned.add(statement)
+        segment.actions.append(Action(pq.PARSE, mode, statement=statement, client_name=client_name))
+        out.append(statement.parse_message())
+        return out
+
+    def use(self, statement: PreparedStatement) -> None:
+        """The open segment uses a statement this server has: most recently used, not evictable for now."""
+        prepared = self.prepared
+        del prepared[statement]
+        prepared[statement] = None
+        self.pinned.add(statement)
+
+    @staticmethod
+    def emit_synthesized(segment: Segment, out: list[bytes]) -> None:
+        """The pooler's answers now due (those at the segment's head), unless the segment failed."""
+        actions = segment.actions
+        while segment.head < len(actions) and actions[segment.head].mode == SYNTH:
+            if not segment.failed:
+                out.append(actions[segment.head].payload)
+            segment.head += 1
+
+    def segment_failed(self, segment: Segment, client_statements: dict[bytes, PreparedStatement] | None) -> None:
+        """Postgres reported an error: it skips the segment's remaining requests until Sync, so the Parses
+        among them (and the failing one) left no statement behind, and the pooler's answers are void."""
+        segment.failed = True
+        for action in segment.actions[segment.head :]:
+            statement = action.statement
+            if action.code == pq.PARSE and statement is not None and action.mode != SYNTH:
+                self.prepared.pop(statement, None)
+                name = action.client_name
+                if name is not None and client_statements is not None and client_statements.get(name) is statement:
+                    del client_statements[name]
+        segment.head = len(segment.actions)
 
 
 def statement_name(kind: int, data: bytes, pos: int, limit: int) -> tuple[int, int] | None:

@@ -54,6 +54,9 @@ _NO_PARAMS: dict[str, str] = {}  # shared and never mutated
 
 #: Bytes a client may send while it waits for a server before we stop reading from it.
 HOLD_LIMIT = 256 * 1024
+#: Queries and Parses up to this size are checked for session state (they are held until whole); longer
+#: ones stream through unchecked, so no client can make the pooler buffer an unbounded statement.
+CHECK_LIMIT = 64 * 1024
 #: The largest authentication message we accept (SASL messages are a few hundred bytes).
 MAX_AUTH_MESSAGE = 10_000
 
@@ -106,6 +109,7 @@ class ClientConnection(asyncio.Protocol):
 
     __slots__ = (
         "_held",
+        "_need",
         "_negotiate",
         "_reader",
         "_reading_paused",
@@ -116,6 +120,7 @@ class ClientConnection(asyncio.Protocol):
         "database",
         "db",
         "direct",
+        "held_since",
         "id",
         "key",
         "last_active",
@@ -176,7 +181,9 @@ class ClientConnection(asyncio.Protocol):
         self._reader: MessageReader | None = None  # startup and authentication messages
         # Immutable on purpose: b"" + data is data itself in CPython, so the usual case (one whole
         # message arrives while no server is linked) is held and later forwarded without a copy.
-        self._held = b""
+        self._held: bytes | bytearray = b""
+        self._need = 0  # bytes _held must reach before a scan can make progress (a message seen whole)
+        self.held_since = 0.0
         self._skip = 0
         self._negotiate = b""
         self._reading_paused = False
@@ -258,9 +265,17 @@ class ClientConnection(asyncio.Protocol):
 
     def forward(self, data: bytes, server: ServerConnection) -> None:
         """Scan ``data`` for message headers, account for what the server now owes, and send it."""
-        if self._held:
-            data = self._held + data
+        held = self._held
+        if held:
+            if len(held) + len(data) < self._need:
+                # Still short of the message that must be seen whole: gather without re-copying what is held.
+                if type(held) is bytes:
+                    held = self._held = bytearray(held)
+                held += data
+                return
+            data = held + data if type(held) is bytes else bytes(held + data)
             self._held = b""
+            self._need = 0
         n = len(data)
         pos = self._skip
         transport = server.transport
@@ -292,7 +307,7 @@ class ClientConnection(asyncio.Protocol):
             end = pos + 1 + length
             if kind in (pq.QUERY, pq.FUNCTION_CALL):
                 checker = self.state_checker
-                if kind == pq.QUERY and checker is not None:
+                if kind == pq.QUERY and checker is not None and end - pos <= CHECK_LIMIT:
                     if end > n:
                         break  # checked whole: wait for the rest of it
                     findings = checker.check(data[pos + 5 : end - 1].decode("utf-8", "replace"),
@@ -306,7 +321,7 @@ class ClientConnection(asyncio.Protocol):
                         sent_from = end
                 ledger.request_sent(kind)
             elif kind == pq.SYNC:
-                ledger.sync_sent(server.end_segment() if track and not ledger.copy_in else kind)
+                ledger.sync_sent(server.statements.end_segment() if track and not ledger.copy_in else kind)
             elif kind == pq.COPY_DATA:
                 pass
             elif kind in (pq.COPY_DONE, pq.COPY_FAIL):
@@ -319,7 +334,7 @@ class ClientConnection(asyncio.Protocol):
             else:
                 if not ledger.unsynced:
                     ledger.extended_sent()
-                segment = server.open_segment
+                segment = server.statements.open
                 if segment is not None and segment.dropping and kind != pq.FLUSH:  # refused earlier in it
                     if end > n:
                         break  # dropped whole: wait for the rest of it
@@ -328,7 +343,7 @@ class ClientConnection(asyncio.Protocol):
                     parts.append(data[sent_from:pos])
                     sent_from = pos = end
                     continue
-                if kind == pq.PARSE and self.state_checker is not None:
+                if kind == pq.PARSE and self.state_checker is not None and end - pos <= CHECK_LIMIT:
                     if end > n:
                         break  # checked whole: wait for the rest of it
                     name_end = data.find(b"\x00", pos + 5, end)
@@ -344,7 +359,7 @@ class ClientConnection(asyncio.Protocol):
                         continue
                 if track and kind != pq.FLUSH:
                     if kind == pq.EXECUTE:
-                        server.record(kind)
+                        server.statements.record(kind)
                     else:
                         span = statement_name(kind, data, pos, min(end, n))
                         if span is None or (span[1] > span[0] and end > n):
@@ -356,9 +371,9 @@ class ClientConnection(asyncio.Protocol):
                             parts.extend(self._named_statement(kind, data, pos, end, span=span, server=server))
                             sent_from = end
                         elif kind == pq.DESCRIBE and data[pos + 5] == ord("S"):
-                            server.record(DESCRIBE_STATEMENT)
+                            server.statements.record(DESCRIBE_STATEMENT)
                         else:
-                            server.record(kind)
+                            server.statements.record(kind)
             pos = end
         if pos > n:
             self._skip = pos - n
@@ -369,18 +384,28 @@ class ClientConnection(asyncio.Protocol):
         if parts is not None:
             parts.append(data[sent_from:stop])
             transport.write(b"".join(parts))
-            if stop < n:
-                self._held += data[stop:]
         elif stop == n:
             transport.write(data)
-        else:
-            if stop:
-                transport.write(data[:stop])
-            self._held += data[stop:]
+        elif stop:
+            transport.write(data[:stop])
+        if stop < n:
+            self._hold_partial(data, stop, n)
         if was_idle and ledger.pending:
             now = server.request_started = self.pooler.clock()
             if ledger.tx_status == pq.TX_IDLE:
                 server.xact_started = now
+
+    def _hold_partial(self, data: bytes, start: int, n: int) -> None:
+        """Keep a message that must be seen whole (checked, rewritten or dropped) until the rest arrives.
+
+        Only messages up to CHECK_LIMIT are checked, and named statements up to max_packet_size are
+        rewritten, so what is held is bounded; ``_need`` lets the next reads be gathered without a scan or a
+        re-copy until the message is complete, and ``held_since`` lets query_timeout cut a client that stalls
+        in the middle of one.
+        """
+        self._held = data[start:]
+        self._need = 1 + _unpack_length(data, start + 1)[0] if n - start >= 5 else 5
+        self.held_since = self.pooler.clock()
 
     def _session_state(
         self, findings: tuple[Finding, ...], server: ServerConnection, *, extended: bool = False
@@ -428,11 +453,13 @@ class ClientConnection(asyncio.Protocol):
                 return []
             statement = self.pooler.statements.get(data[span[1] + 1 : end])
             self.statements[name] = statement
-            if statement in server.prepared:
-                server.use(statement)
+            if statement in server.statements.prepared:
+                server.statements.use(statement)
                 server.synthesize(pq.PARSE, pq.PARSE_COMPLETE)
                 return []
-            return server.prepare(statement, FORWARD, name, self.pooler.config.settings.max_prepared_statements)
+            self.stats.server_parse_count += 1
+            limit = self.pooler.config.settings.max_prepared_statements
+            return server.statements.prepare(statement, FORWARD, name, limit)
         if kind == pq.CLOSE:
             self.statements.pop(name, None)
             server.synthesize(pq.CLOSE, pq.CLOSE_COMPLETE)
@@ -443,19 +470,32 @@ class ClientConnection(asyncio.Protocol):
             return []
         statement = known
         out: list[bytes] = []
-        if statement in server.prepared:
-            server.use(statement)
+        statements = server.statements
+        if statement in statements.prepared:
+            statements.use(statement)
         else:  # prepared by this client on another server (or evicted here): prepare it first, quietly
-            out = server.prepare(statement, SKIP, None, self.pooler.config.settings.max_prepared_statements)
+            self.stats.server_parse_count += 1
+            out = statements.prepare(statement, SKIP, None, self.pooler.config.settings.max_prepared_statements)
         if kind == pq.BIND:
             self.stats.bind_count += 1
-            server.record(kind)
+            server.statements.record(kind)
             head, tail = data[pos + 5 : span[0]], data[span[1] : end]
         else:
-            server.record(DESCRIBE_STATEMENT)
+            server.statements.record(DESCRIBE_STATEMENT)
             head, tail = b"S", b"\x00"
         out.append(pq.build(bytes((kind,)), head + statement.name + tail))
         return out
+
+    def take_held(self) -> bytes:
+        """Hand what this connection holds to a new owner of the socket (the admin console)."""
+        held = bytes(self._held)
+        self._held = b""
+        self._need = 0
+        return held
+
+    def sending_partial(self) -> bool:
+        """Linked, with the start of a message held until the rest arrives (see _hold_partial)."""
+        return bool(self._need) and self.server is not None
 
     def _hold(self, data: bytes) -> None:
         """Keep bytes that arrived while no server is linked; ask the pool for one once a message starts."""

@@ -24,7 +24,7 @@ from pooler.config import PoolMode
 from pooler.core.ledger import Ledger
 from pooler.core.parameters import ParamsKey
 from pooler.core.pool import Pool, ServerState
-from pooler.core.prepared import DESCRIBE_STATEMENT, FORWARD, SKIP, SYNTH, Action, PreparedStatement, Segment
+from pooler.core.prepared import DESCRIBE_STATEMENT, FORWARD, PreparedStatement, Segment, ServerStatements
 from pooler.core.stats import LATENCY_BUCKETS
 from pooler.wire import messages as pq
 from pooler.wire.auth import AuthFailed, ServerAuth
@@ -106,20 +106,16 @@ class ServerConnection(asyncio.Protocol):
         "last_used",
         "ledger",
         "login_error",
-        "open_segment",
         "params",
         "params_key",
-        "pinned",
         "pool",
-        "prepared",
         "reading_paused",
         "request_started",
-        "segment",
         "stale",
         "startup_params",
         "state",
+        "statements",
         "stats",
-        "tracked_inflight",
         "transport",
         "xact_started",
     )
@@ -144,14 +140,7 @@ class ServerConnection(asyncio.Protocol):
         self.key: tuple[int, int] | None = None
         self.ledger = Ledger()
         self.fatal_seen = False
-        # Prepared statements (see pooler.core.prepared): the statements this server has, least recently used
-        # first; the kinds of the extended messages of the open segment; that segment once it is tracked;
-        # statements the open segment uses (never evicted under it); tracked segments not answered yet.
-        self.prepared: dict[PreparedStatement, None] = {}
-        self.segment = bytearray()
-        self.open_segment: Segment | None = None
-        self.pinned: set[PreparedStatement] = set()
-        self.tracked_inflight = 0
+        self.statements = ServerStatements()  # prepared statements and the tracked segments (core.prepared)
         self.reading_paused = False
         self.stale = False  # set on RECONNECT/config change: close instead of reuse
         self.login_error: dict[str, str] | None = None
@@ -219,7 +208,7 @@ class ServerConnection(asyncio.Protocol):
                 self.stats.sent += n
                 self.client.write(data)
             return
-        if self.tracked_inflight:
+        if self.statements.inflight:
             self._data_tracked(data, pos)
             return
         inspect = _INSPECT_TABLE
@@ -312,7 +301,7 @@ class ServerConnection(asyncio.Protocol):
 
     def is_clean(self) -> bool:
         """True when nothing is in flight and no transaction is open: safe for another client."""
-        return self.ledger.is_clean() and self._skip == 0 and not self._partial and self.open_segment is None
+        return self.ledger.is_clean() and self._skip == 0 and not self._partial and self.statements.open is None
 
     def _refuses_transactions(self) -> bool:
         client = self.client
@@ -357,7 +346,7 @@ class ServerConnection(asyncio.Protocol):
 
     def _copy_in_started(self) -> None:
         """Postgres entered copy-in mode: the ledger drops the Syncs it will ignore, tracked ones included."""
-        self.tracked_inflight -= len(self.ledger.copy_in_started())
+        self.statements.inflight -= len(self.ledger.copy_in_started())
 
     def run_internal(self, sql: str) -> None:
         """Send the pooler's own query; its whole answer is dropped. Only call when nothing is pending."""
@@ -385,120 +374,37 @@ class ServerConnection(asyncio.Protocol):
         else:
             self.pool.server_closed(self)
 
-    # --- prepared statements: the client side records, the tracked scanner answers -------------------
-
-    def tracked(self) -> Segment:
-        """The open segment as a tracked one (its earlier requests all forwarded as they are)."""
-        segment = self.open_segment
-        if segment is None:
-            segment = self.open_segment = Segment(self.segment)
-            self.segment.clear()
-            self.tracked_inflight += 1
-        return segment
-
-    def record(self, code: int) -> None:
-        """A request of the open segment whose answer goes to the client unchanged."""
-        segment = self.open_segment
-        if segment is None:
-            self.segment.append(code)
-        else:
-            segment.actions.append(Action(code, FORWARD))
-
-    def end_segment(self) -> int | Segment:
-        """The client sent Sync: what the ReadyForQuery it owes will answer (SYNC, or the tracked segment)."""
-        if self.pinned:
-            self.pinned.clear()
-        segment = self.open_segment
-        if segment is None:
-            if self.segment:
-                self.segment.clear()
-            return pq.SYNC
-        self.open_segment = None
-        return segment
+    # --- prepared statements: the client side records (self.statements), the tracked scanner answers ---
 
     def synthesize(self, code: int, payload: bytes, *, refuse: bool = False) -> None:
-        """Answer a request for the server, in its place in the response order.
-
-        ``refuse``: the answer is an error, and like Postgres after an error the rest of the client's
-        segment is not run (the client side drops it) until Sync.
-        """
-        segment = self.tracked()
-        segment.actions.append(Action(code, SYNTH, payload))
-        if refuse:
-            segment.dropping = True
+        """Answer a request for the server, in its place in the response order (see ServerStatements)."""
+        segment = self.statements.add_synthesized(code, payload, refuse=refuse)
         if not self.ledger.pending and segment.head == len(segment.actions) - 1 and self.client is not None:
             out: list[bytes] = []  # nothing before it is owed: answer at once (the client may be waiting)
-            self._emit_synthesized(segment, out)
+            ServerStatements.emit_synthesized(segment, out)
             self.client.write(b"".join(out))
-
-    def prepare(self, statement: PreparedStatement, mode: int, client_name: bytes | None, limit: int) -> list[bytes]:
-        """Messages that prepare ``statement`` here: Close of least recently used ones over ``limit``, then Parse."""
-        out: list[bytes] = []
-        segment = self.tracked()
-        prepared = self.prepared
-        if limit:
-            for old in list(prepared):
-                if len(prepared) < limit:
-                    break
-                if old in self.pinned:
-                    continue
-                del prepared[old]
-                out.append(old.close_message())
-                segment.actions.append(Action(pq.CLOSE, SKIP))
-        prepared[statement] = None
-        self.pinned.add(statement)
-        segment.actions.append(Action(pq.PARSE, mode, statement=statement, client_name=client_name))
-        self.stats.server_parse_count += 1
-        out.append(statement.parse_message())
-        return out
-
-    def use(self, statement: PreparedStatement) -> None:
-        """The open segment uses a statement this server has: most recently used, not evictable for now."""
-        prepared = self.prepared
-        del prepared[statement]
-        prepared[statement] = None
-        self.pinned.add(statement)
 
     def _statements_forgotten(self) -> None:
         """DISCARD ALL / DEALLOCATE ALL ran: Postgres dropped every prepared statement of this session."""
-        self.prepared.clear()
+        self.statements.prepared.clear()
         client = self.client
         if client is not None:
             client.statements.clear()
-
-    def _emit_synthesized(self, segment: Segment, out: list[bytes]) -> None:
-        actions = segment.actions
-        while segment.head < len(actions) and actions[segment.head].mode == SYNTH:
-            if not segment.failed:
-                out.append(actions[segment.head].payload)
-            segment.head += 1
-
-    def _segment_failed(self, segment: Segment) -> None:
-        """Postgres reported an error: it skips the segment's remaining requests until Sync, so the Parses
-        among them (and the failing one) left no statement behind, and the pooler's answers are void."""
-        segment.failed = True
-        client = self.client
-        for action in segment.actions[segment.head :]:
-            statement = action.statement
-            if action.code == pq.PARSE and statement is not None and action.mode != SYNTH:
-                self.prepared.pop(statement, None)
-                name = action.client_name
-                if name is not None and client is not None and client.statements.get(name) is statement:
-                    del client.statements[name]
-        segment.head = len(segment.actions)
 
     def _data_tracked(self, data: bytes, pos: int) -> None:
         """The slow scanner, for chunks answering a tracked segment: every message is matched to its request."""
         n = len(data)
         out: list[bytes] = [data[:pos]] if pos else []  # the end of a row streamed from the last chunk
         ledger = self.ledger
+        statements = self.statements
+        emit = ServerStatements.emit_synthesized
         answered = 0
         while pos + 5 <= n:
             kind = data[pos]
             end = pos + 1 + _unpack_length(data, pos + 1)[0]
             head = ledger.head()
             if head is None:
-                head = self.open_segment
+                head = statements.open
             if end > n:
                 if kind == pq.DATA_ROW and ledger.swallow == 0 and (
                         not isinstance(head, Segment) or head.head >= len(head.actions)
@@ -536,18 +442,18 @@ class ServerConnection(asyncio.Protocol):
                     answered += 1
                 pos = end
                 continue
-            self._emit_synthesized(head, out)
+            emit(head, out)
             if kind == pq.READY_FOR_QUERY:
                 out.append(data[pos:end])
-                if head is self.open_segment:  # cannot happen: a ReadyForQuery answers a Sync, which closed it
-                    self.open_segment = None
+                if head is statements.open:  # cannot happen: a ReadyForQuery answers a Sync, which closed it
+                    statements.open = None
                     ledger.ready_for_query(data[pos + 5])
                 elif ledger.ready_for_query(data[pos + 5]):
                     answered += 1
-                self.tracked_inflight -= 1
+                statements.inflight -= 1
             elif kind == pq.ERROR_RESPONSE:
                 out.append(data[pos:end])  # an error always reaches the client, even one to a hidden Parse
-                self._segment_failed(head)
+                statements.segment_failed(head, self.client.statements if self.client is not None else None)
             elif head.head < len(head.actions):
                 action = head.actions[head.head]
                 if action.mode == FORWARD:
@@ -556,7 +462,7 @@ class ServerConnection(asyncio.Protocol):
                     pass  # ParameterDescription; its RowDescription / NoData completes the Describe
                 elif kind in _COMPLETES.get(action.code, b""):
                     head.head += 1
-                    self._emit_synthesized(head, out)
+                    emit(head, out)
             else:
                 out.append(data[pos:end])
             pos = end

@@ -356,8 +356,7 @@ class AdminSession(asyncio.Protocol):
         self.client.connection_lost(exc)
 
     def take_over_held(self) -> None:
-        held = self.client._held  # the login's leftovers (pipelined behind it): ours now
-        self.client._held = b""
+        held = self.client.take_held()  # the login's leftovers (pipelined behind it): ours now
         if held:
             self.data_received(held)
 

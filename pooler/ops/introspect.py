@@ -375,7 +375,7 @@ def _server_row(pooler: Pooler, pool: ClientPool, server: ServerConnection, wall
         ptr=f"{id(server):#x}", link=f"{id(client):#x}" if client is not None else "",
         remote_pid=server.key[0] if server.key else 0, tls=describe_tls(transport),
         application_name=client.params.get("application_name", "") if client is not None else "",
-        prepared_statements=len(server.prepared), id=server_id,
+        prepared_statements=len(server.statements.prepared), id=server_id,
     )
 
 

@@ -549,9 +549,11 @@ class Pooler:
             return
         if server.state != ServerState.ACTIVE:
             return
-        if server.ledger.pending:
+        if server.ledger.pending or client.sending_partial():
+            # A message stalled halfway counts as a query in flight: it holds the server all the same.
             limit = cfg.effective_query_timeout(self.config, client.user)
-            if limit and now - server.request_started > limit:
+            since = server.request_started if server.ledger.pending else client.held_since
+            if limit and now - since > limit:
                 client.fatal("08P01", "query_timeout", hint="the query ran longer than query_timeout")
         elif server.ledger.in_transaction():
             limit = cfg.effective_idle_transaction_timeout(self.config, client.user)
