@@ -109,7 +109,7 @@ def held(pooler: RunningPooler) -> int:
 
 
 def test_a_huge_query_streams_through_instead_of_being_held_whole(postgres: PostgresServer) -> None:
-    """With session_state_check = warn, a Query was held until whole: 3 clients × 100 MB took the pooler from
+    """With session_state_check = warn, a Query was held until whole: 3 clients x 100 MB took the pooler from
     38 MB to 346 MB. A statement longer than CHECK_LIMIT now streams to Postgres as it arrives."""
     size = 16 * 1024 * 1024
     message = pq.query("select length('" + "x" * size + "')")

@@ -40,6 +40,7 @@ class ServerState(enum.IntEnum):
     ACTIVE = 3
     BUSY = 4  # running the pooler's own query (reset, health check, rollback) with no client linked
     CLOSED = 5
+    BEING_CANCELED = 6  # done, but a cancel sent for its last client's query is still on its way: not reused
 
 
 class PoolServer(Protocol):
@@ -54,6 +55,7 @@ class PoolServer(Protocol):
     last_used: float
     params: dict[str, str]
     reading_paused: bool
+    cancels_in_flight: int
 
     def close(self, reason: str) -> None: ...
 
@@ -295,6 +297,11 @@ class Pool(Generic[S, C]):
         ) > self.capacity():
             server.close("paused" if self.paused else "reconnect" if server.stale else "server_lifetime")
             return
+        if server.cancels_in_flight:
+            # A cancel for the last client's query may still reach Postgres: handed out now, it would cancel
+            # the next client's query instead. Kept apart until its connection closes (PgBouncer does the same).
+            self._change_state(server, ServerState.BEING_CANCELED)
+            return
         waiting = self.waiting
         while waiting:
             client = waiting.popleft()
@@ -337,6 +344,16 @@ class Pool(Generic[S, C]):
             self.begin_internal(server, reset)
         else:
             self.release(server)
+
+    def cancel_sent(self, server: S) -> None:
+        """A CancelRequest for the query on ``server`` is on its way to Postgres."""
+        server.cancels_in_flight += 1
+
+    def cancel_done(self, server: S) -> None:
+        """Postgres closed the cancel's connection: the cancel has reached the backend (or never will)."""
+        server.cancels_in_flight -= 1
+        if not server.cancels_in_flight and server.state == ServerState.BEING_CANCELED:
+            self.release(server, touch=False)
 
     def server_done_busy(self, server: S) -> None:
         """The pooler's own query on an unlinked server finished."""

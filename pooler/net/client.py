@@ -51,6 +51,8 @@ _unpack_length = struct.Struct("!i").unpack_from
 _SESSION_STATE_CHECKER = SessionStateChecker()  # one parse cache for the whole pooler
 _NO_POOL_STATS = PoolStats()  # counts nothing anyone reads: a client's bytes before it has a pool
 _NO_PARAMS: dict[str, str] = {}  # shared and never mutated
+#: What a cancelled request gets, in Postgres's words.
+_CANCELED = pq.error_response("57014", "canceling statement due to user request") + pq.READY_FOR_QUERY_IDLE
 
 #: Bytes a client may send while it waits for a server before we stop reading from it.
 HOLD_LIMIT = 256 * 1024
@@ -486,6 +488,23 @@ class ClientConnection(asyncio.Protocol):
         out.append(pq.build(bytes((kind,)), head + statement.name + tail))
         return out
 
+    def cancel_queued_request(self) -> None:
+        """A CancelRequest while this client waits for a server: its first request has not run, so it leaves
+        the queue and is answered as Postgres answers a cancelled statement, instead of running later."""
+        held = bytes(self._held)
+        end = first_request_end(held)
+        if end is None or self.pool is None:
+            return  # nothing whole to cancel yet: as with Postgres when no query runs, the cancel does nothing
+        self.pool.remove_waiter(self)
+        self.waiting = False
+        self._held = held[end:]
+        self._need = 0
+        self.write(_CANCELED)
+        if len(self._held) >= 5:
+            self._hold(b"")  # pipelined requests behind the cancelled one queue again
+        elif self._reading_paused:
+            self.resume_reading()
+
     def take_held(self) -> bytes:
         """Hand what this connection holds to a new owner of the socket (the admin console)."""
         held = bytes(self._held)
@@ -807,6 +826,22 @@ class ClientConnection(asyncio.Protocol):
         """The pool could not log in to Postgres for us: pass its error on, as FATAL."""
         self.fatal(fields.get("C", "08006"), fields.get("M", "server login failed"),
                    hint=fields.get("H"), detail=fields.get("D"))
+
+
+def first_request_end(data: bytes) -> int | None:
+    """Where the first request in ``data`` ends (a Query or FunctionCall, or the Sync closing extended messages);
+    None when no request is whole yet."""
+    pos = 0
+    n = len(data)
+    while pos + 5 <= n:
+        kind = data[pos]
+        end: int = pos + 1 + _unpack_length(data, pos + 1)[0]
+        if end > n:
+            return None
+        if kind in (pq.QUERY, pq.FUNCTION_CALL, pq.SYNC):
+            return end
+        pos = end
+    return None
 
 
 def _quote(value: str) -> str:

@@ -96,6 +96,7 @@ class ServerConnection(asyncio.Protocol):
         "_partial",
         "_skip",
         "auth",
+        "cancels_in_flight",
         "client",
         "close_reason",
         "connect_started",
@@ -142,6 +143,7 @@ class ServerConnection(asyncio.Protocol):
         self.fatal_seen = False
         self.statements = ServerStatements()  # prepared statements and the tracked segments (core.prepared)
         self.reading_paused = False
+        self.cancels_in_flight = 0  # CancelRequests sent for this server's query whose connection is still open
         self.stale = False  # set on RECONNECT/config change: close instead of reuse
         self.login_error: dict[str, str] | None = None
         self.close_reason = ""

@@ -234,8 +234,9 @@ def show(pooler: Pooler, stats: StatsPeriod, subject: str) -> bytes:
         names = ["database", "user", "cl_active", "cl_waiting", "cl_active_cancel_req", "cl_waiting_cancel_req",
                  "sv_active", "sv_active_cancel", "sv_being_canceled", "sv_idle", "sv_used", "sv_tested", "sv_login",
                  "maxwait", "maxwait_us", "pool_mode", "load_balance_hosts"]
-        rows = [[p.database, p.user, p.cl_active, p.cl_waiting, 0, 0, p.sv_active, 0, 0, p.sv_idle, p.sv_used,
-                 p.sv_tested, p.sv_login, int(p.maxwait), int((p.maxwait % 1) * 1_000_000), p.pool_mode, None]
+        rows = [[p.database, p.user, p.cl_active, p.cl_waiting, 0, 0, p.sv_active, 0, p.sv_being_canceled, p.sv_idle,
+                 p.sv_used, p.sv_tested, p.sv_login, int(p.maxwait), int((p.maxwait % 1) * 1_000_000), p.pool_mode,
+                 None]
                 for p in introspect.pool_counts(pooler)]
         return result(names, "ssiiiiiiiiiiiiiss", rows)
     if what == "clients":

@@ -49,6 +49,7 @@ _SERVER_STATES = {
     ServerState.CONNECTING: "new",
     ServerState.LOGIN: "new",
     ServerState.CLOSED: "closed",
+    ServerState.BEING_CANCELED: "being_canceled",
 }
 
 
@@ -57,7 +58,8 @@ _SERVER_STATES = {
 
 @dataclass(slots=True)
 class PoolCounts:
-    """One row of SHOW POOLS (cancel-request columns are always 0: cancels are forwarded at once)."""
+    """One row of SHOW POOLS (cancel-request columns other than sv_being_canceled are 0: cancels are forwarded
+    at once, on connections of their own)."""
 
     database: str
     user: str
@@ -69,6 +71,7 @@ class PoolCounts:
     sv_used: int = 0
     sv_tested: int = 0
     sv_login: int = 0
+    sv_being_canceled: int = 0
     maxwait: float = 0.0  # seconds the oldest queued client has waited
 
 
@@ -93,6 +96,8 @@ def _count_server(row: PoolCounts, server: ServerConnection) -> None:
         row.sv_tested += 1
     elif state in (ServerState.CONNECTING, ServerState.LOGIN):
         row.sv_login += 1
+    elif state == ServerState.BEING_CANCELED:
+        row.sv_being_canceled += 1
 
 
 def pool_counts(pooler: Pooler) -> list[PoolCounts]:

@@ -54,7 +54,8 @@ _POOL_GAUGES = (
     ("client_waiting_cancel_connections", None, "Client connections whose cancel request waits (always 0)"),
     ("server_active_connections", "sv_active", "Server connections linked to a client"),
     ("server_active_cancel_connections", None, "Server connections forwarding a cancel request (always 0)"),
-    ("server_being_canceled_connections", None, "Servers waiting for a cancel to complete (always 0)"),
+    ("server_being_canceled_connections", "sv_being_canceled", "Servers kept apart until a cancel sent for their "
+     "last query has reached Postgres"),
     ("server_idle_connections", "sv_idle", "Server connections idle and ready for a client"),
     ("server_used_connections", "sv_used", "Server connections that need server_check_query first"),
     ("server_testing_connections", "sv_tested", "Server connections running a reset, check or rollback query"),

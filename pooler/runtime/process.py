@@ -472,10 +472,13 @@ class Pooler:
             self.spawn(self._relay_cancel(owner, key))
             return
         client = self.clients_by_key.get(key)
-        if client is None or client.server is None:
+        if client is None:
+            return
+        if client.waiting:
+            client.cancel_queued_request()  # nothing runs yet: take it out of the queue
             return
         server = client.server
-        if server.ledger.pending or server.state == ServerState.LOGIN:
+        if server is not None and (server.ledger.pending or server.state == ServerState.LOGIN):
             self.cancel_server(server)
 
     async def _relay_cancel(self, owner: int, key: tuple[int, int]) -> None:
@@ -490,9 +493,17 @@ class Pooler:
             log.warning("cancel relay failed", worker=owner, error=str(exc))
 
     def cancel_server(self, server: PoolServer) -> None:
+        """Cancel the query running on ``server``; the server is not handed to anyone until Postgres has the cancel."""
         if not isinstance(server, ServerConnection) or server.key is None:
             return
-        self.spawn(upstream.send_cancel(server.pool.db, server.key, self.config.settings.cancel_wait_timeout))
+        server.pool.cancel_sent(server)
+        self.spawn(self._cancel(server, server.key))
+
+    async def _cancel(self, server: ServerConnection, key: tuple[int, int]) -> None:
+        try:
+            await upstream.send_cancel(server.pool.db, key, self.config.settings.cancel_wait_timeout)
+        finally:
+            server.pool.cancel_done(server)
 
     # --- timeouts -----------------------------------------------------------------------------------
 

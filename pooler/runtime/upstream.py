@@ -61,17 +61,21 @@ async def connect(server: ServerConnection, db: DatabaseConfig, timeout: float, 
 
 
 async def send_cancel(db: DatabaseConfig, key: tuple[int, int], timeout: float) -> None:
-    """A CancelRequest for the backend with ``key``, on a connection of its own."""
+    """A CancelRequest for the backend with ``key``, on a connection of its own; returns once Postgres has
+    closed that connection, which it does after signalling the backend, so the cancel can no longer land
+    on a later query (or after ``timeout``: ``cancel_wait_timeout``)."""
     try:
         async with asyncio.timeout(timeout or None):
             host = _tcp_host(db)
             if host is not None:
-                _, writer = await asyncio.open_connection(host, db.port)
+                reader, writer = await asyncio.open_connection(host, db.port)
             else:
-                _, writer = await asyncio.open_unix_connection(socket_path(db.host or "/tmp", db.port))
-            writer.write(pq.cancel_request(*key))
-            await writer.drain()
-            writer.close()
-            await writer.wait_closed()
+                reader, writer = await asyncio.open_unix_connection(socket_path(db.host or "/tmp", db.port))
+            try:
+                writer.write(pq.cancel_request(*key))
+                await writer.drain()
+                await reader.read()  # Postgres answers nothing and hangs up when it is done
+            finally:
+                writer.close()
     except (OSError, TimeoutError) as exc:
         log.warning("cancel request failed", error=str(exc))
