@@ -882,6 +882,9 @@ def _apply_environment(loader: _Loader, env: Mapping[str, str]) -> tuple[Userlis
         return ()
     fields, ignored = _parse_database_url(url)
     loader.ignored.extend(ignored)
+    # The URL picks the server, not the database: a client gets the database it asks for, as with
+    # PgBouncer's `*` entry without dbname. The URL's own database name is what `pooler check` logs in to.
+    fields.pop("dbname", None)
     base = loader.databases.get("*", DatabaseConfig(name="*"))
     loader.databases["*"] = _with(base, fields)
     user, password = fields["user"], fields["password"]
@@ -945,7 +948,9 @@ def read_userlist(path: str) -> list[UserlistEntry]:
         with open(path, encoding="utf-8-sig") as fh:
             text = fh.read()
     except OSError as exc:
-        raise ConfigError(path, "auth_file", f"cannot read ({exc.strerror or exc})") from None
+        raise ConfigError(path, "auth_file", f"cannot read ({exc.strerror or exc}); create it (one "
+                          '"user" "password" per line) or point auth_file (POOLER_AUTH_FILE) at your '
+                          "userlist") from None
     except UnicodeDecodeError:
         raise ConfigError(path, "auth_file", "not valid UTF-8") from None
     entries: list[UserlistEntry] = []

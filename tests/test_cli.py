@@ -15,7 +15,7 @@ import psutil
 import psycopg
 import pytest
 from harness import free_port
-from support import APP_DB, APP_PASSWORD, APP_USER, PostgresServer
+from support import APP_DB, APP_PASSWORD, APP_USER, OTHER_DB, PostgresServer
 
 
 def pooler_cmd(*args: str) -> list[str]:
@@ -117,6 +117,14 @@ def test_database_url_alone_configures_everything(postgres: PostgresServer) -> N
             assert conn.execute("select 1").fetchone() == (1,)
         with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
             psycopg.connect(f"postgresql://{APP_USER}:wrong@127.0.0.1:{port}/{APP_DB}")
+        # The URL picks the server, not the database: a client asking for another database gets that one.
+        for dbname in (APP_DB, OTHER_DB):
+            with psycopg.connect(f"postgresql://{APP_USER}:{APP_PASSWORD}@127.0.0.1:{port}/{dbname}") as conn:
+                assert conn.execute("select current_database()").fetchone() == (dbname,)
+        # `pooler check --login` logs in to the URL's own database.
+        check = subprocess.run(pooler_cmd("check", "--login"), env=env, capture_output=True, text=True, timeout=30,
+                               check=False)
+        assert check.returncode == 0, check.stderr
         proc.send_signal(signal.SIGINT)
         proc.wait(15)
     assert proc.returncode == 0
@@ -130,11 +138,11 @@ def _children_alive(pid: int) -> list[psutil.Process]:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_up_prints_urls_that_work_and_stops_cleanly(tmp_path: Path, sig: signal.Signals) -> None:
+def test_up_prints_urls_that_work_and_stops_cleanly(embedded_tmp: Path, sig: signal.Signals) -> None:
     port, direct = free_port(), free_port()
-    env_file = tmp_path / "app.env"
+    env_file = embedded_tmp / "app.env"
     proc = subprocess.Popen(
-        pooler_cmd("up", "--port", str(port), "--direct-port", str(direct), "--data-dir", str(tmp_path / "data"),
+        pooler_cmd("up", "--port", str(port), "--direct-port", str(direct), "--data-dir", str(embedded_tmp / "data"),
                    "--env-file", str(env_file)),
         env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -166,7 +174,7 @@ def test_up_prints_urls_that_work_and_stops_cleanly(tmp_path: Path, sig: signal.
             proc.wait()
     # The data directory persists: a second `up` sees the same URLs and the same data.
     proc = subprocess.Popen(
-        pooler_cmd("up", "--port", str(port), "--direct-port", str(direct), "--data-dir", str(tmp_path / "data")),
+        pooler_cmd("up", "--port", str(port), "--direct-port", str(direct), "--data-dir", str(embedded_tmp / "data")),
         env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None

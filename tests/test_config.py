@@ -608,9 +608,12 @@ def test_environment_unknown_pooler_variables() -> None:
 
 def test_database_url_becomes_the_fallback_and_a_login() -> None:
     config = load_config(None, {"DATABASE_URL": "postgresql://app:s3cret@db.example:6000/appdb"})
+    # The server, not the database: a client asking for otherdb gets otherdb (PgBouncer's `*` without dbname).
     assert config.databases == {
-        "*": DatabaseConfig(name="*", host="db.example", port=6000, dbname="appdb", user="app", password="s3cret")
+        "*": DatabaseConfig(name="*", host="db.example", port=6000, user="app", password="s3cret")
     }
+    other = find_database(config, "otherdb")
+    assert other is not None and other.dbname == "otherdb" and other.host == "db.example"
     assert config.extra_userlist == (UserlistEntry("app", "s3cret"),)
     assert config.source == "environment"
 
@@ -625,10 +628,10 @@ def test_database_url_forms() -> None:
         "p:w+d",
         "localhost",
         5432,
-        "my db",
+        None,
     )
-    db = star("postgresql://u:p@/app?host=/var/run/postgresql")
-    assert (db.host, db.port, db.dbname) == ("/var/run/postgresql", 5432, "app")
+    db = star("postgresql://u:p@/app?host=/var/run/postgresql&dbname=x")
+    assert (db.host, db.port, db.dbname) == ("/var/run/postgresql", 5432, None)
     db = star("postgresql://u:p@%2Ftmp:5433/app")
     assert (db.host, db.port) == ("/tmp", 5433)
     db = star("postgresql://u:p@[::1]:5434/app")
@@ -649,7 +652,7 @@ def test_database_url_overrides_the_files_fallback(tmp_path: Path) -> None:
     path = ini(tmp_path, databases="* = host=filehost port=1111 pool_size=4\napp = host=apphost")
     config = load_config(path, {"DATABASE_URL": "postgresql://u:p@urlhost/urldb"})
     assert config.databases["*"] == DatabaseConfig(
-        name="*", host="urlhost", port=5432, dbname="urldb", user="u", password="p", pool_size=4
+        name="*", host="urlhost", port=5432, user="u", password="p", pool_size=4
     )
     assert config.databases["app"].host == "apphost"
 
@@ -718,7 +721,8 @@ def test_read_userlist_missing_file(tmp_path: Path) -> None:
     path = str(tmp_path / "missing.txt")
     with pytest.raises(ConfigError) as info:
         read_userlist(path)
-    assert str(info.value) == f"{path}: auth_file: cannot read (No such file or directory)"
+    assert str(info.value) == (f'{path}: auth_file: cannot read (No such file or directory); create it (one "user" '
+                               '"password" per line) or point auth_file (POOLER_AUTH_FILE) at your userlist')
 
 
 # --- replace_settings -------------------------------------------------------------------------------
@@ -834,10 +838,12 @@ def test_find_database(tmp_path: Path) -> None:
     )
     assert find_database(with_fallback, "pgbouncer") is None  # the admin console is routed elsewhere
 
-    forced = load_config(None, {"DATABASE_URL": "postgresql://u:p@h/appdb"})
+    forced = load_config(ini(tmp_path, databases="* = host=h dbname=appdb"), {})
     found = find_database(forced, "anything")
     assert found is not None
-    assert (found.name, found.dbname) == ("anything", "appdb")
+    assert (found.name, found.dbname) == ("anything", "appdb")  # a * entry with dbname forces it
+    by_url = find_database(load_config(None, {"DATABASE_URL": "postgresql://u:p@h/appdb"}), "anything")
+    assert by_url is not None and (by_url.name, by_url.dbname) == ("anything", "anything")
 
 
 # --- docs/settings.md stays true ------------------------------------------------------------------

@@ -22,7 +22,7 @@ from pooler.runtime.process import Pooler
 #: One statement per kind, each run in autocommit on the pooled endpoint.
 EACH_KIND = {
     "set": "SET search_path = public",
-    "set_config": "SELECT set_config('application_name', 'x', false)",
+    "set_config": "SELECT set_config('search_path', 'public', false)",
     "listen": "LISTEN somewhere",
     "prepare": "PREPARE p1 AS SELECT 1",
     "cursor_with_hold": "DECLARE c1 CURSOR WITH HOLD FOR SELECT 1",
@@ -42,6 +42,13 @@ HARMLESS = [
     "/* SET search_path = x */ SELECT 2",
     "UNLISTEN *",
     "DISCARD ALL",
+    "DEALLOCATE ALL",
+    "RESET ALL",
+    "RESET search_path",
+    "CLOSE ALL",
+    "SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL;",  # asyncpg's pool reset
+    "SET TIME ZONE 'UTC'",  # the pooler carries TimeZone to whichever server the client lands on
+    "SELECT set_config('application_name', 'x', false)",
 ]
 
 
@@ -107,6 +114,26 @@ def test_harmless_statements_do_not_warn(warn_pooler: RunningPooler, sql: str) -
         seen = notices_of(conn)
         conn.execute(sql)
         assert not [n for n in seen if n.sqlstate == "01000"], [n.message_primary for n in seen]
+
+
+def test_set_then_reset_is_one_warning_and_reset_alone_none(warn_pooler: RunningPooler) -> None:
+    """The per-kind decision for clearing statements (docs/session-state.md): the SET warns, the RESET that
+    follows it adds nothing (it cannot undo a SET made on another server connection, and the SET's warning
+    already says so); a RESET on its own, like a driver's pool reset, is housekeeping."""
+    before = counts(warn_pooler).get("set", 0)
+    with psycopg.connect(warn_pooler.dsn(), autocommit=True) as conn:
+        seen = notices_of(conn)
+        conn.execute("SET search_path = public")
+        conn.execute("RESET search_path")
+        assert [n.message_primary for n in seen if n.sqlstate == "01000"] == [
+            "SET does not survive transaction pooling: the next transaction may run on another server connection, "
+            "which does not have this setting, while this one keeps it for the next client"]
+    with psycopg.connect(warn_pooler.dsn(), autocommit=True) as conn:
+        seen = notices_of(conn)
+        conn.execute("RESET search_path")
+        conn.execute("RESET ALL")
+        assert not [n for n in seen if n.sqlstate == "01000"]
+    assert counts(warn_pooler).get("set", 0) == before + 1
 
 
 def test_the_hint_names_the_fix(warn_pooler: RunningPooler) -> None:

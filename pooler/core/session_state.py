@@ -35,17 +35,29 @@ How, cheapest first, because this runs on every query:
 
 What is and is not detected (docs/session-state.md has the user-facing version):
 
-- ``SET``/``RESET``/``RESET ALL``/``SET ROLE``/``SET SESSION AUTHORIZATION``/``SET SESSION
-  CHARACTERISTICS``/``SET TIME ZONE`` → ``set``. ``RESET`` counts: it changes this connection's state
-  and does not undo a ``SET`` that ran on another one. Not flagged: ``SET LOCAL``, ``SET TRANSACTION``,
-  ``SET CONSTRAINTS``, and ``SET transaction_isolation``/``transaction_read_only``/
-  ``transaction_deferrable`` (Postgres resets those at every transaction start).
-- ``set_config(name, value, is_local)`` → ``set_config`` unless ``is_local`` is the constant true
+- ``SET``/``SET ROLE``/``SET SESSION AUTHORIZATION``/``SET SESSION CHARACTERISTICS`` → ``set``. Not
+  flagged: ``SET LOCAL``, ``SET TRANSACTION``, ``SET CONSTRAINTS``, ``SET transaction_isolation``/
+  ``transaction_read_only``/``transaction_deferrable`` (Postgres resets those at every transaction
+  start), and a ``SET`` (or ``set_config``) of a parameter the pooler itself carries from server to
+  server (``client_encoding``/``SET NAMES``, ``DateStyle``, ``TimeZone``/``SET TIME ZONE``,
+  ``standard_conforming_strings``, ``application_name``: Postgres reports them with ParameterStatus and
+  the pooler re-applies the client's value wherever it lands, as PgBouncer does).
+- Statements that only bring the server connection back to a fresh connection's state are not flagged,
+  because that is what drivers and pools send on their own when a connection is reused, and a fresh
+  state is what every other server connection has: ``RESET name``/``RESET ALL``/``RESET ROLE``/``RESET
+  SESSION AUTHORIZATION``, ``DISCARD …``, ``DEALLOCATE ALL``, ``UNLISTEN``, ``CLOSE``,
+  ``pg_advisory_unlock*()``. When the client did make session state first (``SET search_path`` then
+  ``RESET search_path``), the statement that made it was flagged, so the pair gives one warning, which is
+  the one worth having: the ``RESET`` itself cannot undo a ``SET`` that ran on another connection.
+- ``set_config(name, value, is_local)`` → ``set_config`` unless ``name`` is a parameter the pooler
+  carries (above) or ``is_local`` is the constant true
   (``true``, ``'on'``, ``'yes'``, ``'t'``, … or a cast of one); a ``false``/``NULL`` constant is
   session-level for sure (``NULL`` means false to Postgres), anything else (``$1``, a column) may be.
 - ``LISTEN`` → ``listen``; ``UNLISTEN`` is harmless.
-- SQL ``PREPARE``/``EXECUTE``/``DEALLOCATE`` (also ``CREATE TABLE … AS EXECUTE``, ``EXPLAIN EXECUTE``)
-  → ``prepare``. Protocol-level prepared statements are handled by the pool, not here.
+- SQL ``PREPARE``/``EXECUTE``/``DEALLOCATE name`` (also ``CREATE TABLE … AS EXECUTE``, ``EXPLAIN
+  EXECUTE``) → ``prepare``; ``DEALLOCATE ALL`` is housekeeping (above). ``DEALLOCATE name`` stays flagged:
+  it names one statement that may live on another connection, and fails there. Protocol-level prepared
+  statements are handled by the pool, not here.
 - ``DECLARE … WITH HOLD`` → ``cursor_with_hold``.
 - ``CREATE TEMP TABLE``/``VIEW``/``SEQUENCE``, ``CREATE TEMP TABLE … AS``, ``SELECT … INTO TEMP``,
   ``CREATE TABLE pg_temp.t`` → ``temp_table``, except a table with ``ON COMMIT DROP`` that runs inside
@@ -80,7 +92,7 @@ from typing import Any, Final
 
 from pglast.parser import ParseError, parse_sql_json
 
-__all__ = ["MAX_CACHED_SQL", "Finding", "SessionStateChecker", "SessionStateKind"]
+__all__ = ["MAX_CACHED_SQL", "TRACKED_BY_POOLER", "Finding", "SessionStateChecker", "SessionStateKind"]
 
 #: Query text longer than this (in characters) is analysed but not cached: the cache holds the text as
 #: its key, so this bounds it to about cache_size * MAX_CACHED_SQL characters (16 Mi at the default).
@@ -133,28 +145,15 @@ _SET_WHY = (
     "while this one keeps it for the next client"
 )
 _SET_FIX = f"Use SET LOCAL inside a transaction, or {_DIRECT} for session state."
-_RESET_WHY = (
-    "it changes the setting on this server connection only, and the next transaction may run on another "
-    "one, where an earlier SET may still be in effect"
-)
 _ROLE_WHY = (
     "the role stays on this server connection, so the next client there runs as that role, while your next "
     "transaction may run on another connection as the login role"
 )
 _SET_FINDINGS: Final = {
     "SET": Finding(_K.SET, "SET", _SET_WHY, _SET_FIX),
-    "RESET": Finding(_K.SET, "RESET", _RESET_WHY, f"Use SET LOCAL inside a transaction instead of SET and RESET, "
-                f"or {_DIRECT} for session state."),
-    "RESET ALL": Finding(_K.SET, "RESET ALL", _RESET_WHY.replace("the setting", "the settings"),
-                    f"Use SET LOCAL inside a transaction instead of SET and RESET, or {_DIRECT} for session state."),
     "SET ROLE": Finding(_K.SET, "SET ROLE", _ROLE_WHY, f"Use SET LOCAL ROLE inside a transaction, or {_DIRECT}."),
-    "RESET ROLE": Finding(_K.SET, "RESET ROLE", _RESET_WHY.replace("the setting", "the role"),
-                     f"Use SET LOCAL ROLE inside a transaction, or {_DIRECT}."),
     "SET SESSION AUTHORIZATION": Finding(_K.SET, "SET SESSION AUTHORIZATION", _ROLE_WHY,
                                     f"Use SET LOCAL SESSION AUTHORIZATION inside a transaction, or {_DIRECT}."),
-    "RESET SESSION AUTHORIZATION": Finding(_K.SET, "RESET SESSION AUTHORIZATION",
-                                      _RESET_WHY.replace("the setting", "the role"),
-                                      f"Use SET LOCAL SESSION AUTHORIZATION inside a transaction, or {_DIRECT}."),
     "SET SESSION CHARACTERISTICS": Finding(
         _K.SET, "SET SESSION CHARACTERISTICS",
         "it changes the transaction defaults of this server connection only, so your next transaction may "
@@ -280,6 +279,13 @@ _EXECUTING: Final = frozenset({
     "SelectStmt", "InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt", "CallStmt", "CopyStmt",
     "CreateTableAsStmt", "DeclareCursorStmt", "ExecuteStmt",
 })
+#: Parameters the pooler carries from server to server for each client (Postgres reports them with
+#: ParameterStatus; the data path re-applies the client's value with one SET): a session-level SET of one
+#: of these follows the client. Lower case, as GUC names compare. ``track_extra_parameters`` are not read
+#: here (the checker is shared by every pool): a SET of one of those still warns.
+TRACKED_BY_POOLER: Final = frozenset({
+    "client_encoding", "datestyle", "timezone", "standard_conforming_strings", "application_name",
+})
 _TRUE_WORDS: Final = ("true", "yes")
 _FALSE_WORDS: Final = ("false", "no")
 
@@ -319,6 +325,15 @@ def _constant_bool(node: Any) -> bool | None:
     if "sval" in const:
         return _parse_bool(str(const["sval"].get("sval", "")))
     return None
+
+
+def _constant_text(node: Any) -> str:
+    """The value of a string constant argument (``'TimeZone'``), else ``""``."""
+    if isinstance(node, dict):
+        const = node.get("A_Const")
+        if isinstance(const, dict) and "sval" in const:
+            return str(const["sval"].get("sval", ""))
+    return ""
 
 
 def _function_name(call: dict[str, Any]) -> str | None:
@@ -374,7 +389,8 @@ class _Analysis:
         elif node_type == "PrepareStmt":
             self.add(_PREPARE)  # its query runs at EXECUTE, which is flagged in its own right
         elif node_type == "DeallocateStmt":
-            self.add(_DEALLOCATE)
+            if not node.get("isall"):
+                self.add(_DEALLOCATE)  # DEALLOCATE ALL only empties this connection: housekeeping
         elif node_type == "LoadStmt":
             self.add(_LOAD)
         elif node_type == "CreateStmt":
@@ -415,22 +431,20 @@ class _Analysis:
             return  # SET LOCAL: ends with the transaction (and outside one, Postgres ignores it)
         kind = node.get("kind")
         name = node.get("name", "")
-        if name in _TRANSACTION_SCOPED:
+        if name in _TRANSACTION_SCOPED or name.lower() in TRACKED_BY_POOLER:
             return
-        if kind == "VAR_RESET_ALL":
-            label = "RESET ALL"
-        elif kind == "VAR_SET_MULTI":
+        if kind in ("VAR_RESET", "VAR_RESET_ALL"):
+            return  # back to the default, as on a fresh connection: housekeeping (the SET before it warned)
+        if kind == "VAR_SET_MULTI":
             if name != "SESSION CHARACTERISTICS":
                 return  # an unknown multi-form: only the ones above exist in Postgres 18
             label = "SET SESSION CHARACTERISTICS"
+        elif name == "role":
+            label = "SET ROLE"
+        elif name == "session_authorization":
+            label = "SET SESSION AUTHORIZATION"
         else:
-            verb = "RESET" if kind == "VAR_RESET" else "SET"
-            if name == "role":
-                label = f"{verb} ROLE"
-            elif name == "session_authorization":
-                label = f"{verb} SESSION AUTHORIZATION"
-            else:
-                label = verb
+            label = "SET"
         self.add(_SET_FINDINGS[label])
 
     def _temp_table(self, finding: Finding, on_commit: object) -> None:
@@ -464,7 +478,8 @@ class _Analysis:
             self.add(advisory)
         elif name == "set_config":
             args = call.get("args", ())
-            if len(args) == 3:  # any other arity is not pg_catalog.set_config and fails anyway
+            if len(args) == 3 and _constant_text(args[0]).lower() not in TRACKED_BY_POOLER:
+                # (any other arity is not pg_catalog.set_config and fails anyway)
                 is_local = _constant_bool(args[2])
                 if is_local is None:
                     self.add(_SET_CONFIG_MAYBE)

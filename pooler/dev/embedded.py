@@ -26,6 +26,7 @@ import hashlib
 import importlib.util
 import os
 import secrets
+import shutil
 import signal
 import socket
 import stat
@@ -168,6 +169,17 @@ def _socket_dir_for(data_dir: Path) -> Path:
         return data_dir
     digest = hashlib.sha256(str(data_dir).encode()).hexdigest()[:16]
     return Path("/tmp") / f"pooler-pg-{digest}"
+
+
+def _wait_group_gone(pgid: int, timeout: float = 5.0) -> None:
+    """Wait until no process of group ``pgid`` is left (after a SIGKILL to the group they go quickly)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return
+        time.sleep(0.02)
 
 
 class _PortTakenError(Exception):
@@ -420,25 +432,54 @@ SELECT format('CREATE DATABASE %I OWNER %I', :'db', :'role')
                 "--no-instructions",
             ]
             try:
-                result = subprocess.run(
-                    cmd,
-                    capture_output=True,
-                    text=True,
-                    timeout=max(1.0, deadline - time.monotonic()),
-                    cwd="/",
-                    env=_child_env(),
-                    check=False,
-                    user=run_as.uid if run_as else None,
-                    group=run_as.gid if run_as else None,
-                    extra_groups=run_as.extra_groups if run_as else None,
-                )
-            except subprocess.TimeoutExpired as exc:
-                raise TimeoutError(f"initdb of {self.data_dir} did not finish in time") from exc
+                result = self._run_initdb(cmd, run_as, deadline)
+            except BaseException:
+                # Interrupted (Ctrl-C) or timed out: initdb was killed halfway, and a half-made cluster
+                # (PG_VERSION written, catalogs not) would make every later start fail. Start over next time.
+                self._clear_data_dir()
+                raise
         if result.returncode != 0:
             raise RuntimeError(
                 f"initdb of {self.data_dir} failed (exit {result.returncode}):\n{result.stdout}{result.stderr}"
             )
         self._store_password()
+
+    def _run_initdb(self, cmd: list[str], run_as: _RunAs | None, deadline: float) -> subprocess.CompletedProcess[str]:
+        """initdb in its own process group, so that an interrupted start can kill it *and* the ``postgres
+        --single`` it runs (killing initdb alone leaves that child writing into the data directory)."""
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd="/",
+            env=_child_env(),
+            start_new_session=True,
+            user=run_as.uid if run_as else None,
+            group=run_as.gid if run_as else None,
+            extra_groups=run_as.extra_groups if run_as else None,
+        )
+        try:
+            stdout, stderr = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
+        except BaseException as exc:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            _wait_group_gone(proc.pid)
+            if isinstance(exc, subprocess.TimeoutExpired):
+                raise TimeoutError(f"initdb of {self.data_dir} did not finish in time") from exc
+            raise
+        return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+
+    def _clear_data_dir(self) -> None:
+        """Remove what an unfinished initdb left in the data directory (the directory itself stays)."""
+        for child in self.data_dir.iterdir() if self.data_dir.is_dir() else ():
+            with contextlib.suppress(OSError):
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child)
+                else:
+                    child.unlink()
 
     def _write_hba(self, run_as: _RunAs | None) -> None:
         """Our ``hba_file``: the caller's rules first, then initdb's ``pg_hba.conf`` (rewritten at every

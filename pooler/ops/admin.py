@@ -11,8 +11,13 @@ own welcome (its own ``server_version``, BackendKeyData, ReadyForQuery) and hand
 data path. The ``ClientConnection`` stays registered (it counts toward ``max_client_conn``, shows in
 SHOW CLIENTS, is closed by KILL_CLIENT and shutdown), and the session tells it when the socket closes.
 
-Commands are parsed by ``parse_command`` (a pure function) and run one at a time; the ones that wait
-(PAUSE, WAIT_CLOSE) hold the connection's next queries until they finish, as PgBouncer does.
+Commands are parsed by ``parse_commands`` (a pure function) and run one at a time; the ones that wait
+(PAUSE, WAIT_CLOSE) hold the connection's next queries until they finish, as PgBouncer does. One query
+may hold several commands separated by ``;`` (``psql -c "SHOW POOLS; SHOW STATS;"``), answered with one
+result each, as Postgres answers a multi-statement query; PgBouncer takes only one, we take both
+because that is what psql users type. As with Postgres, the whole text is parsed first, so a command
+that is not one refuses the query before anything runs; a command that fails while running ends it,
+after the results of the ones before it.
 """
 
 from __future__ import annotations
@@ -97,10 +102,44 @@ def _unquote(text: str) -> str:
     return text
 
 
+def split_commands(text: str) -> list[str]:
+    """The ``;``-separated commands of a query, without the empty ones; a ``;`` inside ``'…'`` or ``"…"``
+    (a SET value, a quoted database name) does not separate. An unterminated quote keeps the rest as one
+    command, which then fails to parse with the usual error."""
+    commands: list[str] = []
+    start = 0
+    quote = ""
+    for i, char in enumerate(text):
+        if quote:
+            if char == quote:
+                quote = ""  # a doubled quote closes and reopens: the same result
+        elif char in "'\"":
+            quote = char
+        elif char == ";":
+            commands.append(text[start:i])
+            start = i + 1
+    commands.append(text[start:])
+    return [c.strip() for c in commands if c.strip()]
+
+
+def parse_commands(text: str) -> list[AdminCommand]:
+    """Every command of a query, in order; ``[]`` for an empty query. Raises AdminSyntaxError, naming
+    the offending command, if any one of them is not a console command (then none runs)."""
+    commands: list[AdminCommand] = []
+    for text_of_one in split_commands(text):
+        command = parse_command(text_of_one)
+        if command is None:
+            continue
+        if command.verb not in ("show", "select", "set") and command.verb not in _HANDLERS:
+            raise AdminSyntaxError(f"invalid command '{text_of_one}', use SHOW HELP;")
+        commands.append(command)
+    return commands
+
+
 def parse_command(text: str) -> AdminCommand | None:
     """Parse one console command (an optional trailing ``;``); None for an empty query.
 
-    Raises AdminSyntaxError for anything else: the console runs one command per query, like PgBouncer's.
+    Raises AdminSyntaxError for anything else, including two commands (``parse_commands`` splits them).
     """
     body = text.strip()
     while body.endswith(";"):
@@ -339,6 +378,7 @@ class AdminSession(asyncio.Protocol):
         self.busy = False
         self.skip_to_sync = False
         self.task: asyncio.Future[bytes] | None = None
+        self.queue: list[AdminCommand] = []  # the rest of a multi-command query, run in order
 
     # --- asyncio.Protocol ---------------------------------------------------------------------------
 
@@ -420,27 +460,45 @@ class AdminSession(asyncio.Protocol):
     def _query(self, text: str) -> None:
         self.client.last_active = self.pooler.clock()
         try:
-            command = parse_command(text)
-            if command is None:
-                self._write(pq.EMPTY_QUERY_RESPONSE + pq.READY_FOR_QUERY_IDLE)
-                return
-            log.debug("admin command", client=self.client.id, user=self.client.user, command=text.strip())
-            response = self._run(command)
+            commands = parse_commands(text)
         except AdminSyntaxError as exc:
             self._error(AdminError(str(exc), hint=COMMANDS_HINT))
             return
-        except AdminError as exc:
-            self._error(exc)
+        if not commands:
+            self._write(pq.EMPTY_QUERY_RESPONSE + pq.READY_FOR_QUERY_IDLE)
             return
-        except control.ControlError as exc:
-            self._error(AdminError(str(exc)))
+        log.debug("admin command", client=self.client.id, user=self.client.user, command=text.strip())
+        self.queue = commands
+        self._next()
+
+    def _next(self) -> None:
+        """Run the queued commands until one waits (its task calls back here) or all are answered."""
+        while self.queue:
+            command = self.queue.pop(0)
+            try:
+                response = self._run(command)
+            except AdminSyntaxError as exc:
+                self._fail(AdminError(str(exc), hint=COMMANDS_HINT))
+                return
+            except AdminError as exc:
+                self._fail(exc)
+                return
+            except control.ControlError as exc:
+                self._fail(AdminError(str(exc)))
+                return
+            if isinstance(response, bytes):
+                self._write(response)
+                continue
+            self.busy = True
+            self.task = asyncio.ensure_future(response)
+            self.task.add_done_callback(self._finished)
             return
-        if isinstance(response, bytes):
-            self._write(response + pq.READY_FOR_QUERY_IDLE)
-            return
-        self.busy = True
-        self.task = asyncio.ensure_future(response)
-        self.task.add_done_callback(self._finished)
+        self._write(pq.READY_FOR_QUERY_IDLE)
+
+    def _fail(self, exc: AdminError) -> None:
+        """A command failed: the rest of its query does not run (as in a multi-statement query)."""
+        self.queue = []
+        self._error(exc)
 
     def _finished(self, task: asyncio.Future[bytes]) -> None:
         self.task = None
@@ -449,14 +507,15 @@ class AdminSession(asyncio.Protocol):
             return
         exc = task.exception()
         if isinstance(exc, AdminError):
-            self._error(exc)
+            self._fail(exc)
         elif isinstance(exc, control.ControlError):
-            self._error(AdminError(str(exc)))
+            self._fail(AdminError(str(exc)))
         elif exc is not None:
             log.error("admin command failed", client=self.client.id, error=repr(exc))
-            self._error(AdminError(f"internal error: {exc}"))
+            self._fail(AdminError(f"internal error: {exc}"))
         else:
-            self._write(task.result() + pq.READY_FOR_QUERY_IDLE)
+            self._write(task.result())
+            self._next()
         self._process()
 
     # --- dispatch -----------------------------------------------------------------------------------
