@@ -72,7 +72,11 @@ class DatabaseConfig:
     min_pool_size: int | None = None
     reserve_pool_size: int | None = None
     max_db_connections: int | None = None
+    max_db_client_connections: int | None = None
     pool_mode: PoolMode | None = None
+    server_lifetime: float | None = None
+    auth_dbname: str | None = None
+    load_balance_hosts: str | None = None  # round-robin | disable, for a host list (host=a,b)
     connect_query: str | None = None
     client_encoding: str | None = None
     datestyle: str | None = None
@@ -88,9 +92,11 @@ class UserConfig:
     pool_size: int | None = None
     reserve_pool_size: int | None = None
     max_user_connections: int | None = None
+    max_user_client_connections: int | None = None
     query_timeout: float | None = None
     query_wait_timeout: float | None = None
     idle_transaction_timeout: float | None = None
+    transaction_timeout: float | None = None
     client_idle_timeout: float | None = None
 
 
@@ -103,6 +109,8 @@ class Settings:
     listen_port: int = 6432
     direct_port: int = 0  # ours: the unpooled endpoint; 0 = off
     unix_socket_dir: str = ""
+    unix_socket_mode: str = "0777"  # octal, as PgBouncer writes it
+    unix_socket_group: str = ""
     listen_backlog: int = 128
     so_reuseport: bool = False
     workers: int = 1
@@ -110,6 +118,8 @@ class Settings:
     # Pooling
     pool_mode: PoolMode = PoolMode.TRANSACTION
     max_client_conn: int = 100
+    max_db_client_connections: int = 0
+    max_user_client_connections: int = 0
     default_pool_size: int = 20
     min_pool_size: int = 0
     reserve_pool_size: int = 0
@@ -119,8 +129,11 @@ class Settings:
     server_round_robin: bool = False
     server_reset_query: str = "DISCARD ALL"
     server_reset_query_always: bool = False
-    server_check_query: str = "select 1"
+    server_check_query: str = "<empty>"  # PgBouncer's default: an empty query; "" = no checks
     server_check_delay: float = 30.0
+    server_fast_close: bool = False
+    load_balance_hosts: str = "round-robin"
+    application_name_add_host: bool = False
     max_prepared_statements: int = 200
     track_extra_parameters: tuple[str, ...] = ("IntervalStyle",)
     ignore_startup_parameters: tuple[str, ...] = ()
@@ -130,6 +143,8 @@ class Settings:
     auth_file: str = ""
     auth_user: str = ""
     auth_query: str = "SELECT usename, passwd FROM pg_shadow WHERE usename=$1"
+    auth_dbname: str = ""
+    scram_iterations: int = 4096
     auth_cache_ttl: float = 60.0  # ours: how long an auth_query answer is trusted
     admin_users: tuple[str, ...] = ()
     stats_users: tuple[str, ...] = ()
@@ -139,18 +154,23 @@ class Settings:
     server_idle_timeout: float = 600.0
     server_connect_timeout: float = 15.0
     server_login_retry: float = 15.0
+    autodb_idle_timeout: float = 3600.0
     query_timeout: float = 0.0
     query_wait_timeout: float = 120.0
     cancel_wait_timeout: float = 10.0
     client_idle_timeout: float = 0.0
     client_login_timeout: float = 60.0
     idle_transaction_timeout: float = 0.0
+    transaction_timeout: float = 0.0
+    query_wait_notify: float = 5.0
 
     # Low level
-    pkt_buf: int = 4096
     max_packet_size: int = 2147483647
-    sbuf_loopcnt: int = 5
     tcp_keepalive: bool = True
+    tcp_keepidle: int = 0  # seconds; 0 = the OS default
+    tcp_keepintvl: int = 0
+    tcp_keepcnt: int = 0
+    tcp_user_timeout: int = 0  # milliseconds (Linux); 0 = the OS default
 
     # Logging and metrics
     log_connections: bool = True
@@ -200,8 +220,8 @@ class Config:
     # Secrets known without an auth_file: a DATABASE_URL's user, or `pooler up`'s generated role.
     extra_userlist: tuple[UserlistEntry, ...] = ()
     source: str = "<defaults>"
-    # Notes for the start-up log: PgBouncer settings read but not supported yet, `auth_type = any` read as
-    # trust, near-miss POOLER_* variables, DATABASE_URL parameters we do not use.
+    # Notes for the start-up log: PgBouncer settings read but not supported yet, near-miss POOLER_* variables,
+    # DATABASE_URL parameters we do not use.
     ignored: tuple[str, ...] = ()
 
 
@@ -214,49 +234,43 @@ class Config:
 # setting to blame and turns it into a ``ConfigError``.
 # ==================================================================================================
 
-#: PgBouncer 1.18-1.25 ``[pgbouncer]`` settings that are not fields of ``Settings``. A real
+_TLS_WHY = "OpenSSL's defaults apply: they negotiate X25519 or P-256, and no finite-field DH"
+_DNS_WHY = "the OS resolver answers at each connect: there is no DNS cache to tune"
+_SYSLOG_WHY = "the log goes to stderr and logfile; route it to syslog with the service manager (journald)"
+_WINDOWS_WHY = "the name of PgBouncer's Windows service; pooler is not a Windows service"
+
+#: PgBouncer 1.18-1.25 ``[pgbouncer]`` settings that pooler reads but does not act on, with why. A real
 #: pgbouncer.ini carries many of them; refusing to start over ``client_tls_sslmode = disable`` would
-#: make "bring your pgbouncer.ini" a lie, so they are recorded in ``Config.ignored`` and logged.
-PGBOUNCER_UNSUPPORTED_SETTINGS: frozenset[str] = frozenset(
-    {
-        "application_name_add_host",
-        "auth_dbname",
-        "auth_hba_file",
-        "auth_ident_file",
-        "auth_ldap_options",
-        "autodb_idle_timeout",
-        "client_tls_dheparams",
-        "client_tls_ecdhcurve",
-        "conffile",
-        "disable_pqexec",
-        "dns_max_ttl",
-        "dns_nxdomain_ttl",
-        "dns_zone_check_period",
-        "job_name",
-        "max_db_client_connections",
-        "max_user_client_connections",
-        "peer_id",
-        "query_wait_notify",
-        "resolv_conf",
-        "scram_iterations",
-        "server_fast_close",
-        "service_name",
-        "suspend_timeout",
-        "syslog",
-        "syslog_facility",
-        "syslog_ident",
-        "tcp_defer_accept",
-        "tcp_keepcnt",
-        "tcp_keepidle",
-        "tcp_keepintvl",
-        "tcp_socket_buffer",
-        "tcp_user_timeout",
-        "transaction_timeout",
-        "unix_socket_group",
-        "unix_socket_mode",
-        "user",
-    }
-)
+#: make "bring your pgbouncer.ini" a lie, so they are recorded in ``Config.ignored`` and logged, and the
+#: admin console's SET accepts them with a NOTICE saying so. docs/settings.md lists them with these reasons.
+PGBOUNCER_IGNORED_SETTINGS: dict[str, str] = {
+    "auth_hba_file": "auth_type = hba is not supported",
+    "auth_ident_file": "auth_type = hba (peer ident maps) is not supported",
+    "auth_ldap_options": "auth_type = ldap is not supported",
+    "client_tls_dheparams": _TLS_WHY,
+    "client_tls_ecdhcurve": _TLS_WHY,
+    "conffile": "read-only in PgBouncer too: the config file is the one given on the command line",
+    "disable_pqexec": "not implemented: multi-statement simple queries are forwarded to Postgres as sent",
+    "dns_max_ttl": _DNS_WHY,
+    "dns_nxdomain_ttl": _DNS_WHY,
+    "dns_zone_check_period": _DNS_WHY,
+    "resolv_conf": _DNS_WHY,
+    "job_name": _WINDOWS_WHY,
+    "service_name": _WINDOWS_WHY,
+    "peer_id": "[peers] is not supported; with workers > 1 the pooler relays cancels between its own processes",
+    "suspend_timeout": "SUSPEND and online restart (takeover) are not supported",
+    "syslog": _SYSLOG_WHY,
+    "syslog_facility": _SYSLOG_WHY,
+    "syslog_ident": _SYSLOG_WHY,
+    "tcp_defer_accept": "not implemented: an accepted connection costs one small object until client_login_timeout",
+    "tcp_socket_buffer": "the kernel's socket buffer autotuning is used",
+    "user": "drop privileges with the service manager (User= in systemd, USER in a Dockerfile)",
+    "pkt_buf": "PgBouncer's fixed per-connection buffer: here buffers are the event loop's, bounded by flow "
+               "control (reading pauses past the write-buffer high-water marks and HOLD_LIMIT)",
+    "sbuf_loopcnt": "PgBouncer's per-connection fairness limit for its event loop: asyncio already handles one "
+                    "read per ready connection per turn",
+}
+PGBOUNCER_UNSUPPORTED_SETTINGS: frozenset[str] = frozenset(PGBOUNCER_IGNORED_SETTINGS)
 
 #: The name clients use to reach the admin console; never a real database.
 ADMIN_DATABASE = "pgbouncer"
@@ -383,20 +397,25 @@ def _to_pool_mode(raw: object) -> PoolMode:
 
 
 def _to_auth_type(raw: object) -> AuthType:
-    """``any`` is read as ``trust``: both let any client in, and ``any``'s extra rule (databases must force
-    a user) is about the upstream login, which a forced ``user=`` in [databases] already expresses."""
+    """PgBouncer's names; ``hba``, ``cert``, ``pam`` and ``ldap`` are refused with the supported list."""
     if isinstance(raw, str):
         text = raw.strip().lower()
-        if text == "any":
-            return AuthType.TRUST
         try:
             return AuthType(text)
         except ValueError:
             if text in _PGBOUNCER_ONLY_AUTH_TYPES:
                 raise _BadValueError(
-                    f"{raw!r} is not supported; supported: {_SUPPORTED_AUTH_TYPES} (any is read as trust)"
+                    f"{raw!r} is not supported; supported: {_SUPPORTED_AUTH_TYPES}"
                 ) from None
     raise _BadValueError(f"expected one of {_SUPPORTED_AUTH_TYPES}, got {raw!r}")
+
+
+def _to_file_mode(raw: object) -> str:
+    """``unix_socket_mode``: an octal permission mode such as 0777 or 0770 (PgBouncer's spelling kept)."""
+    text = str(raw).strip() if isinstance(raw, str | int) and not isinstance(raw, bool) else ""
+    if text and all(c in "01234567" for c in text) and int(text, 8) <= 0o777:
+        return text
+    raise _BadValueError(f"expected an octal file mode such as 0777 or 0770, got {raw!r}")
 
 
 def _choice_converter(*choices: str) -> Callable[[object], str]:
@@ -442,7 +461,6 @@ def _build_setting_converters() -> dict[str, _Converter]:
         "metrics_port": _int_converter(0, _PORT_MAX, port=True),
         "max_packet_size": _int_converter(1024, _MAX_PACKET_SIZE_LIMIT),
         "workers": _int_converter(1, 16),  # the cancel key has 4 bits for the worker (pooler.runtime.workers)
-        "pkt_buf": _int_converter(1),
         "auth_type": _to_auth_type,
         "log_format": _choice_converter("auto", "json", "console"),
         "session_state_check": _choice_converter("warn", "error", "off"),
@@ -452,6 +470,9 @@ def _build_setting_converters() -> dict[str, _Converter]:
         "server_tls_protocols": _tls_protocols,
         "client_tls13_ciphers": _tls13_ciphers,
         "server_tls13_ciphers": _tls13_ciphers,
+        "load_balance_hosts": _choice_converter("round-robin", "disable"),
+        "unix_socket_mode": _to_file_mode,
+        "scram_iterations": _int_converter(4096),
     }
     by_type: dict[object, _Converter] = {
         int: _int_converter(),
@@ -491,15 +512,18 @@ _DATABASE_KEYS: dict[str, tuple[str, _Converter]] = {
     "reserve_pool": ("reserve_pool_size", _NONNEGATIVE),
     "reserve_pool_size": ("reserve_pool_size", _NONNEGATIVE),
     "max_db_connections": ("max_db_connections", _NONNEGATIVE),
+    "max_db_client_connections": ("max_db_client_connections", _NONNEGATIVE),
     "pool_mode": ("pool_mode", _to_pool_mode),
+    "server_lifetime": ("server_lifetime", _to_seconds),
+    "auth_dbname": ("auth_dbname", _to_str),
+    "load_balance_hosts": ("load_balance_hosts", _choice_converter("round-robin", "disable")),
     "connect_query": ("connect_query", _to_str),
     "client_encoding": ("client_encoding", _to_str),
     "datestyle": ("datestyle", _to_str),
     "timezone": ("timezone", _to_str),
 }
 _DATABASE_KEYS_UNSUPPORTED = frozenset(
-    {"auth_dbname", "auth_query", "application_name", "load_balance_hosts", "server_lifetime",
-     "max_db_client_connections"}
+    {"auth_query", "application_name"}
 )  # fmt: skip
 
 #: [users] keys -> (UserConfig field, converter).
@@ -509,12 +533,14 @@ _USER_KEYS: dict[str, tuple[str, _Converter]] = {
     "reserve_pool": ("reserve_pool_size", _NONNEGATIVE),
     "reserve_pool_size": ("reserve_pool_size", _NONNEGATIVE),
     "max_user_connections": ("max_user_connections", _NONNEGATIVE),
+    "max_user_client_connections": ("max_user_client_connections", _NONNEGATIVE),
     "query_timeout": ("query_timeout", _to_seconds),
     "query_wait_timeout": ("query_wait_timeout", _to_seconds),
     "idle_transaction_timeout": ("idle_transaction_timeout", _to_seconds),
+    "transaction_timeout": ("transaction_timeout", _to_seconds),
     "client_idle_timeout": ("client_idle_timeout", _to_seconds),
 }
-_USER_KEYS_UNSUPPORTED = frozenset({"max_user_client_connections"})
+_USER_KEYS_UNSUPPORTED: frozenset[str] = frozenset()
 
 #: Settings naming files, resolved next to the config file when relative.
 _FILE_SETTINGS = ("auth_file", "client_tls_key_file", "client_tls_cert_file", "client_tls_ca_file",
@@ -557,8 +583,6 @@ class _Loader:
             self.settings[key] = converter(raw)
         except _BadValueError as exc:
             raise ConfigError(src, shown, str(exc)) from None
-        if key == "auth_type" and isinstance(raw, str) and raw.strip().lower() == "any":
-            self.ignored.append(f"{shown}: 'any' is read as 'trust'")
 
     def resolve_auth_file(self, base_dir: str) -> None:
         """PgBouncer resolves a relative auth_file against its working directory, which for a service is
@@ -1045,6 +1069,24 @@ def effective_query_wait_timeout(config: Config, user: str) -> float:
 
 def effective_idle_transaction_timeout(config: Config, user: str) -> float:
     return float(_user_or_global(config, user, "idle_transaction_timeout"))
+
+
+def effective_transaction_timeout(config: Config, user: str) -> float:
+    return float(_user_or_global(config, user, "transaction_timeout"))
+
+
+def effective_max_user_client_connections(config: Config, user: str) -> int:
+    return int(_user_or_global(config, user, "max_user_client_connections"))
+
+
+def effective_max_db_client_connections(config: Config, db: DatabaseConfig) -> int:
+    if db.max_db_client_connections is not None:
+        return db.max_db_client_connections
+    return config.settings.max_db_client_connections
+
+
+def effective_server_lifetime(config: Config, db: DatabaseConfig) -> float:
+    return db.server_lifetime if db.server_lifetime is not None else config.settings.server_lifetime
 
 
 def effective_client_idle_timeout(config: Config, user: str) -> float:

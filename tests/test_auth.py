@@ -10,6 +10,9 @@ import pytest
 from scramp import ScramClient, ScramMechanism  # type: ignore[import-untyped]
 
 from pooler.wire.auth import (
+    INVALID_MECHANISM,
+    PASSWORD_FAILED,
+    SASL_FAILED,
     AuthFailed,
     AuthStep,
     AuthType,
@@ -69,7 +72,9 @@ def converse(client: ClientAuth, server: ServerAuth) -> AuthStep:
         step = client.receive(payload_of(reply))
 
 
-def assert_auth_failed(step: AuthStep, user: str = USER) -> None:
+def assert_auth_failed(step: AuthStep, message: str = SASL_FAILED) -> None:
+    """Failed with PgBouncer's text for the exchange (SASL for SCRAM, password for md5/plain), one for
+    every cause; SQLSTATE 28P01 (PgBouncer sends 08P01: 28P01 is Postgres's, which drivers recognize)."""
     assert step.done and not step.ok
     assert step.password is None and step.scram_keys is None
     ((kind, payload),) = split_messages(step.send)
@@ -77,7 +82,7 @@ def assert_auth_failed(step: AuthStep, user: str = USER) -> None:
     fields = parse_error_fields(payload)
     assert fields["S"] == "FATAL"
     assert fields["C"] == "28P01"
-    assert fields["M"] == f'password authentication failed for user "{user}"'
+    assert fields["M"] == message
 
 
 def client_key_of(verifier: str, password: str) -> bytes:
@@ -239,7 +244,9 @@ def sasl_initial(first: bytes, mechanism: str = "SCRAM-SHA-256") -> bytes:
 def test_malformed_sasl_initial_is_fatal_not_an_exception(payload: bytes) -> None:
     auth = ClientAuth(AuthType.SCRAM_SHA_256, USER, PASSWORD)
     auth.start()
-    assert_auth_failed(auth.receive(payload))
+    mechanism, nul, rest = payload.partition(b"\0")
+    other_mechanism = bool(nul) and len(rest) >= 4 and mechanism != b"SCRAM-SHA-256"
+    assert_auth_failed(auth.receive(payload), INVALID_MECHANISM if other_mechanism else SASL_FAILED)
 
 
 @pytest.mark.parametrize(
@@ -265,7 +272,8 @@ def test_md5(secret: str) -> None:
     step = converse(auth, ServerAuth(USER, PASSWORD))
     assert step.ok and step.send == AUTH_OK_MESSAGE
     assert step.password == (PASSWORD if secret == PASSWORD else None)
-    assert_auth_failed(converse(ClientAuth(AuthType.MD5, USER, secret), ServerAuth(USER, "wrong")))
+    wrong = converse(ClientAuth(AuthType.MD5, USER, secret), ServerAuth(USER, "wrong"))
+    assert_auth_failed(wrong, PASSWORD_FAILED)
 
 
 def test_md5_hash_as_server_password() -> None:
@@ -281,7 +289,8 @@ def test_cleartext(secret: str) -> None:
     auth = ClientAuth(AuthType.PLAIN, USER, secret)
     step = converse(auth, ServerAuth(USER, PASSWORD))
     assert step.ok and step.password == PASSWORD and step.send == AUTH_OK_MESSAGE
-    assert_auth_failed(converse(ClientAuth(AuthType.PLAIN, USER, secret), ServerAuth(USER, "wrong")))
+    wrong = converse(ClientAuth(AuthType.PLAIN, USER, secret), ServerAuth(USER, "wrong"))
+    assert_auth_failed(wrong, PASSWORD_FAILED)
 
 
 @pytest.mark.parametrize("payload", [b"", b"no terminator", b"two\0nuls\0", b"\xff\0"])
@@ -289,7 +298,7 @@ def test_malformed_password_message(payload: bytes) -> None:
     for auth_type in (AuthType.PLAIN, AuthType.MD5):
         auth = ClientAuth(auth_type, USER, PASSWORD)
         auth.start()
-        assert_auth_failed(auth.receive(payload))
+        assert_auth_failed(auth.receive(payload), PASSWORD_FAILED)
 
 
 def test_trust() -> None:
@@ -314,7 +323,7 @@ def test_unknown_user_scram_fails_only_at_the_end() -> None:
     ((code, data),) = auth_requests(step.send)
     assert code == AUTH_SASL_CONTINUE and b",s=" in data
     step = auth.receive(payload_of(server.receive(code, data)))
-    assert_auth_failed(step, "bob")
+    assert_auth_failed(step)
     assert step.detail == 'user "bob" does not exist'
 
 
@@ -325,7 +334,7 @@ def test_unknown_user_md5_and_plain_fail_only_at_the_end(auth_type: AuthType) ->
     codes = [c for c, _ in auth_requests(auth.start().send)]
     assert codes == [c for c, _ in auth_requests(known.start().send)]
     step = converse(ClientAuth(auth_type, "bob", None), ServerAuth("bob", PASSWORD))
-    assert_auth_failed(step, "bob")
+    assert_auth_failed(step, PASSWORD_FAILED)
 
 
 def test_unknown_user_mock_salt_is_stable() -> None:

@@ -13,6 +13,7 @@ import pytest
 import scramp
 
 from pooler.config import (
+    PGBOUNCER_IGNORED_SETTINGS,
     PGBOUNCER_UNSUPPORTED_SETTINGS,
     Config,
     ConfigError,
@@ -347,11 +348,11 @@ def test_lists_are_stripped_and_empty_items_dropped(tmp_path: Path) -> None:
     assert config.settings.track_extra_parameters == ()
 
 
-def test_enums_are_case_insensitive_and_any_reads_as_trust(tmp_path: Path) -> None:
-    config = load_config(ini(tmp_path, "pool_mode = Statement\nauth_type = any"), {})
+def test_enums_are_case_insensitive_and_any_is_its_own_mode(tmp_path: Path) -> None:
+    config = load_config(ini(tmp_path, "pool_mode = Statement\nauth_type = Any"), {})
     assert config.settings.pool_mode is PoolMode.STATEMENT
-    assert config.settings.auth_type is AuthType.TRUST
-    assert config.ignored == ("auth_type: 'any' is read as 'trust'",)
+    assert config.settings.auth_type is AuthType.ANY
+    assert config.ignored == ()
 
 
 @pytest.mark.parametrize(
@@ -391,14 +392,14 @@ def test_enums_are_case_insensitive_and_any_reads_as_trust(tmp_path: Path) -> No
         (
             "auth_type = hba",
             "auth_type",
-            "'hba' is not supported; supported: trust, plain, md5, scram-sha-256 (any is read as trust)",
+            "'hba' is not supported; supported: trust, any, plain, md5, scram-sha-256",
         ),
         (
             "auth_type = cert",
             "auth_type",
-            "'cert' is not supported; supported: trust, plain, md5, scram-sha-256 (any is read as trust)",
+            "'cert' is not supported; supported: trust, any, plain, md5, scram-sha-256",
         ),
-        ("auth_type = md6", "auth_type", "expected one of trust, plain, md5, scram-sha-256, got 'md6'"),
+        ("auth_type = md6", "auth_type", "expected one of trust, any, plain, md5, scram-sha-256, got 'md6'"),
         ("log_format = xml", "log_format", "expected one of auto, json, console, got 'xml'"),
         (
             "session_state_check = maybe",
@@ -508,11 +509,8 @@ def test_database_errors(tmp_path: Path, entry: str, setting: str, problem: str)
 
 def test_database_keys_pgbouncer_has_and_we_lack_are_ignored(tmp_path: Path) -> None:
     config = load_config(ini(tmp_path, databases="app = host=h auth_dbname=x application_name=y"), {})
-    assert config.databases["app"] == DatabaseConfig(name="app", host="h")
-    assert config.ignored == (
-        "databases.app.auth_dbname: not supported yet, ignored",
-        "databases.app.application_name: not supported yet, ignored",
-    )
+    assert config.databases["app"] == DatabaseConfig(name="app", host="h", auth_dbname="x")
+    assert config.ignored == ("databases.app.application_name: not supported yet, ignored",)
 
 
 def test_connstring_quoting_and_repeats(tmp_path: Path) -> None:
@@ -531,9 +529,9 @@ def test_user_errors_and_ignored_keys(tmp_path: Path) -> None:
     )
     path = ini(tmp_path, users="alice = query_timeout=-1")
     assert error_of(path) == f"{path}: users.alice.query_timeout: must not be negative, got '-1'"
-    config = load_config(ini(tmp_path, users="alice = max_user_client_connections=3"), {})
-    assert config.users["alice"] == UserConfig(name="alice")
-    assert config.ignored == ("users.alice.max_user_client_connections: not supported yet, ignored",)
+    config = load_config(ini(tmp_path, users="alice = max_user_client_connections=3 transaction_timeout=4"), {})
+    assert config.users["alice"] == UserConfig(name="alice", max_user_client_connections=3, transaction_timeout=4.0)
+    assert config.ignored == ()
 
 
 # --- auth_file ------------------------------------------------------------------------------------
@@ -594,11 +592,11 @@ def test_environment_empty_string_clears_a_string_setting() -> None:
 
 
 def test_environment_unknown_pooler_variables() -> None:
-    env = {"POOLER_TCP_KEEPCNT": "3", "POOLER_DEFAULT_POOL_SIZ": "3", "POOLER_DATA_DIR": "/x"}
+    env = {"POOLER_DNS_MAX_TTL": "3", "POOLER_DEFAULT_POOL_SIZ": "3", "POOLER_DATA_DIR": "/x"}
     config = load_config(None, env)
     assert config.ignored == (
         "POOLER_DEFAULT_POOL_SIZ: not a setting, ignored; did you mean 'POOLER_DEFAULT_POOL_SIZE'?",
-        "POOLER_TCP_KEEPCNT: not supported yet, ignored",
+        "POOLER_DNS_MAX_TTL: not supported yet, ignored",
     )
     assert config.settings.default_pool_size == 20
 
@@ -862,6 +860,8 @@ def test_settings_doc_lists_every_setting_with_its_real_default() -> None:
 
 def test_settings_doc_lists_exactly_the_ignored_pgbouncer_settings() -> None:
     doc = (REPO / "docs" / "settings.md").read_text()
-    paragraph = doc.split("not supported yet, ignored` and logged as a warning at start. These are:", 1)[1]
-    paragraph = paragraph.strip().split("\n\n", 1)[0]
-    assert set(re.findall(r"`(\w+)`", paragraph)) == PGBOUNCER_UNSUPPORTED_SETTINGS
+    section = doc.split("### Ignored PgBouncer settings", 1)[1].split("\n## ", 1)[0]
+    rows = dict(re.findall(r"^\| `(\w+)` \| (.+) \|$", section, flags=re.MULTILINE))
+    assert set(rows) == PGBOUNCER_UNSUPPORTED_SETTINGS
+    for name, why in rows.items():  # each says why, in the words the admin console's SET answers with
+        assert why.rstrip(".").lower() == PGBOUNCER_IGNORED_SETTINGS[name].lower(), name

@@ -156,7 +156,7 @@ def test_sub_millisecond_queries_land_in_sub_millisecond_buckets(pooler: Running
 
 def test_errors_are_counted_by_kind(pooler: RunningPooler) -> None:
     for _ in range(2):
-        with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        with pytest.raises(psycopg.OperationalError, match="SASL authentication failed"):
             psycopg.connect(pooler.dsn(password="wrong"))
     with pytest.raises(psycopg.OperationalError, match="unsupported startup parameter"):
         psycopg.connect(pooler.dsn(options="-c work_mem=1MB"))
@@ -171,6 +171,11 @@ def test_errors_are_counted_by_kind(pooler: RunningPooler) -> None:
 @pytest.mark.parametrize(("sqlstate", "message", "kind"), [
     ("08P01", "query_wait_timeout", "query_wait_timeout"),
     ("08P01", "idle transaction timeout", "idle_transaction_timeout"),
+    ("08P01", "query timeout", "query_timeout"),
+    ("08P01", "transaction timeout", "transaction_timeout"),
+    ("08P01", "client connections exceeded (max_db_client_connections)", "max_db_or_user_client_connections"),
+    ("08P01", '"trust" authentication failed', "auth_failed"),
+    ("08006", "connect failed", "server_connect_failed"),
     ("53300", "no more connections allowed (max_client_conn)", "max_client_conn"),
     ("08P01", 'database "x" is disabled', "database_disabled"),
     ("08006", "server conn crashed? EOF; the transaction was lost", "server_conn_crashed"),

@@ -175,13 +175,22 @@ async def test_backend_terminated_while_its_client_sits_in_a_transaction(postgre
 
 
 def test_unreachable_postgres_fails_the_login_with_the_reason(postgres: PostgresServer):
+    """The first client waits for the retries (query_wait_timeout); the next one, arriving within
+    server_login_retry of a failure, gets PgBouncer's cached error at once; both carry the reason."""
     port = free_port()  # nothing listens there
     dbs = {"nowhere": DatabaseConfig("nowhere", host="127.0.0.1", port=port, dbname=APP_DB)}
-    with running_pooler(make_config(postgres, databases=dbs)) as p:
+    with running_pooler(make_config(postgres, databases=dbs, query_wait_timeout=0.5, server_login_retry=5)) as p:
         started = time.monotonic()
-        with pytest.raises(psycopg.OperationalError, match=rf"could not connect to server 127.0.0.1:{port}"):
+        with pytest.raises(psycopg.OperationalError, match=rf"could not connect to server 127.0.0.1:{port}") as first:
             psycopg.connect(p.dsn("nowhere"), connect_timeout=10)
-        assert time.monotonic() - started < 2  # refused at once, not after a timeout
+        assert "FATAL:  query_wait_timeout" in str(first.value)
+        assert time.monotonic() - started < 2.5
+        started = time.monotonic()
+        with pytest.raises(psycopg.OperationalError, match=rf"could not connect to server 127.0.0.1:{port}") as next_:
+            psycopg.connect(p.dsn("nowhere"), connect_timeout=10)
+        assert "FATAL:  server login has been failing, cached error: connect failed (server_login_retry)" in str(
+            next_.value)
+        assert time.monotonic() - started < 0.5  # refused at once, not after a timeout
 
 
 # -- cancel ----------------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import asyncio
 import socket
 import struct
 import time
+from typing import Any
 
 import psycopg
 import pytest
@@ -83,10 +84,11 @@ def test_query_timeout_closes_the_backend_and_the_pool_recovers(postgres: Postgr
         slow_pid = pid_of(slow)
         bystander = psycopg.connect(p.dsn(), autocommit=True)
         started = time.monotonic()
-        with pytest.raises(psycopg.OperationalError, match="query_timeout") as info:
+        with pytest.raises(psycopg.OperationalError, match="query timeout") as info:
             slow.execute("SELECT pg_sleep(10)")
         elapsed = time.monotonic() - started
         assert info.value.sqlstate == "08P01"
+        assert info.value.diag.message_primary == "query timeout"  # PgBouncer's words (src/janitor.c)
         assert 0.45 <= elapsed < 2.5, elapsed
         # The backend is cancelled and closed, not handed to the next client mid-query.
         wait_until_sync(lambda: slow_pid not in activity.pids(), timeout=5, what="the timed-out backend to go")
@@ -205,12 +207,24 @@ def test_server_connect_timeout_when_the_server_never_answers(postgres: Postgres
             APP_DB: DatabaseConfig(APP_DB, host=postgres.host, port=postgres.port),
             "silent": DatabaseConfig("silent", host="127.0.0.1", port=port, dbname=APP_DB),
         }
-        config = make_config(postgres, databases=dbs, server_connect_timeout=0.5, server_login_retry=0.1)
+        config = make_config(postgres, databases=dbs, server_connect_timeout=0.5, server_login_retry=5,
+                             query_wait_timeout=1.5)
         with running_pooler(config) as p:
             started = time.monotonic()
-            with pytest.raises(psycopg.OperationalError, match="server_connect_timeout"):
-                psycopg.connect(p.dsn("silent"), connect_timeout=10)
-            assert 0.45 <= time.monotonic() - started < 2.5
+            waiting = in_thread(lambda: psycopg.connect(p.dsn("silent"), connect_timeout=10))
+
+            def failed_login() -> str | None:
+                pool = p.call(lambda pl: pl.pools.get(("silent", APP_USER)))
+                return pool.login_error["M"] if pool is not None and pool.login_error else None
+
+            assert wait_until_sync(failed_login, timeout=3) == "connect timeout"  # PgBouncer's words
+            assert 0.45 <= time.monotonic() - started < 1.5  # the login was cut at server_connect_timeout
+            with pytest.raises(psycopg.OperationalError, match="server_connect_timeout") as info:
+                psycopg.connect(p.dsn("silent"), connect_timeout=10)  # arrives after the failure: at once
+            assert "FATAL:  server login has been failing, cached error: connect timeout (server_login_retry)" in str(
+                info.value)
+            with pytest.raises(psycopg.OperationalError, match="query_wait_timeout"):
+                waiting.result(5)  # the client queued before the failure stayed queued until query_wait_timeout
             with psycopg.connect(p.dsn(APP_DB), autocommit=True) as conn:  # other databases are unaffected
                 assert conn.execute("SELECT 1").fetchone() == (1,)
             assert p.pool_stat("silent", APP_USER)["servers"] == 0
@@ -303,19 +317,31 @@ def test_server_lifetime_closes_old_backends(postgres: PostgresServer, activity:
         conn.close()
 
 
-def test_server_check_query_runs_on_idle_servers(postgres: PostgresServer, activity: Activity):
-    check = "select 1 /* pooler health check */"
-    config = make_config(postgres, server_check_delay=0.2, server_check_query=check)
+#: A health check with a trace: it counts itself in a session variable of the backend it runs on.
+COUNTING_CHECK = ("select set_config('pooler.checks', (coalesce(nullif(current_setting('pooler.checks', true), ''),"
+                  " '0')::int + 1)::text, false)")
+
+
+def checks_seen(conn: psycopg.Connection[Any]) -> int:
+    row = conn.execute("select coalesce(nullif(current_setting('pooler.checks', true), ''), '0')").fetchone()
+    return int(row[0]) if row else -1
+
+
+def test_server_check_query_runs_before_reusing_a_server_idle_past_the_delay(postgres: PostgresServer):
+    """PgBouncer's server_check_delay: a released server idle longer than it is checked before its reuse."""
+    config = make_config(postgres, default_pool_size=1, server_check_delay=0.3, server_check_query=COUNTING_CHECK)
     with running_pooler(config) as p, psycopg.connect(p.dsn(), autocommit=True) as conn:
-        pid = pid_of(conn)
-        conn.execute("SELECT 'client query'")
-        wait_until_sync(
-            lambda: [r["query"] for r in activity.rows() if r["pid"] == pid] == [check],
-            timeout=3,
-            what="the health check to run on the idle backend",
-        )
-        assert pid_of(conn) == pid  # the checked backend is still the pool's
-        assert p.pool_stat()["servers"] == 1
+        assert checks_seen(conn) == 0  # a fresh server is not checked
+        assert checks_seen(conn) == 0  # nor one reused within the delay
+        time.sleep(0.45)
+        assert checks_seen(conn) == 1  # idle past the delay: checked, then handed over
+        assert checks_seen(conn) == 1
+
+
+def test_server_check_delay_zero_checks_before_every_reuse(postgres: PostgresServer):
+    config = make_config(postgres, default_pool_size=1, server_check_delay=0, server_check_query=COUNTING_CHECK)
+    with running_pooler(config) as p, psycopg.connect(p.dsn(), autocommit=True) as conn:
+        assert [checks_seen(conn) for _ in range(3)] == [1, 2, 3]
 
 
 def test_no_health_check_within_the_delay(postgres: PostgresServer, activity: Activity):

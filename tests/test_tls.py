@@ -124,7 +124,7 @@ def test_psycopg_channel_binding_with_scram_verifier_in_auth_file(postgres: Post
         with psycopg.connect(p.dsn(sslmode="require", channel_binding="require")) as conn:
             assert conn.pgconn.ssl_in_use
             assert conn.execute("select current_user").fetchone() == (APP_USER,)
-        with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        with pytest.raises(psycopg.OperationalError, match="SASL authentication failed"):  # PgBouncer's words
             psycopg.connect(p.dsn(password="wrong", sslmode="require", channel_binding="require"))
 
 
@@ -445,7 +445,8 @@ def test_server_tls_verify_refuses_another_ca(postgres: PostgresServer, front_ce
     with TlsFront(front_certs, (postgres.host, postgres.port)) as front:
         for mode in ("verify-ca", "verify-full"):
             front.connections.clear()
-            config = _front_config(postgres, front, server_tls_sslmode=mode,
+            # A login that cannot reach Postgres waits (PgBouncer's login retry) until client_login_timeout.
+            config = _front_config(postgres, front, server_tls_sslmode=mode, client_login_timeout=2,
                                    server_tls_ca_file=str(other_certs.ca_file))
             with running_pooler(config) as p:
                 with pytest.raises(psycopg.OperationalError, match="certificate verify failed") as err:
@@ -464,7 +465,8 @@ def test_server_tls_verify_full_checks_the_host_name(postgres: PostgresServer,
         config = _front_config(postgres, front, server_tls_sslmode="verify-ca", server_tls_ca_file=ca)
         with running_pooler(config) as p, psycopg.connect(p.dsn()) as conn:
             assert conn.execute("select 1").fetchone() == (1,)
-        config = _front_config(postgres, front, server_tls_sslmode="verify-full", server_tls_ca_file=ca)
+        config = _front_config(postgres, front, server_tls_sslmode="verify-full", server_tls_ca_file=ca,
+                               client_login_timeout=2)
         with running_pooler(config) as p:
             with pytest.raises(psycopg.OperationalError, match="certificate verify failed") as err:
                 psycopg.connect(p.dsn())
@@ -485,9 +487,10 @@ def test_server_tls_sends_the_host_name_as_sni(postgres: PostgresServer, front_c
 
 
 def test_server_tls_require_against_a_plaintext_postgres(postgres: PostgresServer) -> None:
-    with running_pooler(make_config(postgres, server_tls_sslmode="require")) as p, \
-            pytest.raises(psycopg.OperationalError, match="server refused SSL"):
+    with running_pooler(make_config(postgres, server_tls_sslmode="require", client_login_timeout=2)) as p, \
+            pytest.raises(psycopg.OperationalError, match="server refused SSL") as err:
         psycopg.connect(p.dsn())
+    assert "server_tls_sslmode" in str(err.value)  # the cause, and the setting to change
 
 
 # --- settings -----------------------------------------------------------------------------------------

@@ -28,9 +28,17 @@ from typing import Any, Generic, Protocol, TypeVar, cast
 
 from pooler import config as cfg
 from pooler.config import Config, DatabaseConfig, PoolMode
+from pooler.core.hosts import HostChooser
 from pooler.core.ledger import Ledger
 from pooler.core.parameters import TrackedParameters
 from pooler.core.stats import PoolStats
+
+#: What PgBouncer says (and caches for server_login_retry) when it cannot reach Postgres, or Postgres
+#: does not finish the login within server_connect_timeout; our own detail goes in DETAIL.
+CONNECT_FAILED = "connect failed"
+CONNECT_TIMEOUT = "connect timeout"
+#: server_check_query's value meaning "send an empty query" (PgBouncer's default and spelling).
+EMPTY_CHECK_QUERY = "<empty>"
 
 
 class ServerState(enum.IntEnum):
@@ -115,11 +123,15 @@ class Pool(Generic[S, C]):
     """
 
     __slots__ = (
+        "check_delay",
+        "check_query",
+        "connect_failed",
         "connecting",
         "credentials",
         "db",
         "direct_servers",
         "host",
+        "hosts",
         "idle",
         "lifetime",
         "login_error",
@@ -152,6 +164,8 @@ class Pool(Generic[S, C]):
         self.waiting: collections.deque[C] = collections.deque()
         self.welcome_waiters: list[C] = []
         self.connecting = 0
+        self.connect_failed = False  # the last login failed (load_balance_hosts = disable moves on)
+        self.hosts = HostChooser()  # where the next server goes, with a host list (host=a,b)
         self.stats = PoolStats()
         self.welcome: dict[str, str] | None = None
         self.login_error: dict[str, str] | None = None
@@ -164,6 +178,8 @@ class Pool(Generic[S, C]):
         self.min_size = 0
         self.lifetime = 0.0
         self.round_robin = False
+        self.check_query: str | None = None  # server_check_query as sent ("" for <empty>); None: no checks
+        self.check_delay = 0.0
         self.refresh()
 
     def refresh(self) -> None:
@@ -178,8 +194,11 @@ class Pool(Generic[S, C]):
         self.size = cfg.effective_pool_size(config, self.db, self.user)
         self.reserve_size = cfg.effective_reserve_pool_size(config, self.db, self.user)
         self.min_size = cfg.effective_min_pool_size(config, self.db, self.user)
-        self.lifetime = config.settings.server_lifetime
+        self.lifetime = cfg.effective_server_lifetime(config, self.db)
         self.round_robin = config.settings.server_round_robin
+        query = config.settings.server_check_query
+        self.check_query = None if not query else "" if query == EMPTY_CHECK_QUERY else query
+        self.check_delay = config.settings.server_check_delay
 
     @property
     def dbname(self) -> str:
@@ -254,9 +273,10 @@ class Pool(Generic[S, C]):
         if self.welcome is not None:
             client.welcome(self.welcome)
             return
-        if self._failing() and not self.servers:
+        if self.fast_fail():
             client.login_failed(self._cached_error())
             return
+        client.wait_started = self.host.clock()
         self.welcome_waiters.append(client)
         if self.connecting == 0:
             self._grow(at_least=1)
@@ -265,9 +285,16 @@ class Pool(Generic[S, C]):
         """A client has a transaction to run: give it a server now or queue it."""
         idle = self.idle
         if idle:
-            self.link(client, idle[0] if self.round_robin else idle[-1], client.wait_started)
+            server = idle[0] if self.round_robin else idle[-1]
+            if self.check_query is not None and self.host.clock() - server.last_used >= self.check_delay:
+                # server_check_query first (PgBouncer's launch_recheck): the client is served by this server
+                # once it answers, or by a new one if it turns out dead.
+                self.waiting.append(client)
+                self.begin_internal(server, self.check_query)
+                return
+            self.link(client, server, client.wait_started)
             return
-        if self.login_error is not None and not self.servers and self._failing():
+        if self.fast_fail():
             client.waiting = False  # nothing could serve it before server_login_retry: fail fast
             client.login_failed(self._cached_error())
             return
@@ -394,6 +421,15 @@ class Pool(Generic[S, C]):
     def _failing(self) -> bool:
         return self.login_error is not None and self.host.clock() < self.login_error_until
 
+    def fast_fail(self) -> bool:
+        """A client arriving now gets the cached login error at once (PgBouncer's check_fast_fail).
+
+        True only within ``server_login_retry`` of a failed login while the pool has no server that has
+        logged in: nothing could serve the client before the next attempt. Clients already queued are not
+        failed by this; they wait for the retry (the sweep calls grow_for_waiters), up to query_wait_timeout.
+        """
+        return len(self.servers) <= self.connecting and self._failing()
+
     def _cached_error(self) -> dict[str, str]:
         assert self.login_error is not None
         fields = dict(self.login_error)
@@ -439,6 +475,7 @@ class Pool(Generic[S, C]):
 
     def server_logged_in(self, server: S) -> None:
         self.login_error = None
+        self.connect_failed = False
         if server.direct:
             self._change_state(server, ServerState.ACTIVE)
             client = server.client
@@ -461,7 +498,8 @@ class Pool(Generic[S, C]):
     def server_login_failed(self, server: S, fields: dict[str, str]) -> None:
         if server not in self.servers and server not in self.direct_servers:
             return
-        self.host.pooler_error(None, fields.get("C", "08006"), f"server login failed: {fields.get('M')}")
+        detail = f" ({fields['D']})" if fields.get("D") else ""
+        self.host.pooler_error(None, fields.get("C", "08006"), f"server login failed: {fields.get('M')}{detail}")
         if server.direct:
             self.direct_servers.discard(server)
             self.host.server_gone(self)
@@ -472,13 +510,18 @@ class Pool(Generic[S, C]):
             return
         self.servers.discard(server)
         self.connecting -= 1
-        self.host.server_gone(self)
+        self.connect_failed = True  # as PgBouncer: any failed login moves load_balance_hosts = disable on
         self.login_error = fields
         self.login_error_until = self.host.clock() + self.host.config.settings.server_login_retry
-        if self.servers:
-            # Other servers are up (or still logging in): the queue is served by them. Failing it would turn
-            # one refused login (Postgres out of slots, say) into an error for every waiting client.
+        self.host.server_gone(self)
+        if not refused_by_postgres(fields) or len(self.servers) > self.connecting:
+            # Postgres unreachable, restarting (57P03), or other servers up: the queue stays, and the pool
+            # retries after server_login_retry (up to query_wait_timeout), as PgBouncer does; a restart
+            # shorter than that is invisible to the clients queued. Failing it would also turn one refused
+            # login (Postgres out of slots, say) into an error for every waiting client.
             return
+        # Postgres itself refused the login (a wrong password, a database that does not exist) and no server
+        # is up: nothing will serve the queue, so it gets Postgres's error now (PgBouncer's kill_pool_logins).
         waiters = self.welcome_waiters + list(self.waiting)
         self.welcome_waiters = []
         self.waiting.clear()
@@ -499,3 +542,22 @@ class Pool(Generic[S, C]):
             client.server_lost(server)
         self.host.server_gone(self)
         self.grow_for_waiters()
+
+
+def refused_by_postgres(fields: dict[str, str]) -> bool:
+    """The login failed with Postgres's own ErrorResponse (it carries a severity), other than 57P03
+    ("the database system is starting up / shutting down"), which says: try again soon."""
+    return "S" in fields and fields.get("C") != "57P03"
+
+
+def login_failure_detail(pool: Pool[Any, Any] | None) -> str | None:
+    """DETAIL for a client that waited in vain: the pool's last failed server login, if any."""
+    if pool is None or pool.login_error is None:
+        return None
+    error = pool.login_error
+    text = error.get("M", "")
+    if error.get("D"):
+        text += f": {error['D']}"
+    if error.get("H"):  # e.g. which server_tls_* setting to check after a failed TLS handshake
+        text += f" ({error['H']})"
+    return f"the last server login failed: {text}"

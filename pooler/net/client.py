@@ -38,9 +38,11 @@ from pooler.core.session_state import Finding, SessionStateChecker
 from pooler.core.stats import LATENCY_BUCKETS, PoolStats
 from pooler.log import log
 from pooler.net import tls as tls_shell
+from pooler.net.peer import ADMIN_PEER_USER, is_own_user, with_host
 from pooler.net.server import WRITE_BUFFER_HIGH, WRITE_BUFFER_LOW, ServerConnection
+from pooler.net.sockopts import apply_tcp_options
 from pooler.wire import messages as pq
-from pooler.wire.auth import AuthStep, AuthType, ClientAuth
+from pooler.wire.auth import AuthStep, AuthType, ClientAuth, login_refusal
 from pooler.wire.framing import BadLengthError, MessageReader
 from pooler.wire.handshake import Refusal, read_login
 
@@ -90,6 +92,8 @@ class ClientHost(Protocol):
     def client_disconnected(self, client: ClientConnection) -> None: ...
 
     def over_client_limit(self) -> bool: ...
+
+    def admit_client(self, client: ClientConnection, db: DatabaseConfig) -> str | None: ...
 
     def cancel(self, key: tuple[int, int]) -> None: ...
 
@@ -197,6 +201,7 @@ class ClientConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         transport.set_write_buffer_limits(WRITE_BUFFER_HIGH, WRITE_BUFFER_LOW)
+        apply_tcp_options(transport, self.pooler.config.settings)
         peer = transport.get_extra_info("peername")
         self.remote = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "unix")
         self.pooler.client_connected(self)
@@ -694,21 +699,38 @@ class ClientConnection(asyncio.Protocol):
         self._negotiate = login.negotiate
         user = self.user = sys.intern(login.user)  # one string per name, not one per connection
         self.database = sys.intern(login.database)
-        self.startup_params = self.pooler.parameters.shared(login.tracked)[0] if login.tracked else _NO_PARAMS
+        tracked = login.tracked
+        if settings.application_name_add_host and not self.direct:
+            peer = self.transport.get_extra_info("peername") if self.transport is not None else None
+            tracked = {**tracked, "application_name": with_host(tracked.get("application_name"), peer)}
+        self.startup_params = self.pooler.parameters.shared(tracked)[0] if tracked else _NO_PARAMS
         if self.database == ADMIN_DATABASE:
+            if user == ADMIN_PEER_USER and is_own_user(self.transport):
+                self.state = ClientState.WELCOME  # PgBouncer's peer login: the pooler's own OS user, no password
+                if self._negotiate:
+                    self.write(self._negotiate)
+                self.write(pq.AUTH_OK_MESSAGE)
+                self.pooler.admin_login(self)
+                return
             # The admin console: authenticated like anyone (auth_file / auth_query), then handed over.
             self.state = ClientState.AUTH
             self.begin_auth(settings.auth_type, self.pooler.lookup_secret(user))
             return
         db = find_database(self.pooler.config, self.database)
         if db is None:
-            self.fatal("3D000", f"no such database: {self.database}",
-                       hint="add it to [databases] in the pooler config, or define a \"*\" fallback entry")
+            # As PgBouncer: authenticate first, then say "no such database" (see _auth_step), so that
+            # which databases exist is not told to whoever knocks.
+            self.state = ClientState.AUTH
+            self.begin_auth(settings.auth_type, self.pooler.lookup_secret(user))
             return
         self.db = db
+        refusal = self.pooler.admit_client(self, db)
+        if refusal is not None:
+            self.fatal("08P01", refusal)  # PgBouncer's words and SQLSTATE
+            return
         self.state = ClientState.AUTH
         secret = self.pooler.lookup_secret(user)
-        if secret is None and self.pooler.auth_query_enabled(db):
+        if secret is None and settings.auth_type is not AuthType.ANY and self.pooler.auth_query_enabled(db):
             self.pooler.auth_query_lookup(self, db, user)
             return
         self.begin_auth(settings.auth_type, secret)
@@ -717,8 +739,14 @@ class ClientConnection(asyncio.Protocol):
         """Start the exchange once the user's secret is known (possibly after an auth_query)."""
         if self.state != ClientState.AUTH:
             return
+        # The admin console (no db entry) forces its own user, as PgBouncer's: any lets admin_users in.
+        refusal = login_refusal(auth_type, secret, forced_user=self.db is None or bool(self.db.user))
+        if refusal is not None:
+            self.fatal("08P01", refusal)
+            return
         binding = self.tls.channel_binding if self.tls is not None else None
-        self.auth = ClientAuth(auth_type, self.user, secret, channel_binding=binding)
+        self.auth = ClientAuth(auth_type, self.user, secret, iterations=self.pooler.config.settings.scram_iterations,
+                               channel_binding=binding)
         if self._negotiate:
             self.write(self._negotiate)
         self._auth_step(self.auth.start())
@@ -791,8 +819,12 @@ class ClientConnection(asyncio.Protocol):
             self.close()
             return
         self.state = ClientState.WELCOME
-        if self.db is None:  # only the admin console logs in without a database entry
-            self.pooler.admin_login(self)
+        if self.db is None:  # the admin console, or a database that does not exist
+            if self.database == ADMIN_DATABASE:
+                self.pooler.admin_login(self)
+            else:
+                self.fatal("3D000", f"no such database: {self.database}",
+                           hint="add it to [databases] in the pooler config, or define a \"*\" fallback entry")
             return
         self.pooler.client_authenticated(self, self.db, step)
 

@@ -26,6 +26,7 @@ from pooler.core.parameters import ParamsKey
 from pooler.core.pool import Pool, ServerState
 from pooler.core.prepared import DESCRIBE_STATEMENT, FORWARD, PreparedStatement, Segment, ServerStatements
 from pooler.core.stats import LATENCY_BUCKETS
+from pooler.net.sockopts import apply_tcp_options
 from pooler.wire import messages as pq
 from pooler.wire.auth import AuthFailed, ServerAuth
 from pooler.wire.framing import MessageReader
@@ -163,6 +164,7 @@ class ServerConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         transport.set_write_buffer_limits(WRITE_BUFFER_HIGH, WRITE_BUFFER_LOW)
+        apply_tcp_options(transport, self.pool.host.config.settings)
         self.pool.server_connecting(self)
         transport.write(pq.startup_message(self.startup_params))
 

@@ -32,6 +32,7 @@ from pooler import __version__
 from pooler.config import ConfigError
 from pooler.log import log
 from pooler.net.client import ClientState
+from pooler.net.peer import ADMIN_PEER_USER, is_own_user
 from pooler.ops import control, introspect
 from pooler.ops.metrics import VERSION_STRING
 from pooler.ops.stats_log import StatsPeriod
@@ -344,7 +345,8 @@ class AdminConsole:
 def start_session(pooler: Pooler, stats: StatsPeriod, client: ClientConnection) -> None:
     """A client authenticated to database ``pgbouncer``: admit it to the console or refuse it."""
     settings = pooler.config.settings
-    is_admin = client.user in settings.admin_users
+    is_admin = client.user in settings.admin_users or (
+        client.user == ADMIN_PEER_USER and is_own_user(client.transport))  # PgBouncer's peer login
     if not is_admin and client.user not in settings.stats_users:
         client.fatal(ADMIN_SQLSTATE, "not allowed",
                      hint="the admin console is for admin_users (all commands) and stats_users (SHOW only)")
@@ -546,10 +548,11 @@ class AdminSession(asyncio.Protocol):
         if key.lower() in _FAKE_PARAMETERS:
             return pq.notice_response("SET ignored") + pq.command_complete("SET")
         self._require_admin()
-        control.set_setting(self.pooler, key, value)
+        ignored = control.set_setting(self.pooler, key, value)
         log.info("admin command", command="SET", setting=key.lower(), value=value, client=self.client.id,
-                 user=self.client.user)
-        return pq.command_complete(f"SET {key.lower()}={value}")
+                 user=self.client.user, ignored=ignored is not None)
+        done = pq.command_complete(f"SET {key.lower()}={value}")
+        return done if ignored is None else pq.notice_response(ignored) + done
 
     def _pause(self, arg: str | None) -> _Response:
         control.pause(self.pooler, arg)

@@ -196,19 +196,24 @@ def reload(pooler: Pooler) -> None:
     pooler.reload(new)
 
 
-def set_setting(pooler: Pooler, key: str, value: str) -> None:
-    """SET key = value: validated as if read from a file, applied like a reload (until the next RELOAD)."""
+def set_setting(pooler: Pooler, key: str, value: str) -> str | None:
+    """SET key = value: validated as if read from a file, applied like a reload (until the next RELOAD).
 
+    A PgBouncer setting pooler does not act on is accepted, as PgBouncer accepts it; the returned text
+    (for a NOTICE) says it is ignored and why. None when the setting was applied.
+    """
     name = key.strip().lower()
+    why = cfg.PGBOUNCER_IGNORED_SETTINGS.get(name)
+    if why is not None:
+        return f"{name} is ignored by pooler: {why}"
     if name in cfg.RESTART_ONLY_SETTINGS:
         raise ControlError(f"{name} cannot be changed at run time; restart the pooler")
     try:
         new = cfg.replace_settings(pooler.config, **{name: value})
     except ConfigError as exc:
         raise ControlError(f"SET failed: {exc.setting}: {exc.problem}") from None
-    if name in cfg.PGBOUNCER_UNSUPPORTED_SETTINGS:
-        raise ControlError(f"SET failed: {name} is not supported by pooler")
     pooler.reload(new)
+    return None
 
 
 # --- shutdown -------------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from pooler import __version__
+from pooler.core.hosts import host_list
 from pooler.core.stats import LATENCY_BUCKETS, Histogram
 from pooler.log import log
 from pooler.net.client import ClientState
@@ -263,7 +264,8 @@ async def readiness(pooler: Pooler) -> str | None:
         if pool.login_error is not None and now < pool.login_error_until:
             return (f"server login failing for database {pool.db.name} user {pool.user}: "
                     f"{pool.login_error.get('M', 'unknown error')}")
-    targets = sorted({(db.host, db.port) for db in pooler.config.databases.values()}, key=str)
+    targets = sorted({(host, db.port) for db in pooler.config.databases.values() for host in host_list(db.host)},
+                     key=str)
     problems = await asyncio.gather(*(probe_postgres(host, port) for host, port in targets))
     failed = [p for p in problems if p]
     return "; ".join(failed) if failed else None

@@ -11,7 +11,9 @@ import asyncio
 import collections
 import dataclasses
 import enum
+import os
 import secrets
+import shutil
 import socket
 import ssl
 import time
@@ -20,14 +22,17 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from pooler import config as cfg
 from pooler.config import RESTART_ONLY_SETTINGS
+from pooler.core.hosts import host_list
 from pooler.core.parameters import TrackedParameters
-from pooler.core.pool import Pool, PoolServer, ServerState
+from pooler.core.pool import CONNECT_TIMEOUT, Pool, PoolServer, ServerState, login_failure_detail
 from pooler.core.prepared import StatementCache
 from pooler.core.stats import error_kind
 from pooler.log import configure_from_settings, log
 from pooler.net.client import ClientConnection, ClientPool, ClientState
 from pooler.net.server import ServerConnection
 from pooler.runtime import tls, upstream
+from pooler.runtime.autodb import AutodbJanitor
+from pooler.runtime.client_limits import ClientLimits
 from pooler.runtime.workers import SINGLE, WORKER_BITS, Worker
 from pooler.wire import messages as pq
 from pooler.wire.auth import AuthStep, ServerAuth, is_md5_secret, parse_scram_verifier
@@ -91,6 +96,9 @@ class Pooler:
         self.login_counts: dict[tuple[str, str], int] = {}  # SHOW STATS' client_login_count, per pool key
         self.server_ids: dict[ServerConnection, int] = {}  # SHOW SERVERS' id, handed out on first sight
         self._server_seq = 0
+        self.wait_notified: dict[ClientConnection, float] = {}  # query_wait_notify: the wait each was told of
+        self.client_limits = ClientLimits()  # max_db_client_connections / max_user_client_connections
+        self.autodb = AutodbJanitor()  # frees pools of databases matched by "*" (autodb_idle_timeout)
         #: What the composition root (pooler.cli.assemble) plugs in: listeners of its own (metrics) and periodic
         #: work (the stats period) started and stopped with the pooler, and the admin console's entry.
         self.services: list[Service] = []
@@ -176,9 +184,10 @@ class Pooler:
             self.ports["direct"] = await self._listen(lambda: ClientConnection(self, direct=True), s.listen_addr,
                                                       s.direct_port)
         if s.unix_socket_dir:
-            server = await loop.create_unix_server(
-                lambda: ClientConnection(self), f"{s.unix_socket_dir}/.s.PGSQL.{pooled}", backlog=s.listen_backlog)
+            path = f"{s.unix_socket_dir}/.s.PGSQL.{pooled}"
+            server = await loop.create_unix_server(lambda: ClientConnection(self), path, backlog=s.listen_backlog)
             self.listeners.append(server)
+            set_socket_file_access(path, s.unix_socket_mode, s.unix_socket_group)
         if self.worker.count > 1:  # cancels other workers received for our clients arrive here
             relay = await loop.create_unix_server(
                 lambda: _CancelRelay(self), self.worker.cancel_socket(self.worker.index))
@@ -267,10 +276,16 @@ class Pooler:
         limit = self.config.settings.max_client_conn
         return bool(limit) and len(self.clients) > limit
 
+    def admit_client(self, client: ClientConnection, db: DatabaseConfig) -> str | None:
+        """max_db_client_connections / max_user_client_connections: PgBouncer's refusal text, or None."""
+        return self.client_limits.admit(self.config, client, db)
+
     def client_disconnected(self, client: ClientConnection) -> None:
         if client not in self.clients:
             return
         self.clients.discard(client)
+        self.wait_notified.pop(client, None)
+        self.client_limits.release(client)
         if self.clients_by_key.get(client.key) is client:
             del self.clients_by_key[client.key]
         if self.config.settings.log_disconnections and client.user:
@@ -303,12 +318,14 @@ class Pooler:
             password = None
         if db.user == auth_user and db.password:
             password = db.password
+        auth_db = self.auth_database(db)
         secret: str | None = None
         try:
             conn = await asyncpg.connect(
-                host=db.host or "/tmp", port=db.port, user=auth_user, password=password,
-                database=db.dbname or db.name, timeout=settings.server_connect_timeout or 60.0,
-                statement_cache_size=0, ssl=self._auth_query_ssl(db))
+                host=[h or "/tmp" for h in host_list(auth_db.host)], port=auth_db.port, user=auth_user,
+                password=password, database=auth_db.dbname or auth_db.name,
+                timeout=settings.server_connect_timeout or 60.0, statement_cache_size=0,
+                ssl=self._auth_query_ssl(auth_db))
             try:
                 row = await conn.fetchrow(settings.auth_query, user)
             finally:
@@ -320,6 +337,9 @@ class Pooler:
                          hint="check auth_user's password in auth_file and that auth_query is valid")
             return
         self.auth_cache[user] = (secret, self.clock() + settings.auth_cache_ttl)
+        if secret is None:
+            client.fatal("08P01", "no such user")  # PgBouncer's words when auth_query finds no row
+            return
         client.begin_auth(settings.auth_type, secret)
 
     def _auth_query_ssl(self, db: DatabaseConfig) -> ssl.SSLContext | Literal[False, "prefer"]:
@@ -328,6 +348,16 @@ class Pooler:
         if server_tls is None or server_tls.context is None or not db.host or db.host.startswith("/"):
             return False
         return server_tls.context if server_tls.required else "prefer"
+
+    def auth_database(self, db: DatabaseConfig) -> DatabaseConfig:
+        """Where auth_query runs: the [databases] entry named by auth_dbname (per database, else global),
+        else the client's own database (PgBouncer's auth_dbname)."""
+        name = db.auth_dbname or self.config.settings.auth_dbname
+        if name:
+            entry = cfg.find_database(self.config, name)
+            if entry is not None:
+                return entry
+        return db
 
     def admin_login(self, client: ClientConnection) -> None:
         """A client authenticated to the virtual ``pgbouncer`` database (the admin console)."""
@@ -427,7 +457,10 @@ class Pooler:
         server = ServerConnection(pool, params, ServerAuth(pool.user, password, keys), direct=direct)
         self.db_servers[pool.db.name] += 1
         self.user_servers[pool.user] += 1
-        self.spawn(upstream.connect(server, pool.db, self.config.settings.server_connect_timeout, self.server_tls))
+        settings = self.config.settings
+        host = pool.hosts.choose(pool.db.host, pool.db.load_balance_hosts or settings.load_balance_hosts,
+                                 last_connect_failed=pool.connect_failed)
+        self.spawn(upstream.connect(server, pool.db, host, settings.server_connect_timeout, self.server_tls))
         return server
 
     def server_gone(self, pool: Pool[Any, Any]) -> None:
@@ -500,8 +533,10 @@ class Pooler:
         self.spawn(self._cancel(server, server.key))
 
     async def _cancel(self, server: ServerConnection, key: tuple[int, int]) -> None:
+        db = server.pool.db
         try:
-            await upstream.send_cancel(server.pool.db, key, self.config.settings.cancel_wait_timeout)
+            await upstream.send_cancel(upstream.server_host(server, db), db.port, key,
+                                       self.config.settings.cancel_wait_timeout)
         finally:
             server.pool.cancel_done(server)
 
@@ -511,10 +546,13 @@ class Pooler:
         s = self.config.settings
         timeouts = [t for t in (
             s.query_wait_timeout, s.query_timeout, s.idle_transaction_timeout, s.client_idle_timeout,
+            s.transaction_timeout, s.query_wait_notify, s.server_login_retry,
             s.client_login_timeout, s.server_connect_timeout, s.reserve_pool_timeout, s.server_idle_timeout,
-            s.server_check_delay, s.server_lifetime) if t > 0]
+            s.server_lifetime, s.autodb_idle_timeout) if t > 0]
         timeouts += [t for u in self.config.users.values() for t in (
-            u.query_timeout, u.query_wait_timeout, u.idle_transaction_timeout, u.client_idle_timeout) if t]
+            u.query_timeout, u.query_wait_timeout, u.idle_transaction_timeout, u.client_idle_timeout,
+            u.transaction_timeout) if t]
+        timeouts += [d.server_lifetime for d in self.config.databases.values() if d.server_lifetime]
         return max(0.05, min([1.0, *(t / 5 for t in timeouts)]))
 
     async def _sweep_forever(self) -> None:
@@ -529,16 +567,24 @@ class Pooler:
         """Enforce every timeout once; called periodically."""
         now = self.clock()
         s = self.config.settings
+        in_use: set[ClientPool] = set()
         for client in list(self.clients):
             self._sweep_client(client, now)
+            if client.pool is not None:
+                in_use.add(client.pool)
         for pool in list(self.pools.values()):
             self._sweep_pool(pool, now, s)
+        self.autodb.sweep(self, now, in_use)
 
     def _sweep_client(self, client: ClientConnection, now: float) -> None:
         s = self.config.settings
         state = client.state
         if state in (ClientState.STARTUP, ClientState.AUTH, ClientState.WELCOME):
-            if s.client_login_timeout and now - client.connected_at > s.client_login_timeout:
+            pool = client.pool
+            if (state == ClientState.WELCOME and pool is not None and pool.welcome is None
+                    and client in pool.welcome_waiters):
+                self._sweep_welcome_waiter(client, pool, now)
+            elif s.client_login_timeout and now - client.connected_at > s.client_login_timeout:
                 client.fatal("08P01", "client_login_timeout", hint="the client did not finish logging in in time")
             return
         if state != ClientState.READY:
@@ -546,11 +592,20 @@ class Pooler:
         user = self.config.users.get(client.user)
         server = client.server
         if client.waiting:
+            waited = now - client.wait_started
             limit = cfg.effective_query_wait_timeout(self.config, client.user)
-            if limit and now - client.wait_started > limit:
-                client.fatal("08P01", "query_wait_timeout",
+            query_limit = cfg.effective_query_timeout(self.config, client.user)
+            if query_limit and waited > query_limit:  # PgBouncer counts the wait into query_timeout
+                client.fatal("08P01", "query_timeout", detail=login_failure_detail(client.pool),
+                             hint="the query waited for a server longer than query_timeout")
+            elif limit and waited > limit:
+                client.fatal("08P01", "query_wait_timeout", detail=login_failure_detail(client.pool),
                              hint="all servers of the pool stayed busy; raise default_pool_size or "
                              "query_wait_timeout, or shorten transactions")
+            elif s.query_wait_notify and waited > s.query_wait_notify and (
+                    self.wait_notified.get(client) != client.wait_started):
+                self.wait_notified[client] = client.wait_started  # once per wait
+                client.write(QUERY_WAIT_NOTICE)
             return
         if server is None:
             limit = user.client_idle_timeout if user and user.client_idle_timeout is not None else (
@@ -560,42 +615,83 @@ class Pooler:
             return
         if server.state != ServerState.ACTIVE:
             return
+        # PgBouncer's words (src/janitor.c): "query timeout", "idle transaction timeout", "transaction timeout".
         if server.ledger.pending or client.sending_partial():
             # A message stalled halfway counts as a query in flight: it holds the server all the same.
             limit = cfg.effective_query_timeout(self.config, client.user)
             since = server.request_started if server.ledger.pending else client.held_since
             if limit and now - since > limit:
-                client.fatal("08P01", "query_timeout", hint="the query ran longer than query_timeout")
+                client.fatal("08P01", "query timeout", hint="the query ran longer than query_timeout")
+                return
         elif server.ledger.in_transaction():
             limit = cfg.effective_idle_transaction_timeout(self.config, client.user)
             if limit and now - server.last_used > limit:
                 client.fatal("08P01", "idle transaction timeout",
                              hint="the transaction stayed open and idle longer than idle_transaction_timeout")
+                return
+        else:
+            return
+        limit = cfg.effective_transaction_timeout(self.config, client.user)
+        if limit and now - server.xact_started > limit:
+            client.fatal("08P01", "transaction timeout",
+                         hint="the transaction stayed open longer than transaction_timeout")
+
+    def _sweep_welcome_waiter(self, client: ClientConnection, pool: ClientPool, now: float) -> None:
+        """A client logged in but its pool has never reached Postgres: PgBouncer's two limits apply."""
+        s = self.config.settings
+        detail = login_failure_detail(pool)
+        if s.client_login_timeout and now - client.connected_at > s.client_login_timeout:
+            client.fatal("08P01", "client_login_timeout (server down)", detail=detail,
+                         hint="Postgres did not accept a login for this pool within client_login_timeout")
+            return
+        limit = cfg.effective_query_wait_timeout(self.config, client.user)
+        if limit and now - client.wait_started > limit:
+            client.fatal("08P01", "query_wait_timeout", detail=detail,
+                         hint="Postgres did not accept a login for this pool within query_wait_timeout")
 
     def _sweep_pool(self, pool: ClientPool, now: float, s: cfg.Settings) -> None:
         connect_timeout = s.server_connect_timeout
         for server in list(pool.servers):
             logging_in = server.state in (ServerState.CONNECTING, ServerState.LOGIN)
             if logging_in and connect_timeout and now - server.connect_started > connect_timeout:
-                server.login_error = {"C": "08006", "M": "server_connect_timeout: login to Postgres took "
-                                      f"longer than {connect_timeout:g}s"}
+                server.login_error = {"C": "08006", "M": CONNECT_TIMEOUT, "D": "the login to Postgres took longer "
+                                      f"than server_connect_timeout ({connect_timeout:g}s)"}
                 server.close("server_connect_timeout")
         if (pool.waiting and pool.reserve_size and not pool.reserve_active
                 and now - pool.waiting[0].wait_started >= s.reserve_pool_timeout):
             pool.activate_reserve()
+        if pool.waiting or pool.welcome_waiters:
+            pool.grow_for_waiters()  # clients wait and the pool has room: it must be trying to open servers
+        if s.server_fast_close and pool.mode == cfg.PoolMode.SESSION:
+            for server in list(pool.servers):
+                client = server.client
+                if server.stale and client is not None and server.state == ServerState.ACTIVE and server.is_clean():
+                    # PgBouncer's words; the client goes too, so it notices its session ended.
+                    client.fatal("08P01", "database configuration changed",
+                                 hint="server_fast_close: a RECONNECT or RELOAD replaced this session's server")
         keep = pool.min_size
         for server in list(pool.idle):
             assert isinstance(server, ServerConnection)
             idle_for = now - server.last_used
-            too_old = s.server_lifetime and now - server.created_at > s.server_lifetime
+            too_old = pool.lifetime and now - server.created_at > pool.lifetime
             too_idle = s.server_idle_timeout and idle_for > s.server_idle_timeout and len(pool.servers) > keep
             if too_old or too_idle or server.stale:
                 server.close("server_lifetime" if too_old else "server_idle_timeout")
-            elif (s.server_check_query and s.server_check_delay
-                  and now - max(server.last_used, server.request_started) > s.server_check_delay):
-                server.request_started = now
-                pool.begin_internal(server, s.server_check_query)
         pool.grow_to_minimum()
+
+
+def set_socket_file_access(path: str, mode: str, group: str) -> None:
+    """``unix_socket_mode`` (octal) and ``unix_socket_group`` on the socket file, as PgBouncer sets them."""
+    os.chmod(path, int(mode, 8))
+    if group:
+        try:
+            shutil.chown(path, group=group)
+        except LookupError:
+            raise OSError(f"unix_socket_group: no such group: {group}") from None
+
+
+#: PgBouncer's notice to a client queued longer than query_wait_notify (src/janitor.c).
+QUERY_WAIT_NOTICE = pq.notice_response("No server connection available in postgres backend, client being queued")
 
 
 

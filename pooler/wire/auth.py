@@ -39,11 +39,34 @@ from pooler.wire.messages import (
     error_response,
 )
 
+#: PgBouncer's words for a failed client login (src/client.c): md5/plain, SCRAM, an unknown SASL mechanism.
+PASSWORD_FAILED = "password authentication failed"
+SASL_FAILED = "SASL authentication failed"
+INVALID_MECHANISM = "client selected an invalid SASL authentication mechanism"
+#: PgBouncer's words when ``auth_type = trust`` meets a name it does not know (src/client.c).
+TRUST_FAILED = '"trust" authentication failed'
+#: PgBouncer's words when ``auth_type = any`` meets a database without a forced user.
+CONFIG_ERROR = "bouncer config error"
+
+
+def login_refusal(auth_type: AuthType, secret: str | None, *, forced_user: bool) -> str | None:
+    """Why a login is refused before any exchange, as PgBouncer words it; None to go on.
+
+    ``trust`` skips the password, not the user list: an unknown name is refused (``any`` is the mode
+    that takes any name, and only for databases that force the upstream user, so the name is moot).
+    """
+    if auth_type is AuthType.TRUST and secret is None:
+        return TRUST_FAILED
+    if auth_type is AuthType.ANY and not forced_user:
+        return CONFIG_ERROR
+    return None
+
 
 class AuthType(StrEnum):
     """How clients prove who they are to the pooler (PgBouncer's ``auth_type``)."""
 
-    TRUST = "trust"
+    TRUST = "trust"  # no password, but the name must be in auth_file (or found by auth_query)
+    ANY = "any"  # any name, no password; the database must force its upstream user (PgBouncer's "any")
     PLAIN = "plain"
     MD5 = "md5"
     SCRAM_SHA_256 = "scram-sha-256"
@@ -131,11 +154,11 @@ _DERIVED: OrderedDict[bytes, _ScramInfo] = OrderedDict()
 _DERIVED_MAX = 256
 
 
-def _derived_scram_info(user: str, password: str) -> _ScramInfo:
-    key = hashlib.sha256(f"{user}\0{password}".encode()).digest()
+def _derived_scram_info(user: str, password: str, iterations: int = SCRAM_ITERATIONS) -> _ScramInfo:
+    key = hashlib.sha256(f"{user}\0{password}\0{iterations}".encode()).digest()
     info = _DERIVED.get(key)
     if info is None:
-        info = _DERIVED[key] = _scram_info(password, None, SCRAM_ITERATIONS)
+        info = _DERIVED[key] = _scram_info(password, None, iterations)
         if len(_DERIVED) > _DERIVED_MAX:
             _DERIVED.popitem(last=False)
     else:
@@ -148,9 +171,9 @@ def _derived_scram_info(user: str, password: str) -> _ScramInfo:
 _MOCK_KEY = secrets.token_bytes(32)
 
 
-def _mock_scram_info(user: str) -> _ScramInfo:
+def _mock_scram_info(user: str, iterations: int = SCRAM_ITERATIONS) -> _ScramInfo:
     salt = hmac.new(_MOCK_KEY, user.encode(), hashlib.sha256).digest()[:_SCRAM_SALT_LEN]
-    return salt, secrets.token_bytes(_SCRAM_KEY_LEN), secrets.token_bytes(_SCRAM_KEY_LEN), SCRAM_ITERATIONS
+    return salt, secrets.token_bytes(_SCRAM_KEY_LEN), secrets.token_bytes(_SCRAM_KEY_LEN), iterations
 
 
 def _hmac(key: bytes, msg: bytes) -> bytes:
@@ -215,9 +238,12 @@ class ClientAuth:
     client that says it could bind but thinks we cannot (gs2 flag ``y``) is refused as a downgrade.
     """
 
-    def __init__(self, auth_type: AuthType, user: str, secret: str | None, *,
-                 channel_binding: bytes | None = None) -> None:
+    def __init__(
+        self, auth_type: AuthType, user: str, secret: str | None, *, iterations: int = SCRAM_ITERATIONS,
+        channel_binding: bytes | None = None,
+    ) -> None:
         self.user = user
+        self._iterations = iterations  # scram_iterations: for verifiers derived from plain secrets
         self._channel_binding = channel_binding
         self._secret = secret
         self._verifier = parse_scram_verifier(secret) if secret is not None else None
@@ -237,7 +263,7 @@ class ClientAuth:
         if self._stage is not _Stage.NEW:
             raise RuntimeError("ClientAuth.start() called twice")
         auth_type = self._auth_type
-        if auth_type is AuthType.TRUST:
+        if auth_type is AuthType.TRUST or auth_type is AuthType.ANY:
             return self._success(b"")
         if auth_type is AuthType.PLAIN:
             self._stage = _Stage.CLEARTEXT
@@ -308,7 +334,7 @@ class ClientAuth:
         plus = chosen == SCRAM_SHA_256_PLUS and self._channel_binding is not None
         if chosen != SCRAM_SHA_256 and not plus:
             offered = f"{SCRAM_SHA_256_PLUS} or {SCRAM_SHA_256}" if self._channel_binding else SCRAM_SHA_256
-            return self._failure(f"client chose SASL mechanism {chosen!r}, not {offered}")
+            return self._failure(f"client chose SASL mechanism {chosen!r}, not {offered}", message=INVALID_MECHANISM)
         (length,) = _INT32.unpack_from(rest)
         if length != len(rest) - 4:
             raise ValueError("SASLInitialResponse length does not match its data")
@@ -348,10 +374,10 @@ class ClientAuth:
             info = (salt, stored_key, server_key, iterations)
             self._scram_real = True
         elif self._plain is not None:
-            info = _derived_scram_info(self.user, self._plain)
+            info = _derived_scram_info(self.user, self._plain, self._iterations)
             self._scram_real = True
         else:
-            info = _mock_scram_info(self.user)
+            info = _mock_scram_info(self.user, self._iterations)
         self._scram_info = info
         return info
 
@@ -402,10 +428,14 @@ class ClientAuth:
         send += AUTH_OK_MESSAGE
         return AuthStep(send, done=True, ok=True, password=self._plain, scram_keys=scram_keys)
 
-    def _failure(self, detail: str, *, sqlstate: str = "28P01", message: str | None = None,
+    def _failure(self, detail: str, *, message: str | None = None, sqlstate: str = "28P01",
                  hint: str | None = None) -> AuthStep:
+        """A FATAL in PgBouncer's words (src/client.c): one text for every cause of a password or SCRAM
+        failure, so an unknown user cannot be told from a wrong password; ``detail`` is only logged. A
+        channel-binding mismatch says so (it is not about the password: a proxy terminates TLS)."""
+        if message is None:
+            message = SASL_FAILED if self._stage in (_Stage.SASL_INITIAL, _Stage.SASL_FINAL) else PASSWORD_FAILED
         self._stage = _Stage.DONE
-        message = message or f'password authentication failed for user "{self.user}"'
         send = error_response(sqlstate, message, severity="FATAL", hint=hint)
         return AuthStep(send, done=True, ok=False, detail=detail)
 
