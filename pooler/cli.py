@@ -37,6 +37,7 @@ from pooler.config import (
 from pooler.log import configure, log
 from pooler.runtime.workers import SINGLE, Worker, run_workers, worker_config
 from pooler.wire.auth import AuthType
+from pooler.wire.neon_sql import driver_config
 
 if TYPE_CHECKING:
     from pooler.runtime.ports import PortProblem
@@ -359,7 +360,7 @@ def _up(args: argparse.Namespace) -> int:
                     log.error("cannot write --env-file", path=args.env_file, error=exc.strerror or str(exc))
             if metrics_note:
                 log.warning(metrics_note)
-            sys.stdout.write(urls)
+            sys.stdout.write(urls + driver_config(host, ports.get("pooled", port), tls=True))  # HTTPS, WSS
             if sys.stdout.isatty():
                 sys.stdout.write(_up_banner(pooled_url, host, ports, data_dir, mode=str(config.settings.pool_mode),
                                             verbose=args.verbose > 0, ca_file=certs.ca_file))
@@ -388,7 +389,7 @@ def _up_banner(pooled_url: str, host: str, ports: Mapping[str, int], data_dir: P
         f"# admin console: psql \"{admin}\" -c 'SHOW POOLS'",
         f"# TLS: certificates signed by the local CA {ca_file}",
         f"#   sslmode=verify-full: add &sslrootcert={ca_file}",
-        "#   Node.js (node-postgres, postgres.js verify certificates): "
+        "#   Node.js (node-postgres, postgres.js, @neondatabase/serverless verify certificates): "
         f"NODE_EXTRA_CA_CERTS={ca_file}",
     ]
     if ports.get("metrics"):

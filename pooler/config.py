@@ -39,8 +39,8 @@ class PoolMode(enum.StrEnum):
 
 #: Settings that only take effect at start: a RELOAD or SET keeps the running value (and says so).
 RESTART_ONLY_SETTINGS = frozenset({
-    "listen_addr", "listen_port", "direct_port", "unix_socket_dir", "listen_backlog", "so_reuseport", "workers",
-    "metrics_port", "pidfile",
+    "listen_addr", "listen_port", "direct_port", "http_port", "unix_socket_dir", "listen_backlog", "so_reuseport",
+    "workers", "metrics_port", "pidfile",
 })  # fmt: skip
 
 
@@ -108,6 +108,7 @@ class Settings:
     listen_addr: str = "127.0.0.1"
     listen_port: int = 6432
     direct_port: int = 0  # ours: the unpooled endpoint; 0 = off
+    http_port: int = 0  # ours: a port for SQL over HTTP and WebSocket only (the pooled port serves them too)
     unix_socket_dir: str = ""
     unix_socket_mode: str = "0777"  # octal, as PgBouncer writes it
     unix_socket_group: str = ""
@@ -171,6 +172,10 @@ class Settings:
     tcp_keepintvl: int = 0
     tcp_keepcnt: int = 0
     tcp_user_timeout: int = 0  # milliseconds (Linux); 0 = the OS default
+    http_max_header_size: int = 16384  # ours: request line + headers of an HTTP request (431 beyond)
+    http_max_body_size: int = 10485760  # ours: body of POST /sql (413 beyond), Neon's 10 MiB
+    http_max_response_size: int = 10485760  # ours: rows of one /sql answer (507 beyond), Neon's 10 MiB
+    websocket_max_frame_size: int = 16777216  # ours: one WebSocket frame's payload (close 1009 beyond)
 
     # Logging and metrics
     log_connections: bool = True
@@ -459,6 +464,11 @@ def _build_setting_converters() -> dict[str, _Converter]:
         "listen_port": _int_converter(1, _PORT_MAX, port=True),
         "direct_port": _int_converter(0, _PORT_MAX, port=True),
         "metrics_port": _int_converter(0, _PORT_MAX, port=True),
+        "http_port": _int_converter(0, _PORT_MAX, port=True),
+        "http_max_header_size": _int_converter(1024),
+        "http_max_body_size": _int_converter(1024),
+        "http_max_response_size": _int_converter(1024),
+        "websocket_max_frame_size": _int_converter(1024),
         "max_packet_size": _int_converter(1024, _MAX_PACKET_SIZE_LIMIT),
         "workers": _int_converter(1, 16),  # the cancel key has 4 bits for the worker (pooler.runtime.workers)
         "auth_type": _to_auth_type,

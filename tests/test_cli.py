@@ -152,6 +152,11 @@ def test_up_prints_urls_that_work_and_stops_cleanly(embedded_tmp: Path, sig: sig
         assert pooled.startswith("DATABASE_URL=postgresql://") and f":{port}/" in pooled
         assert unpooled.startswith("DATABASE_URL_UNPOOLED=postgresql://") and f":{direct}/" in unpooled
         assert env_file.read_text().splitlines() == [pooled, unpooled]
+        # HTTPS and WSS: `up` does TLS (tests/test_tls_http.py runs these lines as printed).
+        neon_lines = [proc.stdout.readline().strip() for _ in range(5)]
+        assert f"neonConfig.fetchEndpoint = 'https://localhost:{port}/sql';" in neon_lines
+        assert f"neonConfig.wsProxy = (host) => `${{host}}:{port}/v2`;" in neon_lines
+        assert "neonConfig.useSecureWebSocket = true;" in neon_lines
         children = _children_alive(proc.pid)
         assert any("postgres" in p.name() for p in children)
         with psycopg.connect(pooled.split("=", 1)[1]) as conn:

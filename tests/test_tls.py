@@ -105,12 +105,18 @@ def test_direct_tls_with_alpn_and_channel_binding(postgres: PostgresServer, cert
             names = [d.name for d in cur.description or ()]
             tls_values = sorted(row[names.index("tls")] for row in cur.fetchall())
         assert tls_values[0] == "" and tls_values[1].startswith("TLSv1.3/TLS_")
-        # A direct ClientHello without ALPN "postgresql" is refused after the handshake, as Postgres does.
+        # A direct ClientHello without ALPN "postgresql" is refused, as Postgres does, once its first
+        # decrypted bytes show a startup packet (an HTTPS client, without ALPN too, is told apart by them).
         context = ssl.create_default_context(cafile=str(certs.ca_file))
-        with socket.create_connection(("127.0.0.1", p.port), timeout=10) as raw, \
-                context.wrap_socket(raw, server_hostname="localhost") as sock:
-            data = _read_all(sock)
-        assert b"without ALPN" in data and b"08P01" in data
+        startup = struct.pack("!i", 196608) + b"user\x00app\x00database\x00app\x00\x00"
+        for alpn in ([], ["http/1.1"]):
+            if alpn:
+                context.set_alpn_protocols(alpn)
+            with socket.create_connection(("127.0.0.1", p.port), timeout=10) as raw, \
+                    context.wrap_socket(raw, server_hostname="localhost") as sock:
+                sock.sendall(struct.pack("!i", len(startup) + 4) + startup)
+                data = _read_all(sock)
+            assert b"without ALPN" in data and b"08P01" in data, alpn
 
 
 def test_psycopg_channel_binding_with_scram_verifier_in_auth_file(postgres: PostgresServer,

@@ -39,6 +39,7 @@ from pooler.core.stats import LATENCY_BUCKETS, PoolStats
 from pooler.log import log
 from pooler.net import tls as tls_shell
 from pooler.net.peer import ADMIN_PEER_USER, is_own_user, with_host
+from pooler.net.pipe import PipeTransport
 from pooler.net.server import WRITE_BUFFER_HIGH, WRITE_BUFFER_LOW, ServerConnection
 from pooler.net.sockopts import apply_tcp_options
 from pooler.wire import messages as pq
@@ -109,24 +110,32 @@ class ClientHost(Protocol):
 
     def pooler_error(self, client: ClientConnection | None, sqlstate: str, message: str) -> None: ...
 
+    def http_request(self, transport: asyncio.Transport, data: bytes) -> None:
+        """A connection's first bytes ``data`` were an HTTP request: hand ``transport`` to the HTTP shell."""
+        ...
+
 
 class ClientConnection(asyncio.Protocol):
     """A connection from an application to the pooler."""
 
     __slots__ = (
+        "_carried",
         "_held",
         "_need",
         "_negotiate",
         "_reader",
         "_reading_paused",
         "_skip",
+        "_tls_direct",
         "_tls_pending",
         "auth",
+        "cleartext",
         "connected_at",
         "database",
         "db",
         "direct",
         "held_since",
+        "http_ok",
         "id",
         "key",
         "last_active",
@@ -156,6 +165,11 @@ class ClientConnection(asyncio.Protocol):
     def __init__(self, pooler: ClientHost, *, direct: bool = False) -> None:
         self.pooler = pooler
         self.direct = direct
+        # Set by the HTTP and WebSocket shells (pooler.net.sql, pooler.net.websocket): ask for a cleartext
+        # password whatever auth_type says, as Neon does on those doors; and whether the first bytes may
+        # be an HTTP request (on the pooled port, not inside an HTTP or WebSocket session).
+        self.cleartext = False
+        self.http_ok = not direct
         self.transport: asyncio.Transport | None = None
         self.state = ClientState.STARTUP
         self.id = pooler.next_client_id()
@@ -195,11 +209,16 @@ class ClientConnection(asyncio.Protocol):
         self._reading_paused = False
         self.tls: ClientTls | None = None  # the TLS this connection was accepted with; None: plaintext
         self._tls_pending = False  # a TLS handshake is in progress
+        self._tls_direct = False  # the TLS began with a ClientHello, not an SSLRequest (ALPN is checked)
+        # A session carried inside an HTTP request or a WebSocket (pooler.net.pipe): no TLS of its own; the
+        # outer connection's TLS, if any, is what "SSL required" looks at.
+        self._carried = False
 
     # --- asyncio.Protocol -----------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        self._carried = isinstance(transport, PipeTransport)
         transport.set_write_buffer_limits(WRITE_BUFFER_HIGH, WRITE_BUFFER_LOW)
         apply_tcp_options(transport, self.pooler.config.settings)
         peer = transport.get_extra_info("peername")
@@ -618,6 +637,12 @@ class ClientConnection(asyncio.Protocol):
     def _handshake_data(self, data: bytes) -> None:
         reader = self._reader
         if reader is None:
+            if (data and self.http_ok and self.state == ClientState.STARTUP and 0x41 <= data[0] <= 0x5A
+                    and not self._tls_pending and self._alpn() != pq.ALPN_POSTGRESQL):
+                # A startup packet starts with a zero byte, an HTTP method with A-Z; the same holds for the
+                # first decrypted bytes after a TLS handshake (HTTPS, WSS), unless ALPN said "postgresql".
+                self._switch_to_http(data)
+                return
             reader = self._reader = MessageReader(MAX_AUTH_MESSAGE)
         reader.feed(data)
         if self._tls_pending:
@@ -654,17 +679,37 @@ class ClientConnection(asyncio.Protocol):
         if self.state in (ClientState.WELCOME, ClientState.READY):
             self._reader = None  # the login is over: its buffer is not kept for the session
             rest = reader.take_rest()
+            if rest and self.cleartext and rest[0] == pq.PASSWORD and len(rest) >= pq.HEADER_SIZE:
+                length = pq.read_int32(rest, 1)
+                if len(rest) >= 1 + length:
+                    rest = rest[1 + length :]  # a pipelined password that auth_type trust never asked for
             if rest:
                 # The client pipelined its first query behind the login (Neon's pipelined connect does).
                 self._held += rest
                 if self.state == ClientState.READY and self.server is None:
                     self._hold(b"")
 
+    def _switch_to_http(self, data: bytes) -> None:
+        """The first bytes are an HTTP request (Neon's SQL over HTTP or a WebSocket upgrade): from here the
+        connection belongs to the HTTP shell, and this object was never a client."""
+        transport = self.transport
+        self.state = ClientState.CLOSED
+        self.transport = None
+        self.pooler.client_disconnected(self)
+        if transport is not None:
+            self.pooler.http_request(transport, data)
+
     def _startup(self, packet: bytes) -> None:
         try:
             startup = pq.parse_startup_packet(packet)
         except pq.ProtocolViolationError as exc:
             self.fatal("08P01", f"invalid startup packet: {exc}")
+            return
+        if self._tls_direct and self._alpn() != pq.ALPN_POSTGRESQL:
+            # Checked here, not at the end of the handshake: an HTTPS client (ALPN http/1.1 or none) is told
+            # apart by its first decrypted bytes; a Postgres client without ALPN is refused as Postgres does.
+            self.fatal("08P01", "received direct SSL connection request without ALPN protocol negotiation extension",
+                       hint="direct TLS (sslnegotiation=direct) needs ALPN \"postgresql\"; use libpq 17 or newer")
             return
         if startup.code == pq.SSL_REQUEST_CODE and self._tls_offered():
             if self._reader is not None and len(self._reader):
@@ -681,7 +726,7 @@ class ClientConnection(asyncio.Protocol):
             self.pooler.cancel(startup.cancel_key)
             self.close()
             return
-        if self.pooler.tls is not None and self.pooler.tls.required and self._tls_offered():
+        if self.pooler.tls is not None and self.pooler.tls.required and self._plaintext_tcp():
             self.fatal("08P01", "SSL required",
                        hint="client_tls_sslmode requires TLS: connect with sslmode=require (or stronger)")
             return
@@ -739,6 +784,8 @@ class ClientConnection(asyncio.Protocol):
         """Start the exchange once the user's secret is known (possibly after an auth_query)."""
         if self.state != ClientState.AUTH:
             return
+        if self.cleartext and auth_type not in (AuthType.TRUST, AuthType.ANY):
+            auth_type = AuthType.PLAIN  # checked against the same secret (plain, md5 or SCRAM verifier)
         # The admin console (no db entry) forces its own user, as PgBouncer's: any lets admin_users in.
         refusal = login_refusal(auth_type, secret, forced_user=self.db is None or bool(self.db.user))
         if refusal is not None:
@@ -758,8 +805,20 @@ class ClientConnection(asyncio.Protocol):
     def _tls_offered(self) -> bool:
         """TLS is on and this is a plaintext TCP connection (unix sockets never do TLS, as in PgBouncer)."""
         transport = self.transport
-        return (self.pooler.tls is not None and self.tls is None and transport is not None
+        return (self.pooler.tls is not None and self.tls is None and transport is not None and not self._carried
                 and not tls_shell.is_unix(transport))
+
+    def _plaintext_tcp(self) -> bool:
+        """This connection, or the HTTP/WebSocket connection carrying it, is TCP without TLS: what
+        client_tls_sslmode = require refuses (a unix socket is exempt, as in PgBouncer)."""
+        transport = self.transport
+        return (transport is not None and not tls_shell.is_unix(transport)
+                and transport.get_extra_info("ssl_object") is None)
+
+    def _alpn(self) -> str | None:
+        """The ALPN protocol the TLS handshake selected; None without TLS or without ALPN."""
+        ssl_object = self.transport.get_extra_info("ssl_object") if self.transport is not None else None
+        return ssl_object.selected_alpn_protocol() if ssl_object is not None else None
 
     def _begin_tls(self, *, direct: bool) -> None:
         """Hand the connection to the TLS layer; the startup packet then comes again, decrypted."""
@@ -801,12 +860,14 @@ class ClientConnection(asyncio.Protocol):
             self.connection_lost(None)
             return
         upgraded.set_write_buffer_limits(WRITE_BUFFER_HIGH, WRITE_BUFFER_LOW)
-        ssl_object = upgraded.get_extra_info("ssl_object")
-        if direct and (ssl_object is None or ssl_object.selected_alpn_protocol() != tls_shell.ALPN_POSTGRESQL):
-            self.fatal("08P01", "received direct SSL connection request without ALPN protocol negotiation extension",
-                       hint="direct TLS (sslnegotiation=direct) needs ALPN \"postgresql\"; use libpq 17 or newer")
-            return
-        self._handshake_data(b"")
+        self._tls_direct = direct
+        # The decrypted stream starts afresh, in STARTUP with nothing consumed: its first bytes may be a
+        # startup packet or an HTTP request (HTTPS, WSS), told apart as on a plaintext connection. Bytes that
+        # came with the end of the handshake were kept in the reader: they go through that same check.
+        reader, self._reader = self._reader, None
+        rest = reader.take_rest() if reader is not None else b""
+        if rest:
+            self._handshake_data(rest)
 
     def _auth_step(self, step: AuthStep) -> None:
         if step.send:

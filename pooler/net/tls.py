@@ -27,8 +27,6 @@ from pooler.wire import messages as pq
 if TYPE_CHECKING:
     from pooler.runtime.tls import ServerTls
 
-ALPN_POSTGRESQL = pq.ALPN_POSTGRESQL
-
 #: Handshakes in progress: the loop keeps only weak references to tasks.
 _HANDSHAKES: set[asyncio.Task[None]] = set()
 

@@ -11,54 +11,54 @@ A paused database is kept. Called from the periodic sweep, which already visits 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Collection, Mapping
+from typing import Any
 
-if TYPE_CHECKING:
-    from pooler.net.client import ClientPool as Pool
-    from pooler.runtime.process import Pooler
+from pooler.core.pool import Pool
+
+PoolKey = tuple[str, str]
 
 
 class AutodbJanitor:
-    """When each automatically created database became inactive (and nothing else)."""
+    """When each automatically created database became inactive (and nothing else): it decides which pools
+    to free; the process frees them (``Pooler.forget_pool``)."""
 
     __slots__ = ("idle_since",)
 
     def __init__(self) -> None:
         self.idle_since: dict[str, float] = {}
 
-    def sweep(self, pooler: Pooler, now: float, in_use: set[Pool]) -> None:
-        """``in_use``: the pools some client is logged in to."""
-        timeout = pooler.config.settings.autodb_idle_timeout
+    def expired(
+        self,
+        pools: Mapping[PoolKey, Pool[Any, Any]],
+        *,
+        declared: Collection[str],
+        paused: Collection[str],
+        timeout: float,
+        now: float,
+        in_use: set[Pool[Any, Any]],
+    ) -> list[PoolKey]:
+        """The pools to free now; ``in_use``: the pools some client is logged in to."""
         if timeout <= 0:
             self.idle_since.clear()
-            return
-        declared = pooler.config.databases
-        auto: dict[str, list[tuple[tuple[str, str], Pool]]] = {}
-        for key, pool in pooler.pools.items():
+            return []
+        auto: dict[str, list[tuple[PoolKey, Pool[Any, Any]]]] = {}
+        for key, pool in pools.items():
             if pool.db.name not in declared:
                 auto.setdefault(pool.db.name, []).append((key, pool))
         for name in [n for n in self.idle_since if n not in auto]:
             del self.idle_since[name]
+        expired: list[PoolKey] = []
         for name, entries in auto.items():
-            if name in pooler.paused_dbs or any(_active(pool, in_use) for _, pool in entries):
+            if name in paused or any(_active(pool, in_use) for _, pool in entries):
                 self.idle_since.pop(name, None)
                 continue
             since = self.idle_since.setdefault(name, now)
             if now - since > timeout:
                 del self.idle_since[name]
-                for key, pool in entries:
-                    free_pool(pooler, key, pool)
+                expired.extend(key for key, _ in entries)
+        return expired
 
 
-def _active(pool: Pool, in_use: set[Pool]) -> bool:
+def _active(pool: Pool[Any, Any], in_use: set[Pool[Any, Any]]) -> bool:
     return bool(pool in in_use or pool.servers or pool.direct_servers or pool.waiting or pool.welcome_waiters)
-
-
-def free_pool(pooler: Pooler, key: tuple[str, str], pool: Pool) -> None:
-    """Forget an empty pool and everything counted for it."""
-    del pooler.pools[key]
-    pooler.login_counts.pop(key, None)
-    if pooler.db_servers.get(pool.db.name) == 0:
-        del pooler.db_servers[pool.db.name]
-    if pooler.user_servers.get(pool.user) == 0 and not any(p.user == pool.user for p in pooler.pools.values()):
-        del pooler.user_servers[pool.user]

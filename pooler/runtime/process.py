@@ -29,6 +29,7 @@ from pooler.core.prepared import StatementCache
 from pooler.core.stats import error_kind
 from pooler.log import configure_from_settings, log
 from pooler.net.client import ClientConnection, ClientPool, ClientState
+from pooler.net.http import HttpConnection
 from pooler.net.server import ServerConnection
 from pooler.runtime import tls, upstream
 from pooler.runtime.autodb import AutodbJanitor
@@ -69,6 +70,7 @@ class Pooler:
         self.pools: dict[tuple[str, str], ClientPool] = {}
         self.clients: set[ClientConnection] = set()
         self.clients_by_key: dict[tuple[int, int], ClientConnection] = {}
+        self.http_connections: set[HttpConnection] = set()  # SQL over HTTP: swept, closed at stop
         self.db_servers: collections.Counter[str] = collections.Counter()
         self.user_servers: collections.Counter[str] = collections.Counter()
         self.userlist: dict[str, str] = {}
@@ -183,6 +185,8 @@ class Pooler:
         if s.direct_port:
             self.ports["direct"] = await self._listen(lambda: ClientConnection(self, direct=True), s.listen_addr,
                                                       s.direct_port)
+        if s.http_port:
+            self.ports["http"] = await self._listen(lambda: HttpConnection(self), s.listen_addr, s.http_port)
         if s.unix_socket_dir:
             path = f"{s.unix_socket_dir}/.s.PGSQL.{pooled}"
             server = await loop.create_unix_server(lambda: ClientConnection(self), path, backlog=s.listen_backlog)
@@ -245,6 +249,8 @@ class Pooler:
         for task in list(self._tasks):
             if task is not asyncio.current_task():
                 task.cancel()
+        for conn in list(self.http_connections):
+            conn.shutdown()
         for client in list(self.clients):
             if client.state == ClientState.READY and client.server is None:
                 client.fatal("57P01", "pooler is shutting down")
@@ -421,6 +427,10 @@ class Pooler:
             return None, None
         return step.password, step.scram_keys
 
+    def http_request(self, transport: asyncio.Transport, data: bytes) -> None:
+        """The pooled port's first bytes were an HTTP request (SQL over HTTP or a WebSocket upgrade)."""
+        HttpConnection.take_over(self, transport, data)
+
     def pooler_error(self, client: ClientConnection | None, sqlstate: str, message: str) -> None:
         kind = error_kind(sqlstate, message)
         self.error_counts[kind] = self.error_counts.get(kind, 0) + 1
@@ -572,9 +582,22 @@ class Pooler:
             self._sweep_client(client, now)
             if client.pool is not None:
                 in_use.add(client.pool)
+        for conn in list(self.http_connections):
+            conn.sweep(now)
         for pool in list(self.pools.values()):
             self._sweep_pool(pool, now, s)
-        self.autodb.sweep(self, now, in_use)
+        for key in self.autodb.expired(self.pools, declared=self.config.databases, paused=self.paused_dbs,
+                                       timeout=s.autodb_idle_timeout, now=now, in_use=in_use):
+            self.forget_pool(key)
+
+    def forget_pool(self, key: tuple[str, str]) -> None:
+        """Forget an empty pool and everything counted for it (its SHOW STATS rows and metrics series go too)."""
+        pool = self.pools.pop(key)
+        self.login_counts.pop(key, None)
+        if self.db_servers.get(pool.db.name) == 0:
+            del self.db_servers[pool.db.name]
+        if self.user_servers.get(pool.user) == 0 and not any(p.user == pool.user for p in self.pools.values()):
+            del self.user_servers[pool.user]
 
     def _sweep_client(self, client: ClientConnection, now: float) -> None:
         s = self.config.settings

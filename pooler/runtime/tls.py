@@ -17,7 +17,7 @@ import ssl
 from dataclasses import dataclass
 
 from pooler.config import ConfigError, Settings
-from pooler.wire.messages import ALPN_POSTGRESQL
+from pooler.wire.messages import ALPN_HTTP_1_1, ALPN_POSTGRESQL
 
 #: PgBouncer's sslmode names, weakest first.
 SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
@@ -165,9 +165,11 @@ def client_tls(settings: Settings, source: str = "config") -> ClientTls | None:
                           f"{getattr(exc, 'strerror', None) or exc}") from None
     _set_protocols(context, settings.client_tls_protocols, "client_tls_protocols", source)
     _set_ciphers(context, settings.client_tls_ciphers, "client_tls_ciphers", source)
-    # Offered always; Postgres 17's direct TLS requires it, and a client on the SSLRequest path that
-    # offers ALPN must get "postgresql" (or none).
-    context.set_alpn_protocols([ALPN_POSTGRESQL])
+    # Offered always; Postgres 17's direct TLS requires "postgresql", and a client on the SSLRequest path
+    # that offers ALPN must get "postgresql" (or none). "http/1.1": the pooled port also serves HTTPS and
+    # WSS (Neon's SQL over HTTP and WebSocket), whose clients offer it or no ALPN at all; which protocol
+    # the connection speaks is then told by its first decrypted bytes (pooler.net.client).
+    context.set_alpn_protocols([ALPN_POSTGRESQL, ALPN_HTTP_1_1])
     if mode in ("verify-ca", "verify-full"):
         if not settings.client_tls_ca_file:
             raise ConfigError(source, "client_tls_ca_file", f"required when client_tls_sslmode = {mode} "

@@ -27,6 +27,8 @@ SSL_REQUEST_CODE = 80877103
 GSSENC_REQUEST_CODE = 80877104
 #: The ALPN protocol name Postgres 17 requires for direct TLS (``sslnegotiation=direct``).
 ALPN_POSTGRESQL = "postgresql"
+#: The ALPN protocol name of HTTP/1.1 (RFC 7301), which HTTPS and WSS clients offer on the pooled port.
+ALPN_HTTP_1_1 = "http/1.1"
 CANCEL_REQUEST_CODE = 80877102
 
 # Frontend (client → server) message types that matter to pooling.
@@ -307,3 +309,95 @@ def parse_error_fields(payload: bytes | memoryview) -> dict[str, str]:
         fields[chr(raw[pos])] = raw[pos + 1 : end].decode("utf-8", "replace")
         pos = end + 1
     return fields
+
+
+# --- The extended query protocol (what the pooler's own HTTP client sends) -------------------------
+
+ROW_DESCRIPTION = ord("T")
+
+
+def password_message(password: str) -> bytes:
+    """PasswordMessage ('p') carrying a cleartext password."""
+    return build(b"p", cstring(password))
+
+
+def parse_message(sql: str, statement: str = "") -> bytes:
+    """Parse ('P') with no parameter types: Postgres infers them, as for an untyped ``$1``."""
+    return build(b"P", cstring(statement) + cstring(sql) + _INT16.pack(0))
+
+
+def describe_statement(statement: str = "") -> bytes:
+    """Describe ('D') of a prepared statement: ParameterDescription, then RowDescription or NoData."""
+    return build(b"D", b"S" + cstring(statement))
+
+
+def bind_message(params: list[str | None], portal: str = "", statement: str = "") -> bytes:
+    """Bind ('B') with every parameter in text format (None is NULL) and text results."""
+    parts = [cstring(portal), cstring(statement), _INT16.pack(0), _INT16.pack(len(params))]
+    for value in params:
+        if value is None:
+            parts.append(_INT32.pack(-1))
+        else:
+            raw = value.encode()
+            parts.append(_INT32.pack(len(raw)))
+            parts.append(raw)
+    parts.append(_INT16.pack(0))
+    return build(b"B", b"".join(parts))
+
+
+def execute_message(portal: str = "", max_rows: int = 0) -> bytes:
+    """Execute ('E') of a portal; ``max_rows`` 0 means all rows."""
+    return build(b"E", cstring(portal) + _INT32.pack(max_rows))
+
+
+@dataclass(frozen=True, slots=True)
+class FieldDescription:
+    """One column of a RowDescription ('T'), with the names node-postgres gives them."""
+
+    name: str
+    table_oid: int
+    column_id: int
+    type_oid: int
+    type_size: int
+    type_modifier: int
+    format: int
+
+
+def parse_row_description(payload: bytes | memoryview) -> list[FieldDescription]:
+    """The columns of a RowDescription payload; raises ProtocolViolationError if it is malformed."""
+    raw = bytes(payload)
+    try:
+        (count,) = _INT16.unpack_from(raw)
+        pos = 2
+        fields: list[FieldDescription] = []
+        for _ in range(count):
+            end = raw.index(b"\x00", pos)
+            name = raw[pos:end].decode("utf-8", "replace")
+            table, column, oid, size, modifier, fmt = _FIELD.unpack_from(raw, end + 1)
+            fields.append(FieldDescription(name, table, column, oid, size, modifier, fmt))
+            pos = end + 1 + _FIELD.size
+    except (ValueError, struct.error) as exc:
+        raise ProtocolViolationError(f"malformed RowDescription: {exc}") from exc
+    return fields
+
+
+def parse_data_row(payload: bytes | memoryview) -> list[bytes | None]:
+    """The column values of a DataRow payload (None for NULL); raises ProtocolViolationError if malformed."""
+    raw = bytes(payload)
+    try:
+        (count,) = _INT16.unpack_from(raw)
+        pos = 2
+        values: list[bytes | None] = []
+        for _ in range(count):
+            (length,) = _INT32.unpack_from(raw, pos)
+            pos += 4
+            if length < 0:
+                values.append(None)
+                continue
+            if pos + length > len(raw):
+                raise ValueError("value runs past the message")
+            values.append(raw[pos : pos + length])
+            pos += length
+    except (ValueError, struct.error) as exc:
+        raise ProtocolViolationError(f"malformed DataRow: {exc}") from exc
+    return values
