@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from benchmarks.suite import DIRECT, PGBOUNCER, POOLER, IdleResult, LaunchRound, Results, Series, SlowResult, to_json
+from benchmarks.results import DIRECT, PGBOUNCER, POOLER, IdleResult, LaunchRound, Results, Series, SlowResult, to_json
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -585,7 +585,7 @@ def load(path: Path) -> Results:
     """A ``Results`` back from the ``.json`` a run wrote (to redraw its report)."""
     import json
 
-    from benchmarks.suite import PgbenchScenario
+    from benchmarks.results import PgbenchScenario
 
     data = json.loads(path.read_text())
     results = Results(date=data["date"], command=data["command"], mode=data["mode"], facts=data["facts"],

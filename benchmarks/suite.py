@@ -33,7 +33,6 @@ import dataclasses
 import datetime
 import functools
 import importlib.metadata
-import json
 import os
 import platform
 import shlex
@@ -55,104 +54,18 @@ from pathlib import Path
 from benchmarks import common
 from benchmarks.common import BENCH_DB, BENCH_PASSWORD, BENCH_USER, LOOPBACK, PgServer, Proc
 from benchmarks.pgwire import AsyncConn, PgError, blocking_login, blocking_query, query_message
+from benchmarks.results import (
+    DIRECT,
+    PGBOUNCER,
+    POOLER,
+    IdleResult,
+    LaunchRound,
+    PgbenchScenario,
+    Results,
+    SlowResult,
+)
 
 ALL_SCENARIOS = "abcsmwdef"
-DIRECT, PGBOUNCER, POOLER = "direct", "pgbouncer", "pooler"
-
-
-# ==================================================================================================
-# Results
-# ==================================================================================================
-
-
-@dataclass
-class Series:
-    """One contender in one pgbench scenario: a sample per round, or why it could not run."""
-
-    tps: list[float] = field(default_factory=list)
-    latency_ms: list[float] = field(default_factory=list)
-    error: str | None = None
-
-    def med(self, what: str = "tps") -> float | None:
-        values = self.tps if what == "tps" else self.latency_ms
-        return statistics.median(values) if values and self.error is None else None
-
-
-@dataclass
-class PgbenchScenario:
-    key: str
-    family: str
-    title: str
-    args: list[str]
-    clients: int
-
-
-@dataclass
-class LaunchRound:
-    contender: str
-    round: int
-    functions: int
-    times: list[float]  # seconds from the storm's start to each successful result
-    failures: int
-    errors: dict[str, int]
-    peak_backends: int
-    wall: float
-
-    def pct(self, q: float) -> float | None:
-        if not self.times:
-            return None
-        ordered = sorted(self.times)
-        return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
-
-
-@dataclass
-class IdleResult:
-    contender: str
-    target: int
-    reached: int
-    rss_before: int
-    rss_after: int
-    seconds: float
-    error: str | None
-
-    @property
-    def per_client(self) -> float | None:
-        return (self.rss_after - self.rss_before) / self.reached if self.reached else None
-
-
-@dataclass
-class SlowResult:
-    contender: str
-    result_bytes: int
-    bytes_read: int
-    seconds: float
-    finished: bool
-    rss_baseline: int
-    rss_peak: int
-    trace: list[tuple[float, int]]  # (seconds, rss bytes)
-    released_after: float | None
-    error: str | None = None
-
-
-@dataclass
-class Results:
-    date: str
-    command: str
-    mode: str
-    facts: dict[str, str] = field(default_factory=dict)
-    settings: dict[str, str] = field(default_factory=dict)
-    scenarios: list[PgbenchScenario] = field(default_factory=list)
-    pgbench: dict[str, dict[str, Series]] = field(default_factory=dict)
-    launch: list[LaunchRound] = field(default_factory=list)
-    launch_max_connections: int = 0
-    idle: list[IdleResult] = field(default_factory=list)
-    slow: list[SlowResult] = field(default_factory=list)
-    skipped: dict[str, str] = field(default_factory=dict)  # scenario family -> why
-    notes: list[str] = field(default_factory=list)
-
-    def series(self, key: str, contender: str) -> Series:
-        return self.pgbench.setdefault(key, {}).setdefault(contender, Series())
-
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
@@ -870,6 +783,3 @@ def run_pooler_variant(ctx: Context, server: PgServer, family: str) -> None:
             Contender(f"pooler workers={workers}", POOLER, {"POOLER_WORKERS": str(workers)})], [scenario],
             check="workers")
 
-
-def to_json(results: Results) -> str:
-    return json.dumps(dataclasses.asdict(results), indent=1)

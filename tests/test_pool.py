@@ -437,6 +437,18 @@ def test_pool_mode_per_database_and_per_user_override_the_global(postgres: Postg
         b.close()
 
 
+def test_a_reload_that_changes_pool_mode_applies_to_connected_clients(postgres: PostgresServer) -> None:
+    """The one answer to "which pool_mode applies to a client whose pool changed": the pool's current one,
+    read when each transaction ends (docs/settings.md, pool_mode)."""
+    config = make_config(postgres, default_pool_size=1, pool_mode=PoolMode.SESSION)
+    with running_pooler(config) as p, psycopg.connect(p.dsn(), autocommit=True) as held:
+        held.execute("SELECT 1")
+        assert p.pool_stat() == {"servers": 1, "idle": 0, "waiting": 0, "active": 1}  # session mode keeps it
+        p.reload(make_config(postgres, default_pool_size=1, pool_mode=PoolMode.TRANSACTION))
+        held.execute("SELECT 1")  # the end of this transaction reads the new mode
+        assert p.pool_stat() == {"servers": 1, "idle": 1, "waiting": 0, "active": 0}
+
+
 def test_a_refused_server_login_does_not_fail_clients_other_servers_can_serve(postgres: PostgresServer) -> None:
     """Postgres out of slots for one more login (53300) must not fail the queue the open servers serve."""
     with psycopg.connect(postgres.dsn(), autocommit=True) as admin:

@@ -47,7 +47,6 @@ class FakeClient:
         self.params_key: tuple[str | None, ...] = ("UTC",)
         self.ready_calls = 0
         self.direct = False
-        self.pool_mode = PoolMode.TRANSACTION
         self.transport = self  # the scanner writes to the client's transport: record it here
 
     def write(self, data: bytes) -> None:
@@ -61,7 +60,7 @@ def make_server() -> tuple[ServerConnection, FakeClient]:
     parameters = TrackedParameters()
     parameters.names, parameters.names_set = ("TimeZone",), frozenset({"TimeZone"})  # track TimeZone alone
     host = SimpleNamespace(clock=time.monotonic, parameters=parameters)
-    pool: Any = SimpleNamespace(host=host, stats=PoolStats())
+    pool: Any = SimpleNamespace(host=host, stats=PoolStats(), mode=PoolMode.TRANSACTION)
     server = ServerConnection(pool, {}, ServerAuth("u", "p"))
     server.transport = FakeTransport()  # type: ignore[assignment]
     server.state = ServerState.ACTIVE

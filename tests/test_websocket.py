@@ -97,6 +97,25 @@ async def test_pipelined_connect_gets_a_cleartext_password_request(pooler: Runni
         await client.close()
 
 
+@pytest.mark.parametrize("auth_type", [AuthType.SCRAM_SHA_256, AuthType.TRUST])
+async def test_a_pipelined_password_in_the_next_frame_still_counts(
+        postgres: PostgresServer, auth_type: AuthType) -> None:
+    """A busy machine can split the driver's pipelined connect across reads: the StartupMessage alone, the
+    password and query a moment later. Before, the pooler decided on the first read: it asked for SCRAM (and
+    the cleartext password failed it) or, under trust, forwarded the stray PasswordMessage to Postgres."""
+    with running_pooler(make_config(postgres, auth_type=auth_type)) as p:
+        client = await WsClient.open(p.port)
+        try:
+            client.send(STARTUP)
+            await asyncio.sleep(0.01)
+            client.send(pq.password_message(APP_PASSWORD) + pq.query("SELECT 'split'"))
+            messages = await client.messages(pq.COMMAND_COMPLETE)
+            assert not [kind for kind, _ in messages if kind == pq.ERROR_RESPONSE], messages
+            assert [pq.parse_data_row(p) for kind, p in messages if kind == pq.DATA_ROW] == [[b"split"]]
+        finally:
+            await client.close()
+
+
 async def test_plain_connect_gets_scram(pooler: RunningPooler) -> None:
     client = await WsClient.open(pooler.port, "/any/path")
     try:

@@ -3,7 +3,7 @@
 Theory of operation. Idle servers sit on a stack (LIFO, so the warmest backend is reused and the
 coldest ones age out under ``server_idle_timeout``; ``server_round_robin`` makes it a queue). A
 client that needs a server takes the top one, or joins a FIFO queue; the pool then opens servers
-while the queue is longer than the logins in flight, up to ``capacity()`` (``pool_size``, plus
+while the queue is longer than the logins in flight, up to ``capacity`` (``pool_size``, plus
 ``reserve_pool_size`` once the oldest client has waited ``reserve_pool_timeout``), and only while the
 pooler-wide caps ``max_db_connections`` / ``max_user_connections`` allow. A released server goes
 straight to the head of the queue, so a queued client never waits for a wakeup.
@@ -123,6 +123,7 @@ class Pool(Generic[S, C]):
     """
 
     __slots__ = (
+        "capacity",
         "check_delay",
         "check_query",
         "connect_failed",
@@ -171,6 +172,7 @@ class Pool(Generic[S, C]):
         self.login_error: dict[str, str] | None = None
         self.login_error_until = 0.0
         self.reserve_active = False
+        self.capacity = 0  # set by _set_reserve (through refresh)
         self.paused = False  # PAUSE / shutdown: released servers close, none open (pooler.runtime.control sets it)
         self.mode = PoolMode.TRANSACTION
         self.size = 0
@@ -199,14 +201,17 @@ class Pool(Generic[S, C]):
         query = config.settings.server_check_query
         self.check_query = None if not query else "" if query == EMPTY_CHECK_QUERY else query
         self.check_delay = config.settings.server_check_delay
+        self._set_reserve(self.reserve_active)
 
     @property
     def dbname(self) -> str:
         return self.db.dbname or self.db.name
 
-    def capacity(self) -> int:
-        """How many servers this pool may have now: its size, plus the reserve while that is active."""
-        return self.size + (self.reserve_size if self.reserve_active else 0)
+    def _set_reserve(self, active: bool) -> None:
+        """The one place ``reserve_active`` changes, and with it ``capacity``: how many servers this pool may
+        have now (its size, plus the reserve while that is active), kept as a field for the hot path."""
+        self.reserve_active = active
+        self.capacity = self.size + (self.reserve_size if active else 0)
 
     # --- state: the one place it changes ------------------------------------------------------------
 
@@ -294,12 +299,12 @@ class Pool(Generic[S, C]):
                 return
             self.link(client, server, client.wait_started)
             return
-        if self.fast_fail():
+        if self.login_error is not None and self.fast_fail():
             client.waiting = False  # nothing could serve it before server_login_retry: fail fast
             client.login_failed(self._cached_error())
             return
         self.waiting.append(client)
-        if len(self.servers) < self.capacity():
+        if len(self.servers) < self.capacity:
             self._grow()  # below the pool size: open a server (a full pool only queues: the hot case)
 
     def remove_waiter(self, client: C) -> None:
@@ -321,7 +326,7 @@ class Pool(Generic[S, C]):
         lifetime = self.lifetime
         if server.stale or self.paused or (lifetime and now - server.created_at > lifetime) or len(
             self.servers
-        ) > self.capacity():
+        ) > self.capacity:
             server.close("paused" if self.paused else "reconnect" if server.stale else "server_lifetime")
             return
         if server.cancels_in_flight:
@@ -338,12 +343,16 @@ class Pool(Generic[S, C]):
         if self.host.room_wanted_by_other_pool(self):
             server.close("closed to make room for another pool")
             return
-        self.reserve_active = False
+        if self.reserve_active:
+            self._set_reserve(False)
         self._change_state(server, ServerState.IDLE)
 
     def server_ready(self, client: C, server: S, now: float) -> None:
         """The linked client's server owes nothing and is clean: unlink it and release it."""
-        self.unlink(client, server)
+        server.client = None  # unlink(), inlined: this runs once per transaction
+        client.server = None
+        if server.reading_paused:
+            server.resume_reading()
         self.release(server, now=now)
 
     def client_left_server(self, client: C, server: S, mid_message: bool, reason: str) -> None:
@@ -407,7 +416,7 @@ class Pool(Generic[S, C]):
     def needs_room(self) -> bool:
         """Clients wait for a server that only a pooler-wide cap keeps this pool from opening."""
         want = max(len(self.waiting), 1 if self.welcome_waiters else 0)
-        return want > self.connecting and len(self.servers) < self.capacity() and not self._failing()
+        return want > self.connecting and len(self.servers) < self.capacity and not self._failing()
 
     def grow_for_waiters(self) -> None:
         """Retry opening servers for queued clients and for clients waiting for the pool's first login."""
@@ -415,7 +424,7 @@ class Pool(Generic[S, C]):
 
     def activate_reserve(self) -> None:
         """The oldest client has waited reserve_pool_timeout: the reserve may open now."""
-        self.reserve_active = True
+        self._set_reserve(True)
         self._grow()
 
     def _failing(self) -> bool:
@@ -441,7 +450,7 @@ class Pool(Generic[S, C]):
         if self._failing() or self.paused:
             return
         need = max(len(self.waiting), at_least) - self.connecting
-        limit = self.capacity()
+        limit = self.capacity
         while need > 0 and len(self.servers) < limit and self.host.may_open_server(self):
             self._open()
             need -= 1
@@ -453,7 +462,7 @@ class Pool(Generic[S, C]):
 
     def shrink_to_capacity(self, reason: str) -> None:
         """Close idle servers beyond the pool's capacity (after a reload made it smaller)."""
-        excess = len(self.servers) - self.capacity()
+        excess = len(self.servers) - self.capacity
         if excess > 0:
             self.close_idle(reason, excess)
 

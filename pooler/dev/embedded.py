@@ -39,7 +39,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 from urllib.parse import quote
+
+from pooler.runtime.ports import free_port
 
 __all__ = ["EmbeddedPostgres", "bin_dir"]
 
@@ -90,6 +93,19 @@ class _RunAs:
     gid: int
     #: Empty: drop root's supplementary groups too, not just the uid and gid.
     extra_groups: tuple[int, ...] = ()
+
+
+def _child_process(run_as: _RunAs | None) -> dict[str, Any]:
+    """What every child (initdb, postgres) is started with: a clean environment, its own process group (so a
+    stop can signal the whole group), and the unprivileged identity when we are root."""
+    return {
+        "cwd": "/",
+        "env": _child_env(),
+        "start_new_session": True,
+        "user": run_as.uid if run_as else None,
+        "group": run_as.gid if run_as else None,
+        "extra_groups": run_as.extra_groups if run_as else None,
+    }
 
 
 _run_as_lock = threading.Lock()
@@ -151,15 +167,6 @@ def _connect_host(listen_host: str) -> str:
     if first == "::":
         return "::1"
     return first
-
-
-def _free_port(host: str) -> int:
-    """A TCP port free right now on ``host``. Racy by nature: ``start`` retries if it gets taken."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _socket_dir_for(data_dir: Path) -> Path:
@@ -284,7 +291,7 @@ class EmbeddedPostgres:
         self._write_hba(run_as)
         for attempt in range(1, _PORT_ATTEMPTS + 1):
             if self._requested_port == 0:
-                self.port = _free_port(_connect_host(self.host))
+                self.port = free_port(_connect_host(self.host))  # racy: ``start`` retries if it gets taken
             try:
                 self._launch(run_as, deadline)
                 break
@@ -453,12 +460,7 @@ SELECT format('CREATE DATABASE %I OWNER %I', :'db', :'role')
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            cwd="/",
-            env=_child_env(),
-            start_new_session=True,
-            user=run_as.uid if run_as else None,
-            group=run_as.gid if run_as else None,
-            extra_groups=run_as.extra_groups if run_as else None,
+            **_child_process(run_as),
         )
         try:
             stdout, stderr = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
@@ -521,12 +523,7 @@ SELECT format('CREATE DATABASE %I OWNER %I', :'db', :'role')
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                cwd="/",
-                env=_child_env(),
-                start_new_session=True,
-                user=run_as.uid if run_as else None,
-                group=run_as.gid if run_as else None,
-                extra_groups=run_as.extra_groups if run_as else None,
+                **_child_process(run_as),
             )
         self._proc = proc
         try:

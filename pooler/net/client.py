@@ -143,7 +143,6 @@ class ClientConnection(asyncio.Protocol):
         "params",
         "params_key",
         "pool",
-        "pool_mode",
         "pooler",
         "remote",
         "server",
@@ -179,7 +178,6 @@ class ClientConnection(asyncio.Protocol):
         self.database = ""
         self.db: DatabaseConfig | None = None
         self.pool: ClientPool | None = None
-        self.pool_mode = PoolMode.TRANSACTION
         self.server: ServerConnection | None = None
         self.auth: ClientAuth | None = None
         self.params: dict[str, str] = {}
@@ -594,13 +592,14 @@ class ClientConnection(asyncio.Protocol):
         """The server owes nothing: release it if this pool mode allows and it is clean."""
         if server.ledger.tx_status != pq.TX_IDLE:
             server.last_used = self.pooler.clock()  # idle in a transaction from now on (idle_transaction_timeout)
-        mode = self.pool_mode
+        pool = self.pool
+        assert pool is not None
+        mode = pool.mode  # read live: a RELOAD that changes the pool's mode applies from the next transaction
         if mode == PoolMode.SESSION or self.direct or self._skip:
             return
         if server.is_clean():
             now = self.last_active = self.pooler.clock()
-            assert self.pool is not None
-            self.pool.server_ready(self, server, now)
+            pool.server_ready(self, server, now)
             if len(self._held) >= 5:
                 self._hold(b"")
         elif mode == PoolMode.STATEMENT and server.ledger.tx_status != pq.TX_IDLE:
@@ -903,7 +902,7 @@ class ClientConnection(asyncio.Protocol):
         self.write(b"".join(out))
         self.state = ClientState.READY
         check = self.pooler.config.settings.session_state_check
-        if check != "off" and not self.direct and self.pool_mode != PoolMode.SESSION:
+        if check != "off" and not self.direct and (self.pool is None or self.pool.mode != PoolMode.SESSION):
             self.state_checker = _SESSION_STATE_CHECKER
             self.state_refuse = check == "error"
             self.track_statements = self.track_statements or self.state_refuse  # refusals use tracked segments

@@ -75,9 +75,6 @@ class LinkedClient(Protocol):
     params_key: ParamsKey
     statements: dict[bytes, PreparedStatement]
 
-    @property
-    def pool_mode(self) -> PoolMode: ...
-
     def write(self, data: bytes) -> None: ...
 
     def fatal(self, sqlstate: str, message: str, *, hint: str | None = None, detail: str | None = None) -> None: ...
@@ -309,7 +306,7 @@ class ServerConnection(asyncio.Protocol):
 
     def _refuses_transactions(self) -> bool:
         client = self.client
-        return client is not None and not client.direct and client.pool_mode == PoolMode.STATEMENT
+        return client is not None and not client.direct and self.pool.mode == PoolMode.STATEMENT
 
     def _refuse_transaction(self, data: bytes, forward_from: int, at: int) -> None:
         """Statement mode, and a ReadyForQuery says a transaction block is open: like PgBouncer, the client

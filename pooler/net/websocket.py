@@ -61,6 +61,7 @@ class WebSocketConnection(asyncio.Protocol):
         self._frame_bytes = 0
         self._first = b""  # the bytes before the StartupMessage is whole (None once it was)
         self._deciding = True
+        self._decide_later: asyncio.TimerHandle | None = None
         self._close_code = CLOSE_NORMAL
         self._close_reason = ""
 
@@ -126,6 +127,9 @@ class WebSocketConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        if self._decide_later is not None:
+            self._decide_later.cancel()
+            self._deciding = False
         self.pipe.lose(exc)
 
     def pause_writing(self) -> None:
@@ -146,9 +150,24 @@ class WebSocketConnection(asyncio.Protocol):
             length = pq.read_int32(data) if len(data) >= 4 else 0
             if len(data) < 4 or (8 <= length <= pq.MAX_STARTUP_PACKET and len(data) < length):
                 return
-            self._deciding = False
-            self._first = b""
-            self.client.cleartext = _pipelined_password(data)
+            if len(data) == length and self._decide_later is None:
+                # The StartupMessage alone: a pipelined password may be in the next read (a frame split by a
+                # busy machine), or never come (pipelineConnect: false). Wait a moment before deciding.
+                self._decide_later = asyncio.get_running_loop().call_later(PIPELINE_WAIT, self._decide)
+                return
+            self._decide()
+            return
+        self.pipe.feed(data)
+
+    def _decide(self) -> None:
+        """Cleartext login if a PasswordMessage came with the StartupMessage (Neon's pipelined connect)."""
+        if not self._deciding:
+            return
+        if self._decide_later is not None:
+            self._decide_later.cancel()
+        self._deciding = False
+        data, self._first = self._first, b""
+        self.client.cleartext = _pipelined_password(data)
         self.pipe.feed(data)
 
     def _send_binary(self, data: bytes) -> None:
@@ -176,6 +195,10 @@ class WebSocketConnection(asyncio.Protocol):
         transport = self.transport
         if transport is not None and data:
             transport.write(data)
+
+
+#: How long a StartupMessage that came alone waits for a pipelined PasswordMessage behind it (seconds).
+PIPELINE_WAIT = 0.1
 
 
 def _pipelined_password(data: bytes) -> bool:

@@ -385,7 +385,6 @@ class Pooler:
         key = self._pool_key(db, pool.user)
         self.login_counts[key] = self.login_counts.get(key, 0) + 1
         client.pool = pool
-        client.pool_mode = pool.mode
         client.stats = pool.stats
         client.track_statements = (
             not client.direct and pool.mode != cfg.PoolMode.SESSION and self.config.settings.max_prepared_statements > 0
