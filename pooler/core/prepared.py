@@ -19,9 +19,26 @@ messages are recorded, one byte each. A segment that contains a message the pool
 (``SYNTH``), a hidden message whose answer is dropped (``SKIP``), or a new Parse whose failure must
 be undone becomes a ``Segment`` of actions, and the server's answers are matched to it message by
 message. That slow path runs once per statement per server, not per query.
+
+Names the pooler owns. Server-side names (``pooler_<n>``) live in the same namespace as SQL ``PREPARE``
+names, on servers shared by every client of the pool, so one client's ``DEALLOCATE pooler_1`` would break
+every other client's statement on that server (and ``PREPARE pooler_7`` would make the pooler's own
+Parse fail). Three guards, cheapest first, none on ordinary traffic:
+
+* a simple Query whose first byte is ``D``/``d``/``P``/``p`` has its first ``RESERVED_PREFIX`` bytes
+  matched against ``DEALLOCATE [PREPARE] pooler_<n>`` / ``PREPARE pooler_<n>``: refused with 42939
+  (``reserved_name``, as Postgres refuses ``pg_`` role names), Postgres never sees it;
+* a ``DEALLOCATE`` that got through anyway (inside a multi-statement Query, after a comment, through the
+  extended protocol) is seen by its CommandComplete tag: a server holding pooler statements is then
+  closed instead of reused (``stale``), so nobody is handed a server whose statements may be gone;
+* an error naming a pooler statement (26000 ``does not exist`` from a DEALLOCATE hidden in a function,
+  42P05 ``already exists`` from a hidden PREPARE) repairs the server's record: the statement is prepared
+  again on next use, or the server is closed.
 """
 
 from __future__ import annotations
+
+import re
 
 from pooler.wire import messages as pq
 
@@ -34,6 +51,17 @@ SYNTH = 2  # the server never sees the request: the pooler answers in its place
 #: answers ParameterDescription before its RowDescription/NoData) gets a code of its own.
 DESCRIBE_STATEMENT = 1
 
+
+#: Server-side names the pooler gives statements: ``pooler_<n>``.
+RESERVED_PREFIX_TEXT = "pooler_"
+#: How many bytes of a Query starting with D/P are looked at for a reserved name (and waited for).
+RESERVED_PREFIX = 64
+#: First bytes of a Query that may name a reserved statement (D, d, P, p: 1 in this table): only these are looked at.
+RESERVED_LEAD = bytes(1 if chr(b) in "DdPp" else 0 for b in range(256))
+_RESERVED_SQL = re.compile(
+    rb"(?i:deallocate\s+(?:prepare\s+)?|prepare\s+)((?i:pooler_)[0-9]+|\"pooler_[0-9]+\")(?:[^0-9a-zA-Z_$\"]|$)"
+)
+_RESERVED_IN_ERROR = re.compile(rb"pooler_[0-9]+")
 
 
 class PreparedStatement:
@@ -189,6 +217,19 @@ class ServerStatements:
         prepared[statement] = None
         self.pinned.add(statement)
 
+    def repair(self, error_body: bytes) -> bool:
+        """Postgres named a pooler statement in an error: the statements it holds are not what we recorded (a
+        DEALLOCATE or PREPARE ran where the front check could not see it). Fix the record so the next use
+        recovers; True when the server cannot be trusted any more and must be retired."""
+        fields = pq.parse_error_fields(error_body)
+        code = fields.get("C")
+        if code == "26000":  # one of ours is gone: prepare it again on next use
+            gone = set(reserved_names_in(fields.get("M", "").encode()))
+            for statement in [s for s in self.prepared if s.name in gone]:
+                del self.prepared[statement]
+            return False
+        return code == "42P05"  # a pooler name taken by someone's PREPARE
+
     @staticmethod
     def emit_synthesized(segment: Segment, out: list[bytes]) -> None:
         """The pooler's answers now due (those at the segment's head), unless the segment failed."""
@@ -249,3 +290,24 @@ def did_not_exist(name: bytes) -> bytes:
     return pq.error_response(
         "26000", "prepared statement did not exist",
         detail=f'this connection never prepared "{name.decode(errors="replace")}", or closed it')
+
+
+def reserved_name_refusal(prefix: bytes) -> bytes | None:
+    """The Query to send in place of one whose text (``prefix``: its first bytes) deallocates or prepares a
+    name the pooler owns, or None. Postgres raises the refusal, so the transaction status stays right."""
+    match = _RESERVED_SQL.match(prefix)
+    if match is None:
+        return None
+    name = match.group(1).strip(b'"').lower().decode()
+    return pq.error_query(
+        "42939", f'prepared statement name "{name}" is reserved',
+        detail=f'Names starting with "{RESERVED_PREFIX_TEXT}" belong to the pooler: it gives them to the '
+               "statements clients prepare with the protocol (Parse), shared by every client of a server.",
+        hint="PREPARE and DEALLOCATE statements under names of your own; a driver's prepared statement is "
+             "dropped by closing it in the driver (protocol Close), which the pooler handles",
+    )
+
+
+def reserved_names_in(message: bytes) -> list[bytes]:
+    """The pooler statement names an error message mentions (in any lc_messages language: names are not translated)."""
+    return _RESERVED_IN_ERROR.findall(message)

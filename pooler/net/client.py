@@ -27,11 +27,14 @@ from pooler.core.pool import Pool
 from pooler.core.prepared import (
     DESCRIBE_STATEMENT,
     FORWARD,
+    RESERVED_LEAD,
+    RESERVED_PREFIX,
     SKIP,
     PreparedStatement,
     StatementCache,
     did_not_exist,
     name_in_use,
+    reserved_name_refusal,
     statement_name,
 )
 from pooler.core.session_state import Finding, SessionStateChecker
@@ -315,6 +318,7 @@ class ClientConnection(asyncio.Protocol):
         unpack = _unpack_length
         max_packet = self.max_packet
         track = self.track_statements
+        reserved_lead = RESERVED_LEAD if track else None  # SQL on the names the pooler owns (core.prepared)
         parts: list[bytes] | None = None  # set when a message is rewritten or dropped
         sent_from = 0  # bytes before this offset are already in parts
         while pos + 5 <= n:
@@ -331,6 +335,25 @@ class ClientConnection(asyncio.Protocol):
             end = pos + 1 + length
             if kind in (pq.QUERY, pq.FUNCTION_CALL):
                 checker = self.state_checker
+                if reserved_lead is not None and kind == pq.QUERY and pos + 5 < n and reserved_lead[data[pos + 5]] and (
+                        end - pos <= CHECK_LIMIT):
+                    # DEALLOCATE/PREPARE of a name the pooler owns? (see pooler.core.prepared)
+                    look = min(end - 1, pos + 5 + RESERVED_PREFIX)
+                    if look > n:
+                        break  # wait for the prefix (the message is at most CHECK_LIMIT)
+                    refusal = reserved_name_refusal(data[pos + 5 : look])
+                    if refusal is not None:
+                        if end > n:
+                            break  # replaced whole: wait for the rest of it
+                        self.pooler.pooler_error(self, "42939", "prepared statement name is reserved")
+                        if parts is None:
+                            parts = []
+                        parts.append(data[sent_from:pos])
+                        parts.append(refusal)  # Postgres raises the refusal: order and tx state stay right
+                        sent_from = end
+                        ledger.request_sent(kind)
+                        pos = end
+                        continue
                 if kind == pq.QUERY and checker is not None and end - pos <= CHECK_LIMIT:
                     if end > n:
                         break  # checked whole: wait for the rest of it

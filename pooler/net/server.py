@@ -42,7 +42,9 @@ _INSPECT_TABLE = bytes(_INSPECT)
 
 #: CommandComplete tags after which Postgres has no prepared statements left on this server.
 _FORGET_STATEMENTS = (b"DISCARD ALL\x00", b"DEALLOCATE ALL\x00")
-_FORGET_LENGTHS = frozenset(4 + len(tag) for tag in _FORGET_STATEMENTS)
+#: The tag of a DEALLOCATE of one name: which one is unknown, so a server holding pooler statements is retired.
+_DEALLOCATE_ONE = b"DEALLOCATE\x00"
+_FORGET_LENGTHS = frozenset(4 + len(tag) for tag in (*_FORGET_STATEMENTS, _DEALLOCATE_ONE))
 
 # How a tracked request's answer ends, by request code: the message types that complete it.
 _COMPLETES: dict[int, bytes] = {
@@ -237,8 +239,8 @@ class ServerConnection(asyncio.Protocol):
                 elif kind == pq.PARAMETER_STATUS:
                     self._parameter_status(data[pos + 5 : end - 1])
                 elif kind == pq.COMMAND_COMPLETE:
-                    if end - pos - 1 in _FORGET_LENGTHS and data[pos + 5 : end] in _FORGET_STATEMENTS:
-                        self._statements_forgotten()
+                    if end - pos - 1 in _FORGET_LENGTHS:
+                        self._command_tag(data[pos + 5 : end])
                 elif kind == pq.COPY_IN_RESPONSE:
                     self._copy_in_started()
                 elif data.startswith(_FATAL_PREFIX, pos + 5) or data.startswith(_PANIC_PREFIX, pos + 5):
@@ -247,6 +249,8 @@ class ServerConnection(asyncio.Protocol):
                     # The only internal query run while a client is linked is the SET of its parameters.
                     refused_parameters = pq.parse_error_fields(data[pos + 5 : end])
                     break
+                elif self.statements.prepared and data.find(b"pooler_", pos + 5, end) >= 0:
+                    self._statement_error(data[pos + 5 : end])
             pos = end
         if answered:
             self._count_answers(answered)
@@ -392,6 +396,18 @@ class ServerConnection(asyncio.Protocol):
         if client is not None:
             client.statements.clear()
 
+    def _command_tag(self, tag: bytes) -> None:
+        """A CommandComplete tag that may change which statements Postgres holds (see pooler.core.prepared)."""
+        if tag in _FORGET_STATEMENTS:
+            self._statements_forgotten()
+        elif tag == _DEALLOCATE_ONE and self.statements.prepared:
+            self.stale = True  # maybe one of ours is gone: close this server instead of handing it out again
+
+    def _statement_error(self, body: bytes) -> None:
+        """An error names a pooler statement: repair the record (core.prepared.ServerStatements.repair)."""
+        if self.statements.repair(body):
+            self.stale = True
+
     def _data_tracked(self, data: bytes, pos: int) -> None:
         """The slow scanner, for chunks answering a tracked segment: every message is matched to its request."""
         n = len(data)
@@ -433,8 +449,10 @@ class ServerConnection(asyncio.Protocol):
             if kind == pq.ERROR_RESPONSE and (
                     data.startswith(_FATAL_PREFIX, pos + 5) or data.startswith(_PANIC_PREFIX, pos + 5)):
                 self.fatal_seen = True
-            elif kind == pq.COMMAND_COMPLETE and data[pos + 5 : end] in _FORGET_STATEMENTS:
-                self._statements_forgotten()
+            elif kind == pq.COMMAND_COMPLETE and end - pos - 1 in _FORGET_LENGTHS:
+                self._command_tag(data[pos + 5 : end])
+            elif kind == pq.ERROR_RESPONSE and statements.prepared and data.find(b"pooler_", pos + 5, end) >= 0:
+                self._statement_error(data[pos + 5 : end])
             elif kind == pq.COPY_IN_RESPONSE:
                 self._copy_in_started()
             if not isinstance(head, Segment):  # an untracked request: forwarded as is

@@ -24,7 +24,7 @@ from pooler import config as cfg
 from pooler.config import RESTART_ONLY_SETTINGS
 from pooler.core.hosts import host_list
 from pooler.core.parameters import TrackedParameters
-from pooler.core.pool import CONNECT_TIMEOUT, Pool, PoolServer, ServerState, login_failure_detail
+from pooler.core.pool import Pool, PoolServer, ServerState
 from pooler.core.prepared import StatementCache
 from pooler.core.stats import error_kind
 from pooler.log import configure_from_settings, log
@@ -34,6 +34,7 @@ from pooler.net.server import ServerConnection
 from pooler.runtime import tls, upstream
 from pooler.runtime.autodb import AutodbJanitor
 from pooler.runtime.client_limits import ClientLimits
+from pooler.runtime.janitor import Janitor
 from pooler.runtime.workers import SINGLE, WORKER_BITS, Worker
 from pooler.wire import messages as pq
 from pooler.wire.auth import AuthStep, ServerAuth, is_md5_secret, parse_scram_verifier
@@ -100,6 +101,7 @@ class Pooler:
         self._server_seq = 0
         self.wait_notified: dict[ClientConnection, float] = {}  # query_wait_notify: the wait each was told of
         self.client_limits = ClientLimits()  # max_db_client_connections / max_user_client_connections
+        self.janitor = Janitor(self)  # every timeout, one periodic pass
         self.autodb = AutodbJanitor()  # frees pools of databases matched by "*" (autodb_idle_timeout)
         #: What the composition root (pooler.cli.assemble) plugs in: listeners of its own (metrics) and periodic
         #: work (the stats period) started and stopped with the pooler, and the admin console's entry.
@@ -204,7 +206,7 @@ class Pooler:
                 raise
             if port is not None:
                 self.ports[service.name] = port
-        self._sweeper = loop.create_task(self._sweep_forever())
+        self._sweeper = loop.create_task(self.janitor.run_forever())
         for line in (*self.config.ignored, *tls.tls13_ciphers_warning(self.config.settings)):
             log.warning("config setting ignored", detail=line)
 
@@ -549,46 +551,6 @@ class Pooler:
         finally:
             server.pool.cancel_done(server)
 
-    # --- timeouts -----------------------------------------------------------------------------------
-
-    def _tick(self) -> float:
-        s = self.config.settings
-        timeouts = [t for t in (
-            s.query_wait_timeout, s.query_timeout, s.idle_transaction_timeout, s.client_idle_timeout,
-            s.transaction_timeout, s.query_wait_notify, s.server_login_retry,
-            s.client_login_timeout, s.server_connect_timeout, s.reserve_pool_timeout, s.server_idle_timeout,
-            s.server_lifetime, s.autodb_idle_timeout) if t > 0]
-        timeouts += [t for u in self.config.users.values() for t in (
-            u.query_timeout, u.query_wait_timeout, u.idle_transaction_timeout, u.client_idle_timeout,
-            u.transaction_timeout) if t]
-        timeouts += [d.server_lifetime for d in self.config.databases.values() if d.server_lifetime]
-        return max(0.05, min([1.0, *(t / 5 for t in timeouts)]))
-
-    async def _sweep_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self._tick())
-            try:
-                self.sweep()
-            except Exception:
-                log.exception("sweep failed")
-
-    def sweep(self) -> None:
-        """Enforce every timeout once; called periodically."""
-        now = self.clock()
-        s = self.config.settings
-        in_use: set[ClientPool] = set()
-        for client in list(self.clients):
-            self._sweep_client(client, now)
-            if client.pool is not None:
-                in_use.add(client.pool)
-        for conn in list(self.http_connections):
-            conn.sweep(now)
-        for pool in list(self.pools.values()):
-            self._sweep_pool(pool, now, s)
-        for key in self.autodb.expired(self.pools, declared=self.config.databases, paused=self.paused_dbs,
-                                       timeout=s.autodb_idle_timeout, now=now, in_use=in_use):
-            self.forget_pool(key)
-
     def forget_pool(self, key: tuple[str, str]) -> None:
         """Forget an empty pool and everything counted for it (its SHOW STATS rows and metrics series go too)."""
         pool = self.pools.pop(key)
@@ -597,109 +559,6 @@ class Pooler:
             del self.db_servers[pool.db.name]
         if self.user_servers.get(pool.user) == 0 and not any(p.user == pool.user for p in self.pools.values()):
             del self.user_servers[pool.user]
-
-    def _sweep_client(self, client: ClientConnection, now: float) -> None:
-        s = self.config.settings
-        state = client.state
-        if state in (ClientState.STARTUP, ClientState.AUTH, ClientState.WELCOME):
-            pool = client.pool
-            if (state == ClientState.WELCOME and pool is not None and pool.welcome is None
-                    and client in pool.welcome_waiters):
-                self._sweep_welcome_waiter(client, pool, now)
-            elif s.client_login_timeout and now - client.connected_at > s.client_login_timeout:
-                client.fatal("08P01", "client_login_timeout", hint="the client did not finish logging in in time")
-            return
-        if state != ClientState.READY:
-            return
-        user = self.config.users.get(client.user)
-        server = client.server
-        if client.waiting:
-            waited = now - client.wait_started
-            limit = cfg.effective_query_wait_timeout(self.config, client.user)
-            query_limit = cfg.effective_query_timeout(self.config, client.user)
-            if query_limit and waited > query_limit:  # PgBouncer counts the wait into query_timeout
-                client.fatal("08P01", "query_timeout", detail=login_failure_detail(client.pool),
-                             hint="the query waited for a server longer than query_timeout")
-            elif limit and waited > limit:
-                client.fatal("08P01", "query_wait_timeout", detail=login_failure_detail(client.pool),
-                             hint="all servers of the pool stayed busy; raise default_pool_size or "
-                             "query_wait_timeout, or shorten transactions")
-            elif s.query_wait_notify and waited > s.query_wait_notify and (
-                    self.wait_notified.get(client) != client.wait_started):
-                self.wait_notified[client] = client.wait_started  # once per wait
-                client.write(QUERY_WAIT_NOTICE)
-            return
-        if server is None:
-            limit = user.client_idle_timeout if user and user.client_idle_timeout is not None else (
-                s.client_idle_timeout)
-            if limit and now - client.last_active > limit and not client.direct:
-                client.fatal("08P01", "client_idle_timeout")
-            return
-        if server.state != ServerState.ACTIVE:
-            return
-        # PgBouncer's words (src/janitor.c): "query timeout", "idle transaction timeout", "transaction timeout".
-        if server.ledger.pending or client.sending_partial():
-            # A message stalled halfway counts as a query in flight: it holds the server all the same.
-            limit = cfg.effective_query_timeout(self.config, client.user)
-            since = server.request_started if server.ledger.pending else client.held_since
-            if limit and now - since > limit:
-                client.fatal("08P01", "query timeout", hint="the query ran longer than query_timeout")
-                return
-        elif server.ledger.in_transaction():
-            limit = cfg.effective_idle_transaction_timeout(self.config, client.user)
-            if limit and now - server.last_used > limit:
-                client.fatal("08P01", "idle transaction timeout",
-                             hint="the transaction stayed open and idle longer than idle_transaction_timeout")
-                return
-        else:
-            return
-        limit = cfg.effective_transaction_timeout(self.config, client.user)
-        if limit and now - server.xact_started > limit:
-            client.fatal("08P01", "transaction timeout",
-                         hint="the transaction stayed open longer than transaction_timeout")
-
-    def _sweep_welcome_waiter(self, client: ClientConnection, pool: ClientPool, now: float) -> None:
-        """A client logged in but its pool has never reached Postgres: PgBouncer's two limits apply."""
-        s = self.config.settings
-        detail = login_failure_detail(pool)
-        if s.client_login_timeout and now - client.connected_at > s.client_login_timeout:
-            client.fatal("08P01", "client_login_timeout (server down)", detail=detail,
-                         hint="Postgres did not accept a login for this pool within client_login_timeout")
-            return
-        limit = cfg.effective_query_wait_timeout(self.config, client.user)
-        if limit and now - client.wait_started > limit:
-            client.fatal("08P01", "query_wait_timeout", detail=detail,
-                         hint="Postgres did not accept a login for this pool within query_wait_timeout")
-
-    def _sweep_pool(self, pool: ClientPool, now: float, s: cfg.Settings) -> None:
-        connect_timeout = s.server_connect_timeout
-        for server in list(pool.servers):
-            logging_in = server.state in (ServerState.CONNECTING, ServerState.LOGIN)
-            if logging_in and connect_timeout and now - server.connect_started > connect_timeout:
-                server.login_error = {"C": "08006", "M": CONNECT_TIMEOUT, "D": "the login to Postgres took longer "
-                                      f"than server_connect_timeout ({connect_timeout:g}s)"}
-                server.close("server_connect_timeout")
-        if (pool.waiting and pool.reserve_size and not pool.reserve_active
-                and now - pool.waiting[0].wait_started >= s.reserve_pool_timeout):
-            pool.activate_reserve()
-        if pool.waiting or pool.welcome_waiters:
-            pool.grow_for_waiters()  # clients wait and the pool has room: it must be trying to open servers
-        if s.server_fast_close and pool.mode == cfg.PoolMode.SESSION:
-            for server in list(pool.servers):
-                client = server.client
-                if server.stale and client is not None and server.state == ServerState.ACTIVE and server.is_clean():
-                    # PgBouncer's words; the client goes too, so it notices its session ended.
-                    client.fatal("08P01", "database configuration changed",
-                                 hint="server_fast_close: a RECONNECT or RELOAD replaced this session's server")
-        keep = pool.min_size
-        for server in list(pool.idle):
-            assert isinstance(server, ServerConnection)
-            idle_for = now - server.last_used
-            too_old = pool.lifetime and now - server.created_at > pool.lifetime
-            too_idle = s.server_idle_timeout and idle_for > s.server_idle_timeout and len(pool.servers) > keep
-            if too_old or too_idle or server.stale:
-                server.close("server_lifetime" if too_old else "server_idle_timeout")
-        pool.grow_to_minimum()
 
 
 def set_socket_file_access(path: str, mode: str, group: str) -> None:
@@ -712,8 +571,7 @@ def set_socket_file_access(path: str, mode: str, group: str) -> None:
             raise OSError(f"unix_socket_group: no such group: {group}") from None
 
 
-#: PgBouncer's notice to a client queued longer than query_wait_notify (src/janitor.c).
-QUERY_WAIT_NOTICE = pq.notice_response("No server connection available in postgres backend, client being queued")
+
 
 
 

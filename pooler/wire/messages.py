@@ -207,6 +207,24 @@ def notice_response(
     return build(b"N", _fields(severity, sqlstate, message, detail, hint))
 
 
+def error_query(sqlstate: str, message: str, *, detail: str | None = None, hint: str | None = None) -> bytes:
+    """A Query that makes Postgres raise this error, sent in place of a Query the pooler refuses.
+
+    Postgres then answers with the error and a ReadyForQuery whose transaction status is right (a refused
+    statement inside a transaction block fails the block, as the statement itself would have).
+    """
+    using = [f"ERRCODE = {_literal(sqlstate)}", f"MESSAGE = {_literal(message)}"]
+    if detail:
+        using.append(f"DETAIL = {_literal(detail)}")
+    if hint:
+        using.append(f"HINT = {_literal(hint)}")
+    return query(f"DO $pooler$ BEGIN RAISE EXCEPTION USING {', '.join(using)}; END $pooler$")
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
 def negotiate_protocol_version(newest_minor: int, unsupported: list[str]) -> bytes:
     """NegotiateProtocolVersion ('v'): the newest minor we speak and the ``_pq_`` options we ignored."""
     payload = _TWO_INT32.pack(newest_minor, len(unsupported)) + b"".join(cstring(o) for o in unsupported)
@@ -300,12 +318,17 @@ def parse_cstrings(payload: bytes | memoryview) -> list[str]:
 
 
 def parse_error_fields(payload: bytes | memoryview) -> dict[str, str]:
-    """The fields of an ErrorResponse / NoticeResponse payload, keyed by their one-letter code."""
+    """The fields of an ErrorResponse / NoticeResponse payload, keyed by their one-letter code.
+
+    Never raises: a last field without its NUL (a truncated or hostile message) runs to the end of the payload.
+    """
     fields: dict[str, str] = {}
     raw = bytes(payload)
     pos = 0
     while pos < len(raw) and raw[pos] != 0:
-        end = raw.index(b"\x00", pos + 1)
+        end = raw.find(b"\x00", pos + 1)
+        if end < 0:
+            end = len(raw)
         fields[chr(raw[pos])] = raw[pos + 1 : end].decode("utf-8", "replace")
         pos = end + 1
     return fields
