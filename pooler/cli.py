@@ -142,7 +142,14 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--listen-addr", default=None,
                     help="address to listen on (POOLER_LISTEN_ADDR; default 127.0.0.1)")
     up.add_argument("--pool-size", type=int, default=None,
-                    help="servers per (database, user) pool (POOLER_DEFAULT_POOL_SIZE; default 20)")
+                    help="servers per (database, user) pool (POOLER_DEFAULT_POOL_SIZE; default: 0.9 x the "
+                         "compute size's max_connections, as Neon)")
+    up.add_argument("--compute-size", default="0.25", metavar="CU",
+                    help="Neon compute size whose max_connections the embedded Postgres gets: "
+                         f"{', '.join(NEON_MAX_CONNECTIONS)} or more (default 0.25 = 112 connections)")
+    up.add_argument("--require-tls", action="store_true",
+                    help="refuse plaintext clients (client_tls_sslmode = require), as Neon does; by default TLS "
+                         "is offered, not forced")
     up.add_argument("--data-dir", default=os.environ.get("POOLER_DATA_DIR", ".pooler"),
                     help="where Postgres keeps its data, kept between runs (POOLER_DATA_DIR; default ./.pooler)")
     up.add_argument("--env-file", help="also write DATABASE_URL and DATABASE_URL_UNPOOLED to this file")
@@ -163,6 +170,43 @@ def _parser() -> argparse.ArgumentParser:
                        help="log in through the pooled port with DATABASE_URL's credentials and run SELECT 1")
     check.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for an answer (default 5)")
     return parser
+
+
+#: Neon's max_connections by compute size (CU), from Neon's docs; 9 CU and more: 4000.
+NEON_MAX_CONNECTIONS: dict[str, int] = {
+    "0.25": 112, "0.5": 225, "1": 450, "2": 901, "3": 1351, "4": 1802, "5": 2253, "6": 2703, "7": 3154, "8": 3604,
+}  # fmt: skip
+_NEON_MAX_CONNECTIONS_CAP = 4000
+
+
+def neon_max_connections(compute_size: str) -> int:
+    """Postgres's max_connections on a Neon compute of ``compute_size`` CU; ValueError names the valid sizes."""
+    text = compute_size.strip()
+    try:
+        size = float(text)
+    except ValueError:
+        size = -1.0
+    for name, connections in NEON_MAX_CONNECTIONS.items():
+        if size == float(name):
+            return connections
+    if size >= 9 and size == int(size):
+        return _NEON_MAX_CONNECTIONS_CAP
+    raise ValueError(f"--compute-size {compute_size!r}: expected one of {', '.join(NEON_MAX_CONNECTIONS)} "
+                     "or a whole number of 9 or more")
+
+
+def neon_pooler_settings(max_connections: int) -> dict[str, object]:
+    """Neon's PgBouncer settings for a compute with ``max_connections`` (reference/neon.md, "Neon's limits")."""
+    return {
+        "pool_mode": "transaction",
+        "max_client_conn": 10000,
+        "default_pool_size": int(0.9 * max_connections),
+        "max_prepared_statements": 1000,
+        "query_wait_timeout": 120,
+        # postgres.js and asyncpg send a URL's unknown parameters to the server as settings; Neon's URLs
+        # carry channel_binding=require, which those drivers do not implement themselves.
+        "ignore_startup_parameters": "channel_binding",
+    }
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -209,6 +253,10 @@ def _up(args: argparse.Namespace) -> int:
     from pooler.dev.embedded import EmbeddedPostgres
     from pooler.runtime import ports as port_check
 
+    try:
+        max_connections = neon_max_connections(args.compute_size)
+    except ValueError as exc:
+        return _fail("up", str(exc), EXIT_BAD_CONFIG)
     environ = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     try:
         base = load_config(None, environ)
@@ -251,19 +299,34 @@ def _up(args: argparse.Namespace) -> int:
         except OSError as exc:
             return _fail("up", f"cannot keep the generated password in {data_dir}: {exc.strerror or exc}; pass a "
                          "writable --data-dir (or POOLER_DATA_DIR)", EXIT_RUNTIME)
-        pg = EmbeddedPostgres(data_dir / "pgdata", port=args.pg_port, max_connections=100)
+        from pooler.dev.certs import ensure_local_certificates
+
+        try:
+            certs = ensure_local_certificates(data_dir / "tls")
+        except (OSError, ValueError) as exc:
+            return _fail("up", f"cannot make or read the local TLS certificates in {data_dir / 'tls'}: {exc}; "
+                         "delete that directory to make new ones", EXIT_RUNTIME)
+        pg = EmbeddedPostgres(data_dir / "pgdata", port=args.pg_port, max_connections=max_connections)
         try:
             pg.start()
             pg.create_role_and_database(role, password, database)
         except Exception as exc:  # whatever it is (initdb, the server, psql, the system user): one line
             return _fail("up", _embedded_failure(exc, pg), EXIT_RUNTIME)
+        # Neon's endpoint: its PgBouncer settings (a POOLER_* variable still wins), and TLS offered.
         changes: dict[str, object] = {
+            name: value for name, value in neon_pooler_settings(max_connections).items()
+            if f"POOLER_{name.upper()}" not in environ
+        }
+        changes.update({
             "listen_addr": listen_addr,
             "listen_port": port,
             "direct_port": direct_port,
             "metrics_port": metrics_port,
             "auth_type": AuthType.SCRAM_SHA_256,
-        }
+            "client_tls_sslmode": "require" if args.require_tls else "prefer",
+            "client_tls_cert_file": str(certs.cert_file),
+            "client_tls_key_file": str(certs.key_file),
+        })
         if args.pool_size is not None:
             changes["default_pool_size"] = args.pool_size
         if not args.verbose:  # a quiet terminal: the URLs stay on screen; errors and warnings still show
@@ -281,10 +344,11 @@ def _up(args: argparse.Namespace) -> int:
             source="pooler up",
         )
         host = "localhost" if listen_addr in ("127.0.0.1", "0.0.0.0", "*") else listen_addr
-        pooled_url = f"postgresql://{role}:{password}@{host}:{port}/{database}"
+        tls_params = "?sslmode=require&channel_binding=require"  # exactly what Neon's URLs carry
+        pooled_url = f"postgresql://{role}:{password}@{host}:{port}/{database}{tls_params}"
         urls = (
             f"DATABASE_URL={pooled_url}\n"
-            f"DATABASE_URL_UNPOOLED=postgresql://{role}:{password}@{host}:{direct_port}/{database}\n"
+            f"DATABASE_URL_UNPOOLED=postgresql://{role}:{password}@{host}:{direct_port}/{database}{tls_params}\n"
         )
 
         def announce(ports: Mapping[str, int]) -> None:
@@ -296,10 +360,10 @@ def _up(args: argparse.Namespace) -> int:
                     log.error("cannot write --env-file", path=args.env_file, error=exc.strerror or str(exc))
             if metrics_note:
                 log.warning(metrics_note)
-            sys.stdout.write(urls + driver_config(host, ports.get("pooled", port)))
+            sys.stdout.write(urls + driver_config(host, ports.get("pooled", port), tls=True))  # HTTPS, WSS
             if sys.stdout.isatty():
                 sys.stdout.write(_up_banner(pooled_url, host, ports, data_dir, mode=str(config.settings.pool_mode),
-                                            verbose=args.verbose > 0))
+                                            verbose=args.verbose > 0, ca_file=certs.ca_file))
             sys.stdout.flush()
 
         return _serve(config, on_ready_ports=announce, port_options=_UP_OPTIONS)
@@ -315,13 +379,18 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _up_banner(pooled_url: str, host: str, ports: Mapping[str, int], data_dir: Path, *, mode: str,
-               verbose: bool) -> str:
+               verbose: bool, ca_file: Path) -> str:
     """The few lines a developer needs under the URLs, on a terminal only (a pipe gets just the URLs)."""
-    admin = pooled_url.rsplit("/", 1)[0] + "/pgbouncer"
+    # Without the URL's sslmode: libpq's default (prefer) also suits a psql built without OpenSSL.
+    admin = pooled_url.partition("?")[0].rsplit("/", 1)[0] + "/pgbouncer"
     lines = [
         f"# pooled ({mode} mode) on port {ports.get('pooled')}, direct on port {ports.get('direct')}; "
         f"data in {data_dir}",
         f"# admin console: psql \"{admin}\" -c 'SHOW POOLS'",
+        f"# TLS: certificates signed by the local CA {ca_file}",
+        f"#   sslmode=verify-full: add &sslrootcert={ca_file}",
+        "#   Node.js (node-postgres, postgres.js, @neondatabase/serverless verify certificates): "
+        f"NODE_EXTRA_CA_CERTS={ca_file}",
     ]
     if ports.get("metrics"):
         lines.append(f"# metrics: http://{host}:{ports['metrics']}/metrics")

@@ -190,6 +190,22 @@ class Settings:
     metrics_port: int = 9127  # ours: Prometheus /metrics, /healthz, /readyz (pgbouncer_exporter's port); 0 = off
     session_state_check: str = "warn"  # ours: warn | error | off
 
+    # TLS (pooler.runtime.tls): towards clients, and towards Postgres
+    client_tls_sslmode: str = "disable"
+    client_tls_key_file: str = ""
+    client_tls_cert_file: str = ""
+    client_tls_ca_file: str = ""
+    client_tls_protocols: str = "secure"
+    client_tls_ciphers: str = "default"
+    client_tls13_ciphers: str = ""
+    server_tls_sslmode: str = "prefer"
+    server_tls_ca_file: str = ""
+    server_tls_key_file: str = ""
+    server_tls_cert_file: str = ""
+    server_tls_protocols: str = "secure"
+    server_tls_ciphers: str = "default"
+    server_tls13_ciphers: str = ""
+
 
 @dataclass(frozen=True, slots=True)
 class UserlistEntry:
@@ -223,7 +239,7 @@ class Config:
 # setting to blame and turns it into a ``ConfigError``.
 # ==================================================================================================
 
-_TLS_WHY = "TLS is not implemented yet; clients and servers speak plaintext"
+_TLS_WHY = "OpenSSL's defaults apply: they negotiate X25519 or P-256, and no finite-field DH"
 _DNS_WHY = "the OS resolver answers at each connect: there is no DNS cache to tune"
 _SYSLOG_WHY = "the log goes to stderr and logfile; route it to syslog with the service manager (journald)"
 _WINDOWS_WHY = "the name of PgBouncer's Windows service; pooler is not a Windows service"
@@ -236,11 +252,8 @@ PGBOUNCER_IGNORED_SETTINGS: dict[str, str] = {
     "auth_hba_file": "auth_type = hba is not supported",
     "auth_ident_file": "auth_type = hba (peer ident maps) is not supported",
     "auth_ldap_options": "auth_type = ldap is not supported",
-    **{name: _TLS_WHY for name in (
-        "client_tls13_ciphers", "client_tls_ca_file", "client_tls_cert_file", "client_tls_ciphers",
-        "client_tls_dheparams", "client_tls_ecdhcurve", "client_tls_key_file", "client_tls_protocols",
-        "client_tls_sslmode", "server_tls13_ciphers", "server_tls_ca_file", "server_tls_cert_file",
-        "server_tls_ciphers", "server_tls_key_file", "server_tls_protocols", "server_tls_sslmode")},
+    "client_tls_dheparams": _TLS_WHY,
+    "client_tls_ecdhcurve": _TLS_WHY,
     "conffile": "read-only in PgBouncer too: the config file is the one given on the command line",
     "disable_pqexec": "not implemented: multi-statement simple queries are forwarded to Postgres as sent",
     "dns_max_ttl": _DNS_WHY,
@@ -419,6 +432,31 @@ def _choice_converter(*choices: str) -> Callable[[object], str]:
     return convert
 
 
+_SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+
+
+def _tls_protocols(raw: object) -> str:
+    from pooler.runtime.tls import parse_protocols
+
+    text = _to_str(raw)
+    try:
+        parse_protocols(text)
+    except ValueError as exc:
+        raise _BadValueError(str(exc)) from None
+    return text
+
+
+def _tls13_ciphers(raw: object) -> str:
+    from pooler.runtime.tls import parse_tls13_ciphers
+
+    text = _to_str(raw)
+    try:
+        parse_tls13_ciphers(text)
+    except ValueError as exc:
+        raise _BadValueError(str(exc)) from None
+    return text
+
+
 def _build_setting_converters() -> dict[str, _Converter]:
     """Derive each setting's converter from ``Settings``' annotations once, so a new field is loadable
     (and overridable from the environment) the moment it is declared."""
@@ -436,6 +474,12 @@ def _build_setting_converters() -> dict[str, _Converter]:
         "auth_type": _to_auth_type,
         "log_format": _choice_converter("auto", "json", "console"),
         "session_state_check": _choice_converter("warn", "error", "off"),
+        "client_tls_sslmode": _choice_converter(*_SSLMODES),
+        "server_tls_sslmode": _choice_converter(*_SSLMODES),
+        "client_tls_protocols": _tls_protocols,
+        "server_tls_protocols": _tls_protocols,
+        "client_tls13_ciphers": _tls13_ciphers,
+        "server_tls13_ciphers": _tls13_ciphers,
         "load_balance_hosts": _choice_converter("round-robin", "disable"),
         "unix_socket_mode": _to_file_mode,
         "scram_iterations": _int_converter(4096),
@@ -508,6 +552,10 @@ _USER_KEYS: dict[str, tuple[str, _Converter]] = {
 }
 _USER_KEYS_UNSUPPORTED: frozenset[str] = frozenset()
 
+#: Settings naming files, resolved next to the config file when relative.
+_FILE_SETTINGS = ("auth_file", "client_tls_key_file", "client_tls_cert_file", "client_tls_ca_file",
+                  "server_tls_ca_file", "server_tls_key_file", "server_tls_cert_file")
+
 _SETTINGS_SECTIONS = ("pgbouncer", "pooler")
 _KNOWN_SECTIONS = (*_SETTINGS_SECTIONS, "databases", "users", "peers")
 
@@ -548,10 +596,12 @@ class _Loader:
 
     def resolve_auth_file(self, base_dir: str) -> None:
         """PgBouncer resolves a relative auth_file against its working directory, which for a service is
-        arbitrary; next to the config file is what the author of ``auth_file = userlist.txt`` meant."""
-        value = self.settings.get("auth_file")
-        if isinstance(value, str) and value:
-            self.settings["auth_file"] = os.path.abspath(os.path.join(base_dir, os.path.expanduser(value)))
+        arbitrary; next to the config file is what the author of ``auth_file = userlist.txt`` meant. The
+        TLS key, certificate and CA files are read the same way."""
+        for name in _FILE_SETTINGS:
+            value = self.settings.get(name)
+            if isinstance(value, str) and value:
+                self.settings[name] = os.path.abspath(os.path.join(base_dir, os.path.expanduser(value)))
 
     # -- [databases] and [users] -----------------------------------------------------------------
 
@@ -843,7 +893,7 @@ def _apply_environment(loader: _Loader, env: Mapping[str, str]) -> tuple[Userlis
         var = _ENV_PREFIX + name.upper()
         if var in env:
             loader.setting(name, env[var], source=ENVIRONMENT_SOURCE, label=var)
-            if name == "auth_file":
+            if name in _FILE_SETTINGS:
                 loader.resolve_auth_file(os.getcwd())
     known_vars = {_ENV_PREFIX + n.upper() for n in _SETTING_CONVERTERS}
     for var in sorted(env):  # sorted: the ignored-notes come out in a stable order

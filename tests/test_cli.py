@@ -92,7 +92,7 @@ def test_run_reads_a_pgbouncer_ini_as_is(postgres: PostgresServer, tmp_path: Pat
         "auth_file = userlist.txt\n"
         "default_pool_size = 3\n"
         "logfile = /dev/null\n"
-        "client_tls_sslmode = disable\n"  # a PgBouncer setting we do not support yet: logged, not fatal
+        "client_tls_ecdhcurve = auto\n"  # a PgBouncer setting we do not support: logged, not fatal
     )
     with running(pooler_cmd("run", "-c", str(ini)), clean_env(), port) as proc:
         with psycopg.connect(f"postgresql://{APP_USER}:{APP_PASSWORD}@127.0.0.1:{port}/{APP_DB}") as conn:
@@ -100,7 +100,7 @@ def test_run_reads_a_pgbouncer_ini_as_is(postgres: PostgresServer, tmp_path: Pat
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=15)
     assert proc.returncode == 0
-    assert "client_tls_sslmode" in err  # the ignored setting is named in the log
+    assert "client_tls_ecdhcurve" in err  # the ignored setting is named in the log
 
 
 def test_database_url_alone_configures_everything(postgres: PostgresServer) -> None:
@@ -152,13 +152,15 @@ def test_up_prints_urls_that_work_and_stops_cleanly(embedded_tmp: Path, sig: sig
         assert pooled.startswith("DATABASE_URL=postgresql://") and f":{port}/" in pooled
         assert unpooled.startswith("DATABASE_URL_UNPOOLED=postgresql://") and f":{direct}/" in unpooled
         assert env_file.read_text().splitlines() == [pooled, unpooled]
-        neon_lines = [proc.stdout.readline().strip() for _ in range(5)]  # what tests/node/neon.mjs sets
-        assert f"neonConfig.fetchEndpoint = 'http://localhost:{port}/sql';" in neon_lines
+        # HTTPS and WSS: `up` does TLS (tests/test_tls_http.py runs these lines as printed).
+        neon_lines = [proc.stdout.readline().strip() for _ in range(5)]
+        assert f"neonConfig.fetchEndpoint = 'https://localhost:{port}/sql';" in neon_lines
         assert f"neonConfig.wsProxy = (host) => `${{host}}:{port}/v2`;" in neon_lines
+        assert "neonConfig.useSecureWebSocket = true;" in neon_lines
         children = _children_alive(proc.pid)
         assert any("postgres" in p.name() for p in children)
         with psycopg.connect(pooled.split("=", 1)[1]) as conn:
-            assert conn.execute("show max_connections").fetchone() == ("100",)
+            assert conn.execute("show max_connections").fetchone() == ("112",)  # Neon's 0.25 CU
         admin_url = pooled.split("=", 1)[1].rsplit("/", 1)[0] + "/pgbouncer"
         with psycopg.connect(admin_url, autocommit=True) as admin:  # the generated role is an admin user
             assert admin.execute("SHOW VERSION").fetchone() is not None

@@ -414,6 +414,9 @@ def test_up_on_a_terminal_keeps_the_urls_on_screen(embedded_tmp: Path) -> None:
         assert url is not None, text
         assert re.search(r"^DATABASE_URL_UNPOOLED=\S+$", text, re.MULTILINE), text
         assert "# admin console: psql" in text and "Per-connection log lines: --verbose." in text
+        ca_file = embedded_tmp / "data" / "tls" / "ca.crt"
+        assert f"# TLS: certificates signed by the local CA {ca_file}" in text, text
+        assert f"NODE_EXTRA_CA_CERTS={ca_file}" in text
         with psycopg.connect(url.group(1), autocommit=True) as conn:
             conn.execute("SET search_path = public")
         more = _read_until(main, b"session state")

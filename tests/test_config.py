@@ -432,10 +432,10 @@ def test_error_attributes(tmp_path: Path) -> None:
 
 
 def test_pgbouncer_settings_we_lack_are_ignored_in_order(tmp_path: Path) -> None:
-    lines = "client_tls_sslmode = require\ndns_max_ttl = 15\npeer_id = 1\nSYSLOG = 1\nlogfile = /tmp/x.log"
+    lines = "client_tls_ecdhcurve = auto\ndns_max_ttl = 15\npeer_id = 1\nSYSLOG = 1\nlogfile = /tmp/x.log"
     config = load_config(ini(tmp_path, lines), {})
     assert config.ignored == (
-        "client_tls_sslmode: not supported yet, ignored",
+        "client_tls_ecdhcurve: not supported yet, ignored",
         "dns_max_ttl: not supported yet, ignored",
         "peer_id: not supported yet, ignored",
         "syslog: not supported yet, ignored",
@@ -592,11 +592,11 @@ def test_environment_empty_string_clears_a_string_setting() -> None:
 
 
 def test_environment_unknown_pooler_variables() -> None:
-    env = {"POOLER_SERVER_TLS_SSLMODE": "require", "POOLER_DEFAULT_POOL_SIZ": "3", "POOLER_DATA_DIR": "/x"}
+    env = {"POOLER_DNS_MAX_TTL": "3", "POOLER_DEFAULT_POOL_SIZ": "3", "POOLER_DATA_DIR": "/x"}
     config = load_config(None, env)
     assert config.ignored == (
         "POOLER_DEFAULT_POOL_SIZ: not a setting, ignored; did you mean 'POOLER_DEFAULT_POOL_SIZE'?",
-        "POOLER_SERVER_TLS_SSLMODE: not supported yet, ignored",
+        "POOLER_DNS_MAX_TTL: not supported yet, ignored",
     )
     assert config.settings.default_pool_size == 20
 

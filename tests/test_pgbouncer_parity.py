@@ -242,15 +242,16 @@ def test_admin_set_accepts_every_pgbouncer_setting(postgres: PostgresServer) -> 
             psycopg.connect(p.dsn("pgbouncer"), autocommit=True, prepare_threshold=None) as console:
         notices: list[str | None] = []
         console.add_notice_handler(lambda d: notices.append(d.message_primary))
-        console.execute("SET server_tls_sslmode = 'disable'")  # failed the whole command before
+        console.execute("SET client_tls_ecdhcurve = 'auto'")  # failed the whole command before
         console.execute("SET pkt_buf = 8192")
         assert notices == [
-            f"server_tls_sslmode is ignored by pooler: {PGBOUNCER_IGNORED_SETTINGS['server_tls_sslmode']}",
+            f"client_tls_ecdhcurve is ignored by pooler: {PGBOUNCER_IGNORED_SETTINGS['client_tls_ecdhcurve']}",
             f"pkt_buf is ignored by pooler: {PGBOUNCER_IGNORED_SETTINGS['pkt_buf']}",
         ]
         for setting, value in (("transaction_timeout", "7"), ("query_wait_notify", "2"),
                                ("max_db_client_connections", "9"), ("tcp_keepidle", "30"),
-                               ("application_name_add_host", "1"), ("autodb_idle_timeout", "60")):
+                               ("application_name_add_host", "1"), ("autodb_idle_timeout", "60"),
+                               ("server_tls_sslmode", "disable")):
             console.execute(f"SET {setting} = {value}")
             rows = {row[0]: row[1] for row in console.execute("SHOW CONFIG").fetchall()}
             assert rows[setting] == value, setting

@@ -567,4 +567,6 @@ def login_failure_detail(pool: Pool[Any, Any] | None) -> str | None:
     text = error.get("M", "")
     if error.get("D"):
         text += f": {error['D']}"
+    if error.get("H"):  # e.g. which server_tls_* setting to check after a failed TLS handshake
+        text += f" ({error['H']})"
     return f"the last server login failed: {text}"

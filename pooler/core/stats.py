@@ -127,6 +127,9 @@ _ERROR_KINDS: tuple[tuple[str, str], ...] = (
     ("admin forced disconnect", "admin_kill"),
     ("database killed", "admin_kill"),
     ("prepared statement", "prepared_statement"),
+    ("TLS handshake failed", "tls_handshake_failed"),
+    ("direct TLS connection attempted", "tls_handshake_failed"),
+    ("SSL required", "ssl_required"),
 )
 
 

@@ -19,7 +19,7 @@ import struct
 import sys
 from bisect import bisect_left
 from collections.abc import Callable
-from typing import Protocol, TypeAlias, cast
+from typing import TYPE_CHECKING, Protocol, TypeAlias, cast
 
 from pooler.config import ADMIN_DATABASE, Config, DatabaseConfig, PoolMode, find_database
 from pooler.core.parameters import TrackedParameters
@@ -40,13 +40,18 @@ from pooler.core.prepared import (
 from pooler.core.session_state import Finding, SessionStateChecker
 from pooler.core.stats import LATENCY_BUCKETS, PoolStats
 from pooler.log import log
+from pooler.net import tls as tls_shell
 from pooler.net.peer import ADMIN_PEER_USER, is_own_user, with_host
+from pooler.net.pipe import PipeTransport
 from pooler.net.server import WRITE_BUFFER_HIGH, WRITE_BUFFER_LOW, ServerConnection
 from pooler.net.sockopts import apply_tcp_options
 from pooler.wire import messages as pq
 from pooler.wire.auth import AuthStep, AuthType, ClientAuth, login_refusal
 from pooler.wire.framing import BadLengthError, MessageReader
 from pooler.wire.handshake import Refusal, read_login
+
+if TYPE_CHECKING:
+    from pooler.runtime.tls import ClientTls
 
 _unpack_length = struct.Struct("!i").unpack_from
 _SESSION_STATE_CHECKER = SessionStateChecker()  # one parse cache for the whole pooler
@@ -80,6 +85,7 @@ class ClientHost(Protocol):
     clock: Callable[[], float]
     parameters: TrackedParameters
     statements: StatementCache
+    tls: ClientTls | None  # TLS towards clients (pooler.runtime.tls); None: client_tls_sslmode = disable
 
     def next_client_id(self) -> int: ...
 
@@ -116,12 +122,15 @@ class ClientConnection(asyncio.Protocol):
     """A connection from an application to the pooler."""
 
     __slots__ = (
+        "_carried",
         "_held",
         "_need",
         "_negotiate",
         "_reader",
         "_reading_paused",
         "_skip",
+        "_tls_direct",
+        "_tls_pending",
         "auth",
         "cleartext",
         "connected_at",
@@ -147,6 +156,7 @@ class ClientConnection(asyncio.Protocol):
         "state_warned",
         "statements",
         "stats",
+        "tls",
         "track_statements",
         "transport",
         "user",
@@ -198,11 +208,18 @@ class ClientConnection(asyncio.Protocol):
         self._skip = 0
         self._negotiate = b""
         self._reading_paused = False
+        self.tls: ClientTls | None = None  # the TLS this connection was accepted with; None: plaintext
+        self._tls_pending = False  # a TLS handshake is in progress
+        self._tls_direct = False  # the TLS began with a ClientHello, not an SSLRequest (ALPN is checked)
+        # A session carried inside an HTTP request or a WebSocket (pooler.net.pipe): no TLS of its own; the
+        # outer connection's TLS, if any, is what "SSL required" looks at.
+        self._carried = False
 
     # --- asyncio.Protocol -----------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        self._carried = isinstance(transport, PipeTransport)
         transport.set_write_buffer_limits(WRITE_BUFFER_HIGH, WRITE_BUFFER_LOW)
         apply_tcp_options(transport, self.pooler.config.settings)
         peer = transport.get_extra_info("peername")
@@ -212,6 +229,8 @@ class ClientConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.state == ClientState.CLOSED and self.transport is None:
             return
+        if self._tls_pending and exc is not None and self.state != ClientState.CLOSED:
+            self.pooler.pooler_error(self, "08P01", f"TLS handshake failed: {str(exc) or type(exc).__name__}")
         self.state = ClientState.CLOSED
         self.transport = None
         self._detach("client disconnected")
@@ -249,7 +268,8 @@ class ClientConnection(asyncio.Protocol):
     def fatal(self, sqlstate: str, message: str, *, hint: str | None = None, detail: str | None = None) -> None:
         """Send a FATAL error naming the cause, log it, and close this connection."""
         self.pooler.pooler_error(self, sqlstate, message)
-        self.write(pq.error_response(sqlstate, message, severity="FATAL", hint=hint, detail=detail))
+        if not self._tls_pending:  # mid-handshake, a Postgres message would only be garbage to TLS
+            self.write(pq.error_response(sqlstate, message, severity="FATAL", hint=hint, detail=detail))
         self.close()
 
     def close(self) -> None:
@@ -641,14 +661,22 @@ class ClientConnection(asyncio.Protocol):
     def _handshake_data(self, data: bytes) -> None:
         reader = self._reader
         if reader is None:
-            if data and self.http_ok and self.state == ClientState.STARTUP and 0x41 <= data[0] <= 0x5A:
-                self._switch_to_http(data)  # a startup packet starts with a zero byte, an HTTP method with A-Z
+            if (data and self.http_ok and self.state == ClientState.STARTUP and 0x41 <= data[0] <= 0x5A
+                    and not self._tls_pending and self._alpn() != pq.ALPN_POSTGRESQL):
+                # A startup packet starts with a zero byte, an HTTP method with A-Z; the same holds for the
+                # first decrypted bytes after a TLS handshake (HTTPS, WSS), unless ALPN said "postgresql".
+                self._switch_to_http(data)
                 return
             reader = self._reader = MessageReader(MAX_AUTH_MESSAGE)
         reader.feed(data)
+        if self._tls_pending:
+            return  # decrypted bytes that came with the end of the handshake: read once it is done
         try:
             while True:
                 if self.state == ClientState.STARTUP:
+                    if self.tls is None and tls_shell.is_client_hello(reader.peek_type()):
+                        self._begin_tls(direct=True)  # Postgres 17's sslnegotiation=direct
+                        return
                     packet = reader.next_startup_packet()
                     if packet is None:
                         return
@@ -701,12 +729,30 @@ class ClientConnection(asyncio.Protocol):
         except pq.ProtocolViolationError as exc:
             self.fatal("08P01", f"invalid startup packet: {exc}")
             return
+        if self._tls_direct and self._alpn() != pq.ALPN_POSTGRESQL:
+            # Checked here, not at the end of the handshake: an HTTPS client (ALPN http/1.1 or none) is told
+            # apart by its first decrypted bytes; a Postgres client without ALPN is refused as Postgres does.
+            self.fatal("08P01", "received direct SSL connection request without ALPN protocol negotiation extension",
+                       hint="direct TLS (sslnegotiation=direct) needs ALPN \"postgresql\"; use libpq 17 or newer")
+            return
+        if startup.code == pq.SSL_REQUEST_CODE and self._tls_offered():
+            if self._reader is not None and len(self._reader):
+                self.fatal("08P01", "received unencrypted data after SSL request",
+                           hint="this could be a man-in-the-middle attack; the client must wait for the answer")
+                return
+            self.write(b"S")
+            self._begin_tls(direct=False)
+            return
         if startup.code in (pq.SSL_REQUEST_CODE, pq.GSSENC_REQUEST_CODE):
-            self.write(b"N")  # no TLS yet: the client goes on in plaintext (or gives up, per sslmode)
+            self.write(b"N")  # no TLS here: the client goes on in plaintext (or gives up, per sslmode)
             return
         if startup.cancel_key is not None:
             self.pooler.cancel(startup.cancel_key)
             self.close()
+            return
+        if self.pooler.tls is not None and self.pooler.tls.required and self._plaintext_tcp():
+            self.fatal("08P01", "SSL required",
+                       hint="client_tls_sslmode requires TLS: connect with sslmode=require (or stronger)")
             return
         if self.pooler.over_client_limit():
             # Refused here, after SSL negotiation, as Postgres and PgBouncer do: refused on accept, libpq
@@ -769,12 +815,83 @@ class ClientConnection(asyncio.Protocol):
         if refusal is not None:
             self.fatal("08P01", refusal)
             return
-        self.auth = ClientAuth(auth_type, self.user, secret, iterations=self.pooler.config.settings.scram_iterations)
+        binding = self.tls.channel_binding if self.tls is not None else None
+        self.auth = ClientAuth(auth_type, self.user, secret, iterations=self.pooler.config.settings.scram_iterations,
+                               channel_binding=binding)
         if self._negotiate:
             self.write(self._negotiate)
         self._auth_step(self.auth.start())
         if self._reader is not None and len(self._reader) and self.state == ClientState.AUTH:
             self._handshake_data(b"")
+
+    # --- TLS (the contexts: pooler.runtime.tls; the handshake: pooler.net.tls) ------------------------
+
+    def _tls_offered(self) -> bool:
+        """TLS is on and this is a plaintext TCP connection (unix sockets never do TLS, as in PgBouncer)."""
+        transport = self.transport
+        return (self.pooler.tls is not None and self.tls is None and transport is not None and not self._carried
+                and not tls_shell.is_unix(transport))
+
+    def _plaintext_tcp(self) -> bool:
+        """This connection, or the HTTP/WebSocket connection carrying it, is TCP without TLS: what
+        client_tls_sslmode = require refuses (a unix socket is exempt, as in PgBouncer)."""
+        transport = self.transport
+        return (transport is not None and not tls_shell.is_unix(transport)
+                and transport.get_extra_info("ssl_object") is None)
+
+    def _alpn(self) -> str | None:
+        """The ALPN protocol the TLS handshake selected; None without TLS or without ALPN."""
+        ssl_object = self.transport.get_extra_info("ssl_object") if self.transport is not None else None
+        return ssl_object.selected_alpn_protocol() if ssl_object is not None else None
+
+    def _begin_tls(self, *, direct: bool) -> None:
+        """Hand the connection to the TLS layer; the startup packet then comes again, decrypted."""
+        tls = self.pooler.tls
+        transport = self.transport
+        if tls is None or transport is None or tls_shell.is_unix(transport):
+            self.pooler.pooler_error(self, "08P01", "direct TLS connection attempted but TLS is not enabled "
+                                     "(client_tls_sslmode = disable)")
+            self.close()
+            return
+        reader = self._reader
+        already_read = reader.take_rest() if direct and reader is not None else b""
+        self._tls_pending = True
+        # Nothing more may reach data_received before the TLS layer takes over: the ClientHello that
+        # follows our "S" belongs to it. start_tls resumes reading once it is in place.
+        transport.pause_reading()
+        tls_shell.spawn(self._tls_handshake(tls, transport, already_read, direct))
+
+    async def _tls_handshake(self, tls: ClientTls, transport: asyncio.Transport, already_read: bytes,
+                             direct: bool) -> None:
+        # client_login_timeout cuts a stalled handshake (the sweep, one reason for every slow login); the
+        # TLS layer's own timeout is only the backstop, later, and 60 s when client_login_timeout is off.
+        login_timeout = self.pooler.config.settings.client_login_timeout
+        timeout = login_timeout + 5 if login_timeout else None
+        try:
+            upgraded = await tls_shell.accept(transport, self, tls.context, already_read, timeout)
+        except Exception as exc:  # ssl.SSLError, a reset, a timeout: the client goes, nobody else notices
+            self._tls_pending = False
+            if self.state != ClientState.CLOSED:
+                self.pooler.pooler_error(self, "08P01", f"TLS handshake failed: {str(exc) or type(exc).__name__}")
+            transport.close()
+            self.connection_lost(exc)
+            return
+        self._tls_pending = False
+        self.transport = upgraded
+        self.tls = tls
+        if self.state == ClientState.CLOSED:  # closed meanwhile (client_login_timeout, shutdown): the loop's
+            upgraded.close()                  # TLS may still report a handshake that ended with the socket
+            self.connection_lost(None)
+            return
+        upgraded.set_write_buffer_limits(WRITE_BUFFER_HIGH, WRITE_BUFFER_LOW)
+        self._tls_direct = direct
+        # The decrypted stream starts afresh, in STARTUP with nothing consumed: its first bytes may be a
+        # startup packet or an HTTP request (HTTPS, WSS), told apart as on a plaintext connection. Bytes that
+        # came with the end of the handshake were kept in the reader: they go through that same check.
+        reader, self._reader = self._reader, None
+        rest = reader.take_rest() if reader is not None else b""
+        if rest:
+            self._handshake_data(rest)
 
     def _auth_step(self, step: AuthStep) -> None:
         if step.send:

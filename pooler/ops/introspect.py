@@ -31,6 +31,7 @@ from pooler import config as cfg
 from pooler.config import ADMIN_DATABASE, PoolMode, Settings
 from pooler.core.pool import ServerState
 from pooler.net.client import ClientState
+from pooler.net.tls import describe_tls
 from pooler.wire.auth import AuthType
 
 if TYPE_CHECKING:
@@ -334,7 +335,8 @@ def client_rows(pooler: Pooler) -> list[ConnectionRow]:
             connect_time=_timestamp(client.connected_at + wall_offset),
             request_time=_timestamp(client.last_active + wall_offset),
             wait=int(waited), wait_us=int((waited % 1) * 1_000_000), close_needed=0,
-            ptr=f"{id(client):#x}", link=f"{id(server):#x}" if server is not None else "", remote_pid=0, tls="",
+            ptr=f"{id(client):#x}", link=f"{id(server):#x}" if server is not None else "", remote_pid=0,
+            tls=describe_tls(transport),
             application_name=client.params.get("application_name", ""),
             prepared_statements=len(client.statements), id=client.id,
         ))
@@ -376,7 +378,7 @@ def _server_row(pooler: Pooler, pool: ClientPool, server: ServerConnection, wall
         request_time=_timestamp(max(server.last_used, server.request_started) + wall_offset),
         wait=0, wait_us=0, close_needed=int(server.stale),
         ptr=f"{id(server):#x}", link=f"{id(client):#x}" if client is not None else "",
-        remote_pid=server.key[0] if server.key else 0, tls="",
+        remote_pid=server.key[0] if server.key else 0, tls=describe_tls(transport),
         application_name=client.params.get("application_name", "") if client is not None else "",
         prepared_statements=len(server.statements.prepared), id=server_id,
     )

@@ -15,9 +15,10 @@ import os
 import secrets
 import shutil
 import socket
+import ssl
 import time
 from collections.abc import Callable, Coroutine, Iterable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from pooler import config as cfg
 from pooler.config import RESTART_ONLY_SETTINGS
@@ -30,7 +31,7 @@ from pooler.log import configure_from_settings, log
 from pooler.net.client import ClientConnection, ClientPool, ClientState
 from pooler.net.http import HttpConnection
 from pooler.net.server import ServerConnection
-from pooler.runtime import upstream
+from pooler.runtime import tls, upstream
 from pooler.runtime.autodb import AutodbJanitor
 from pooler.runtime.client_limits import ClientLimits
 from pooler.runtime.janitor import Janitor
@@ -107,6 +108,7 @@ class Pooler:
         self.services: list[Service] = []
         self.on_admin_login: Callable[[ClientConnection], None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self.tls, self.server_tls = self._read_tls(config)
         self._apply(config, self._read_userlist(config))
 
     # --- configuration ----------------------------------------------------------------------------
@@ -119,6 +121,11 @@ class Pooler:
             userlist.update((e.user, e.secret) for e in cfg.read_userlist(config.settings.auth_file))
         userlist.update((e.user, e.secret) for e in config.extra_userlist)
         return userlist
+
+    @staticmethod
+    def _read_tls(config: Config) -> tuple[tls.ClientTls | None, tls.ServerTls | None]:
+        """TLS contexts towards clients and towards Postgres; raises ConfigError (nothing changed yet)."""
+        return tls.client_tls(config.settings, config.source), tls.server_tls(config.settings, config.source)
 
     def _apply(self, config: Config, userlist: dict[str, str]) -> None:
         self.config = config
@@ -156,6 +163,7 @@ class Pooler:
                         settings=sorted(kept))
             config = dataclasses.replace(config, settings=dataclasses.replace(config.settings, **kept))
         userlist = self._read_userlist(config)
+        self.tls, self.server_tls = self._read_tls(config)  # new handshakes use them; live connections keep theirs
         self._apply(config, userlist)
         for pool in list(self.pools.values()):
             pool.shrink_to_capacity("pool size reduced")
@@ -199,7 +207,7 @@ class Pooler:
             if port is not None:
                 self.ports[service.name] = port
         self._sweeper = loop.create_task(self.janitor.run_forever())
-        for line in self.config.ignored:
+        for line in (*self.config.ignored, *tls.tls13_ciphers_warning(self.config.settings)):
             log.warning("config setting ignored", detail=line)
 
     async def _listen(self, factory: Callable[[], asyncio.BaseProtocol], host: str, port: int) -> int:
@@ -324,7 +332,8 @@ class Pooler:
             conn = await asyncpg.connect(
                 host=[h or "/tmp" for h in host_list(auth_db.host)], port=auth_db.port, user=auth_user,
                 password=password, database=auth_db.dbname or auth_db.name,
-                timeout=settings.server_connect_timeout or 60.0, statement_cache_size=0)
+                timeout=settings.server_connect_timeout or 60.0, statement_cache_size=0,
+                ssl=self._auth_query_ssl(auth_db))
             try:
                 row = await conn.fetchrow(settings.auth_query, user)
             finally:
@@ -340,6 +349,13 @@ class Pooler:
             client.fatal("08P01", "no such user")  # PgBouncer's words when auth_query finds no row
             return
         client.begin_auth(settings.auth_type, secret)
+
+    def _auth_query_ssl(self, db: DatabaseConfig) -> ssl.SSLContext | Literal[False, "prefer"]:
+        """asyncpg's ``ssl=`` for the auth_query connection: what server_tls_sslmode gives the pool's servers."""
+        server_tls = self.server_tls
+        if server_tls is None or server_tls.context is None or not db.host or db.host.startswith("/"):
+            return False
+        return server_tls.context if server_tls.required else "prefer"
 
     def auth_database(self, db: DatabaseConfig) -> DatabaseConfig:
         """Where auth_query runs: the [databases] entry named by auth_dbname (per database, else global),
@@ -455,7 +471,7 @@ class Pooler:
         settings = self.config.settings
         host = pool.hosts.choose(pool.db.host, pool.db.load_balance_hosts or settings.load_balance_hosts,
                                  last_connect_failed=pool.connect_failed)
-        self.spawn(upstream.connect(server, pool.db, host, settings.server_connect_timeout))
+        self.spawn(upstream.connect(server, pool.db, host, settings.server_connect_timeout, self.server_tls))
         return server
 
     def server_gone(self, pool: Pool[Any, Any]) -> None:

@@ -9,13 +9,19 @@ like any other failed login.
 from __future__ import annotations
 
 import asyncio
+import ssl
 
 from pooler.config import DatabaseConfig
 from pooler.core.hosts import host_list
 from pooler.core.pool import CONNECT_FAILED, CONNECT_TIMEOUT, ServerState
 from pooler.log import log
 from pooler.net.server import ServerConnection
+from pooler.net.tls import TlsRefusedError, connect_server
+from pooler.runtime.tls import ServerTls
 from pooler.wire import messages as pq
+
+_TLS_HINT = ("check server_tls_sslmode and server_tls_ca_file (verify-full also checks the host name in "
+             "[databases] against the certificate), and that Postgres has ssl = on")
 
 
 def socket_path(directory: str, port: int) -> str:
@@ -28,26 +34,30 @@ def _tcp_host(host: str | None) -> str | None:
     return host if host and not host.startswith("/") else None
 
 
-async def connect(server: ServerConnection, db: DatabaseConfig, host: str | None, timeout: float) -> None:
-    """Open ``server``'s socket to ``host`` (one of db's hosts, chosen by the pool); on failure record why
-    as its login error, in PgBouncer's words with ours in DETAIL, and close it."""
+async def connect(server: ServerConnection, db: DatabaseConfig, host: str | None, timeout: float,
+                  tls: ServerTls | None = None) -> None:
+    """Open ``server``'s socket to ``host`` (one of db's hosts, chosen by the pool), with TLS as ``tls``
+    (server_tls_sslmode) says over TCP; on failure record why as its login error, in PgBouncer's words with
+    ours in DETAIL, and close it."""
     loop = asyncio.get_running_loop()
     where = f"{host or 'local socket'}:{db.port}"
     try:
         async with asyncio.timeout(timeout or None):
             tcp = _tcp_host(host)
             if tcp is not None:
-                await loop.create_connection(lambda: server, tcp, db.port)
+                await connect_server(server, tcp, db.port, tls)
             else:
                 await loop.create_unix_connection(lambda: server, socket_path(host or "/tmp", db.port))
     except (OSError, TimeoutError) as exc:
         timed_out = isinstance(exc, TimeoutError)
-        reason = "timed out (server_connect_timeout)" if timed_out else (exc.strerror or str(exc))
+        reason = "timed out (server_connect_timeout)" if timed_out else (
+            exc.strerror or str(exc) or type(exc).__name__)
         server.login_error = {
             "C": "08006",
             "M": CONNECT_TIMEOUT if timed_out else CONNECT_FAILED,
             "D": f"could not connect to server {where}: {reason}",
-            "H": "is Postgres running and accepting connections there? check host/port in [databases]",
+            "H": _TLS_HINT if isinstance(exc, ssl.SSLError | TlsRefusedError) else
+            "is Postgres running and accepting connections there? check host/port in [databases]",
         }
         server.close(server.login_error["D"])
         return

@@ -73,12 +73,16 @@ class AuthType(StrEnum):
 
 
 SCRAM_SHA_256 = "SCRAM-SHA-256"
+SCRAM_SHA_256_PLUS = "SCRAM-SHA-256-PLUS"
+#: The channel binding type of SCRAM-SHA-256-PLUS in Postgres (RFC 5929): a hash of the server's certificate.
+TLS_SERVER_END_POINT = "tls-server-end-point"
 #: Postgres's default ``scram_iterations``; also the lowest count scramp accepts.
 SCRAM_ITERATIONS = 4096
 _SCRAM_SALT_LEN = 16  # what Postgres generates
 _SCRAM_KEY_LEN = 32  # SHA-256 output
 _MD5_HEX = frozenset("0123456789abcdef")
 _MECH = ScramMechanism(SCRAM_SHA_256)
+_MECH_PLUS = ScramMechanism(SCRAM_SHA_256_PLUS)
 _INT32 = struct.Struct("!i")
 
 #: (salt, StoredKey, ServerKey, iterations): the tuple scramp's ``auth_fn`` returns.
@@ -228,13 +232,19 @@ class ClientAuth:
     ``secret`` is what we know for the user: a plain password, an md5 hash or a SCRAM verifier; None
     for an unknown user. A SCRAM verifier under auth_type md5 is served with SCRAM, like PgBouncer.
     Verifiers with fewer than 4096 iterations or salts under 12 bytes are refused by scramp.
+
+    ``channel_binding``: on a TLS connection, the ``tls-server-end-point`` data of the certificate the
+    client was shown. SCRAM then offers SCRAM-SHA-256-PLUS beside SCRAM-SHA-256, as Postgres does, and a
+    client that says it could bind but thinks we cannot (gs2 flag ``y``) is refused as a downgrade.
     """
 
     def __init__(
-        self, auth_type: AuthType, user: str, secret: str | None, *, iterations: int = SCRAM_ITERATIONS
+        self, auth_type: AuthType, user: str, secret: str | None, *, iterations: int = SCRAM_ITERATIONS,
+        channel_binding: bytes | None = None,
     ) -> None:
         self.user = user
         self._iterations = iterations  # scram_iterations: for verifiers derived from plain secrets
+        self._channel_binding = channel_binding
         self._secret = secret
         self._verifier = parse_scram_verifier(secret) if secret is not None else None
         self._md5 = secret is not None and is_md5_secret(secret)
@@ -263,7 +273,10 @@ class ClientAuth:
             self._md5_salt = secrets.token_bytes(4)
             return AuthStep(authentication(AUTH_MD5, self._md5_salt), done=False, ok=False)
         self._stage = _Stage.SASL_INITIAL
-        return AuthStep(authentication(AUTH_SASL, cstring(SCRAM_SHA_256) + b"\x00"), done=False, ok=False)
+        mechanisms = cstring(SCRAM_SHA_256) + b"\x00"
+        if self._channel_binding is not None:
+            mechanisms = cstring(SCRAM_SHA_256_PLUS) + mechanisms  # Postgres lists PLUS first
+        return AuthStep(authentication(AUTH_SASL, mechanisms), done=False, ok=False)
 
     def receive(self, payload: bytes) -> AuthStep:
         """Take the payload of the client's next 'p' message."""
@@ -317,15 +330,20 @@ class ClientAuth:
         mechanism, nul, rest = payload.partition(b"\x00")
         if not nul or len(rest) < 4:
             raise ValueError("SASLInitialResponse is truncated")
-        if mechanism.decode() != SCRAM_SHA_256:
-            return self._failure(f"client chose SASL mechanism {mechanism.decode()!r}, not {SCRAM_SHA_256}",
-                                 message=INVALID_MECHANISM)
+        chosen = mechanism.decode()
+        plus = chosen == SCRAM_SHA_256_PLUS and self._channel_binding is not None
+        if chosen != SCRAM_SHA_256 and not plus:
+            offered = f"{SCRAM_SHA_256_PLUS} or {SCRAM_SHA_256}" if self._channel_binding else SCRAM_SHA_256
+            return self._failure(f"client chose SASL mechanism {chosen!r}, not {offered}", message=INVALID_MECHANISM)
         (length,) = _INT32.unpack_from(rest)
         if length != len(rest) - 4:
             raise ValueError("SASLInitialResponse length does not match its data")
         client_first = rest[4:].decode()
-        if client_first.startswith("p="):
-            return self._failure("client demanded SCRAM channel binding, which the pooler does not offer")
+        if plus and not client_first.startswith(f"p={TLS_SERVER_END_POINT},"):
+            return self._failure(f"client chose {SCRAM_SHA_256_PLUS} without {TLS_SERVER_END_POINT} channel binding")
+        if not plus and client_first.startswith("p="):
+            return self._failure(f"client demanded SCRAM channel binding with {SCRAM_SHA_256}; it needs "
+                                 f"{SCRAM_SHA_256_PLUS}, offered only over TLS")
         # client-first = gs2-header "," bare; the gs2-header is "n,," or "y,," (authzid is refused).
         gs2_end = client_first.find(",", client_first.find(",") + 1) + 1
         bare = client_first[gs2_end:]
@@ -336,7 +354,12 @@ class ClientAuth:
         # rely on that: libpq sends "n=" (empty), asyncpg sends the name unescaped. scramp refuses both,
         # so it parses a copy with a placeholder name and is then given back the client's exact bare
         # message, which the proof covers.
-        server = _MECH.make_server(self._scram_auth_fn)
+        if self._channel_binding is not None:
+            # Given even for plain SCRAM-SHA-256, so that scramp refuses the downgrade flag "y".
+            binding = (TLS_SERVER_END_POINT, self._channel_binding)
+            server = (_MECH_PLUS if plus else _MECH).make_server(self._scram_auth_fn, channel_binding=binding)
+        else:
+            server = _MECH.make_server(self._scram_auth_fn)
         server.set_client_first(client_first[:gs2_end] + "n=user" + bare[name_end:])
         server.client_first_bare = bare
         self._scram, self._client_first_bare = server, bare
@@ -370,8 +393,16 @@ class ClientAuth:
                     f'user "{self.user}" has an md5 password hash, which cannot answer SCRAM; store a plain '
                     "password or a SCRAM verifier in auth_file, or use auth_type = md5"
                 )
-            if getattr(exc.server_error, "value", None) == "invalid-proof":
+            error = getattr(exc.server_error, "value", None)
+            if error == "invalid-proof":
                 return self._failure(f'password does not match for user "{self.user}"')
+            if error == "channel-bindings-dont-match":
+                return self._failure(
+                    "the client saw another TLS certificate than the pooler's",
+                    sqlstate="08P01", message="SCRAM channel binding check failed",
+                    hint="something between the client and the pooler terminates TLS (a proxy); connect to "
+                    "the pooler directly, or give its certificate to that proxy",
+                )
             raise
         if not self._scram_real:  # unreachable unless random keys matched; never let a mock succeed
             return self._failure(f'user "{self.user}" has no usable secret')
@@ -397,13 +428,15 @@ class ClientAuth:
         send += AUTH_OK_MESSAGE
         return AuthStep(send, done=True, ok=True, password=self._plain, scram_keys=scram_keys)
 
-    def _failure(self, detail: str, *, message: str | None = None) -> AuthStep:
+    def _failure(self, detail: str, *, message: str | None = None, sqlstate: str = "28P01",
+                 hint: str | None = None) -> AuthStep:
         """A FATAL in PgBouncer's words (src/client.c): one text for every cause of a password or SCRAM
-        failure, so an unknown user cannot be told from a wrong password; ``detail`` is only logged."""
+        failure, so an unknown user cannot be told from a wrong password; ``detail`` is only logged. A
+        channel-binding mismatch says so (it is not about the password: a proxy terminates TLS)."""
         if message is None:
             message = SASL_FAILED if self._stage in (_Stage.SASL_INITIAL, _Stage.SASL_FINAL) else PASSWORD_FAILED
         self._stage = _Stage.DONE
-        send = error_response("28P01", message, severity="FATAL")
+        send = error_response(sqlstate, message, severity="FATAL", hint=hint)
         return AuthStep(send, done=True, ok=False, detail=detail)
 
 

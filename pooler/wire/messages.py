@@ -25,6 +25,10 @@ MIN_MESSAGE_LENGTH = 4
 PROTOCOL_3_0 = 196608  # 3 << 16
 SSL_REQUEST_CODE = 80877103
 GSSENC_REQUEST_CODE = 80877104
+#: The ALPN protocol name Postgres 17 requires for direct TLS (``sslnegotiation=direct``).
+ALPN_POSTGRESQL = "postgresql"
+#: The ALPN protocol name of HTTP/1.1 (RFC 7301), which HTTPS and WSS clients offer on the pooled port.
+ALPN_HTTP_1_1 = "http/1.1"
 CANCEL_REQUEST_CODE = 80877102
 
 # Frontend (client → server) message types that matter to pooling.

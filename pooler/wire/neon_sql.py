@@ -474,14 +474,15 @@ def _array_items(text: str, element: int) -> tuple[list[Any], str]:
 # --- The driver's configuration -------------------------------------------------------------------
 
 
-def driver_config(host: str, port: int) -> str:
-    """The ``neonConfig`` lines that point ``@neondatabase/serverless`` at a local plaintext endpoint
-    (what ``pooler up`` prints; the README explains each). Node.js < 22 also needs
-    ``neonConfig.webSocketConstructor = ws`` from the ``ws`` package."""
+def driver_config(host: str, port: int, *, tls: bool = False) -> str:
+    """The ``neonConfig`` lines that point ``@neondatabase/serverless`` at a local endpoint (what ``pooler
+    up`` prints; the README explains each): HTTPS and WSS when ``tls`` (the pooled port does TLS), else
+    HTTP and WS. Node.js < 22 also needs ``neonConfig.webSocketConstructor = ws`` from the ``ws`` package."""
+    scheme = "https" if tls else "http"
     return (
         "// @neondatabase/serverless: SQL over HTTP and WebSocket on the pooled port\n"
-        f"neonConfig.fetchEndpoint = 'http://{host}:{port}/sql';\n"
+        f"neonConfig.fetchEndpoint = '{scheme}://{host}:{port}/sql';\n"
         f"neonConfig.wsProxy = (host) => `${{host}}:{port}/v2`;\n"
-        "neonConfig.useSecureWebSocket = false;\n"
+        f"neonConfig.useSecureWebSocket = {'true' if tls else 'false'};\n"
         "neonConfig.pipelineTLS = false;\n"
     )

@@ -1,0 +1,235 @@
+"""TLS settings made into ``ssl.SSLContext`` objects, once per config: PgBouncer's names and meanings.
+
+Why contexts are built here and not per connection: loading a key and a certificate chain costs
+milliseconds, a handshake must not. ``ClientTls`` is the pooler acting as a TLS server (clients'
+``sslmode``), ``ServerTls`` the pooler acting as a TLS client towards Postgres. Both are immutable and
+rebuilt whole on reload, like the ``Config`` they come from; a bad file is a ``ConfigError`` naming the
+setting, before anything changes.
+
+The TLS itself is the stdlib ``ssl`` module on the event loop's own TLS support (``loop.start_tls``),
+see pooler.net.tls; nothing here touches a socket.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ssl
+from dataclasses import dataclass
+
+from pooler.config import ConfigError, Settings
+from pooler.wire.messages import ALPN_HTTP_1_1, ALPN_POSTGRESQL
+
+#: PgBouncer's sslmode names, weakest first.
+SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+#: The channel binding type Postgres (and libpq, node-postgres) use with SCRAM-SHA-256-PLUS.
+TLS_SERVER_END_POINT = "tls-server-end-point"
+
+_VERSIONS = {
+    "tlsv1.0": ssl.TLSVersion.TLSv1,
+    "tlsv1.1": ssl.TLSVersion.TLSv1_1,
+    "tlsv1.2": ssl.TLSVersion.TLSv1_2,
+    "tlsv1.3": ssl.TLSVersion.TLSv1_3,
+}
+_VERSION_SHORTCUTS = {
+    "all": tuple(_VERSIONS),
+    "legacy": tuple(_VERSIONS),
+    "secure": ("tlsv1.2", "tlsv1.3"),
+}
+#: PgBouncer's cipher shortcuts that mean "OpenSSL's defaults".
+_DEFAULT_CIPHERS = frozenset({"default", "secure", "fast", "normal", ""})
+#: The TLS 1.3 suites PgBouncer accepts in ``*_tls13_ciphers``.
+TLS13_SUITES = frozenset({
+    "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256", "TLS_AES_128_GCM_SHA256",
+    "TLS_AES_128_CCM_8_SHA256", "TLS_AES_128_CCM_SHA256",
+})  # fmt: skip
+
+
+def parse_protocols(value: str) -> tuple[ssl.TLSVersion, ssl.TLSVersion]:
+    """``client_tls_protocols`` / ``server_tls_protocols`` as the (minimum, maximum) version.
+
+    OpenSSL takes a range, not a set, so ``tlsv1.0,tlsv1.2`` allows 1.1 too (the same as PgBouncer,
+    which also builds on OpenSSL's range). Raises ValueError naming the allowed values.
+    """
+    names: list[str] = []
+    for item in value.replace(" ", ",").split(","):
+        name = item.strip().lower()
+        if not name:
+            continue
+        if name in _VERSION_SHORTCUTS:
+            names.extend(_VERSION_SHORTCUTS[name])
+        elif name in _VERSIONS:
+            names.append(name)
+        else:
+            raise ValueError(f"unknown TLS protocol {item.strip()!r}; allowed: tlsv1.0, tlsv1.1, tlsv1.2, "
+                             "tlsv1.3, all, secure, legacy")
+    if not names:
+        raise ValueError("no TLS protocol given; use e.g. secure (tlsv1.2,tlsv1.3)")
+    versions = sorted(_VERSIONS[n] for n in names)
+    return versions[0], versions[-1]
+
+
+def parse_tls13_ciphers(value: str) -> tuple[str, ...]:
+    """``*_tls13_ciphers``: a ``:``- or ``,``-separated list of TLS 1.3 suite names; ValueError otherwise."""
+    suites = tuple(s.strip() for s in value.replace(",", ":").split(":") if s.strip())
+    unknown = [s for s in suites if s not in TLS13_SUITES]
+    if unknown:
+        raise ValueError(f"unknown TLS 1.3 cipher suite {unknown[0]!r}; allowed: {', '.join(sorted(TLS13_SUITES))}")
+    return suites
+
+
+def tls_server_end_point(cert_der: bytes) -> bytes | None:
+    """RFC 5929's ``tls-server-end-point`` data: the certificate hashed with its signature's hash
+    (SHA-256 when that is MD5 or SHA-1). None when the signature has no hash (Ed25519/Ed448), for
+    which the RFC defines nothing: Postgres then offers no channel binding either."""
+    from cryptography import x509
+
+    algorithm = x509.load_der_x509_certificate(cert_der).signature_hash_algorithm
+    if algorithm is None:
+        return None
+    name = algorithm.name.lower()
+    if name in ("md5", "sha1"):
+        name = "sha256"
+    try:
+        return hashlib.new(name, cert_der).digest()
+    except ValueError:
+        return None
+
+
+def _first_certificate_der(path: str) -> bytes:
+    """The DER of the first certificate in a PEM file: the one a TLS server presents."""
+    with open(path, encoding="ascii", errors="replace") as fh:
+        text = fh.read()
+    begin, end = "-----BEGIN CERTIFICATE-----", "-----END CERTIFICATE-----"
+    start = text.find(begin)
+    stop = text.find(end, start)
+    if start < 0 or stop < 0:
+        raise ValueError("no PEM certificate in it")
+    return ssl.PEM_cert_to_DER_cert(text[start : stop + len(end)])
+
+
+def _set_ciphers(context: ssl.SSLContext, ciphers: str, setting: str, source: str) -> None:
+    value = ciphers.strip()
+    if value.lower() in _DEFAULT_CIPHERS:
+        return
+    try:
+        context.set_ciphers("ALL" if value.lower() == "all" else value)
+    except ssl.SSLError:
+        raise ConfigError(source, setting, f"OpenSSL accepts none of the ciphers in {value!r}") from None
+
+
+def _set_protocols(context: ssl.SSLContext, value: str, setting: str, source: str) -> None:
+    try:
+        context.minimum_version, context.maximum_version = parse_protocols(value)
+    except ValueError as exc:
+        raise ConfigError(source, setting, str(exc)) from None
+
+
+@dataclass(frozen=True, slots=True)
+class ClientTls:
+    """TLS towards clients: the context every handshake uses, and what a login needs from it."""
+
+    context: ssl.SSLContext
+    #: A plaintext client is refused ("SSL required"): client_tls_sslmode is require or stronger.
+    required: bool
+    #: The tls-server-end-point data of our certificate, for SCRAM-SHA-256-PLUS; None: not offered.
+    channel_binding: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class ServerTls:
+    """TLS towards Postgres: the context (None for ``disable``) and whether a refusal is fatal."""
+
+    context: ssl.SSLContext | None
+    mode: str
+    required: bool
+
+
+def client_tls(settings: Settings, source: str = "config") -> ClientTls | None:
+    """The client-side TLS of ``settings``; None when ``client_tls_sslmode = disable``.
+
+    Raises ConfigError when TLS is on without a usable key and certificate, or with a bad value.
+    """
+    mode = settings.client_tls_sslmode
+    if mode == "disable":
+        return None
+    if not settings.client_tls_cert_file or not settings.client_tls_key_file:
+        missing = "client_tls_cert_file" if not settings.client_tls_cert_file else "client_tls_key_file"
+        raise ConfigError(source, missing, f"required when client_tls_sslmode = {mode}; set both "
+                          "client_tls_cert_file and client_tls_key_file (PEM files)")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(settings.client_tls_cert_file, settings.client_tls_key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(source, "client_tls_cert_file", f"cannot load the certificate and key "
+                          f"({settings.client_tls_cert_file}, {settings.client_tls_key_file}): "
+                          f"{getattr(exc, 'strerror', None) or exc}") from None
+    _set_protocols(context, settings.client_tls_protocols, "client_tls_protocols", source)
+    _set_ciphers(context, settings.client_tls_ciphers, "client_tls_ciphers", source)
+    # Offered always; Postgres 17's direct TLS requires "postgresql", and a client on the SSLRequest path
+    # that offers ALPN must get "postgresql" (or none). "http/1.1": the pooled port also serves HTTPS and
+    # WSS (Neon's SQL over HTTP and WebSocket), whose clients offer it or no ALPN at all; which protocol
+    # the connection speaks is then told by its first decrypted bytes (pooler.net.client).
+    context.set_alpn_protocols([ALPN_POSTGRESQL, ALPN_HTTP_1_1])
+    if mode in ("verify-ca", "verify-full"):
+        if not settings.client_tls_ca_file:
+            raise ConfigError(source, "client_tls_ca_file", f"required when client_tls_sslmode = {mode} "
+                              "(the root certificate that signs the clients' certificates)")
+        context.verify_mode = ssl.CERT_REQUIRED
+    else:
+        context.verify_mode = ssl.CERT_NONE  # PgBouncer: a client certificate is not validated
+    if settings.client_tls_ca_file:
+        try:
+            context.load_verify_locations(settings.client_tls_ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(source, "client_tls_ca_file",
+                              f"cannot load {settings.client_tls_ca_file}: {getattr(exc, 'strerror', None) or exc}"
+                              ) from None
+    try:
+        binding = tls_server_end_point(_first_certificate_der(settings.client_tls_cert_file))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(source, "client_tls_cert_file", f"cannot read its certificate: {exc}") from None
+    return ClientTls(context=context, required=mode in ("require", "verify-ca", "verify-full"),
+                     channel_binding=binding)
+
+
+def server_tls(settings: Settings, source: str = "config") -> ServerTls | None:
+    """The server-side TLS of ``settings``; None when ``server_tls_sslmode = disable``."""
+    mode = settings.server_tls_sslmode
+    if mode == "disable":
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if mode in ("verify-ca", "verify-full"):
+        context.check_hostname = mode == "verify-full"
+        context.verify_mode = ssl.CERT_REQUIRED
+        try:
+            if settings.server_tls_ca_file:
+                context.load_verify_locations(settings.server_tls_ca_file)
+            else:
+                context.load_default_certs()  # a cloud Postgres signed by a public CA
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(source, "server_tls_ca_file",
+                              f"cannot load {settings.server_tls_ca_file}: {getattr(exc, 'strerror', None) or exc}"
+                              ) from None
+    else:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE  # allow / prefer / require: encrypted, not authenticated
+    if settings.server_tls_cert_file or settings.server_tls_key_file:
+        try:
+            context.load_cert_chain(settings.server_tls_cert_file, settings.server_tls_key_file or None)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(source, "server_tls_cert_file", f"cannot load the certificate and key: "
+                              f"{getattr(exc, 'strerror', None) or exc}") from None
+    _set_protocols(context, settings.server_tls_protocols, "server_tls_protocols", source)
+    _set_ciphers(context, settings.server_tls_ciphers, "server_tls_ciphers", source)
+    return ServerTls(context=context, mode=mode, required=mode in ("require", "verify-ca", "verify-full"))
+
+
+def tls13_ciphers_warning(settings: Settings) -> list[str]:
+    """Notes for the start-up log: Python's ssl module cannot restrict TLS 1.3 suites (OpenSSL's
+    SSL_CTX_set_ciphersuites has no binding), so a non-empty ``*_tls13_ciphers`` is not applied."""
+    notes = []
+    for name in ("client_tls13_ciphers", "server_tls13_ciphers"):
+        if getattr(settings, name):
+            notes.append(f"{name}: cannot be applied (Python's ssl module has no TLS 1.3 cipher suite "
+                         "setting); OpenSSL's default TLS 1.3 suites are used")
+    return notes
