@@ -20,7 +20,7 @@ import psycopg
 from harness import free_port
 from test_cli import clean_env, pooler_cmd
 
-NODE_DIR = Path(__file__).parent / "node"
+NODE_DIR = Path(__file__).parents[1] / "node"
 
 
 @dataclass

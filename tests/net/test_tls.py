@@ -32,7 +32,7 @@ from pooler.config import Config, ConfigError, DatabaseConfig, UserlistEntry, lo
 from pooler.dev.certs import LocalCertificates, ensure_local_certificates
 from pooler.runtime import tls
 
-NODE_DIR = Path(__file__).parent / "node"
+NODE_DIR = Path(__file__).parents[1] / "node"
 
 
 @pytest.fixture(scope="module")

@@ -34,7 +34,7 @@ from support import APP_DB, APP_PASSWORD, APP_USER, PostgresServer
 from pooler.core.session_state import SessionStateChecker
 from pooler.runtime.process import Pooler
 
-NODE_DIR = Path(__file__).parent / "node"
+NODE_DIR = Path(__file__).parents[1] / "node"
 ROUNDS = 5
 HAZARD = "SET search_path = public"
 

@@ -28,7 +28,7 @@ from test_up_neon import pooler_up
 from pooler.dev.certs import LocalCertificates, ensure_local_certificates
 from pooler.wire.neon_sql import driver_config
 
-NODE_DIR = Path(__file__).parent / "node"
+NODE_DIR = Path(__file__).parents[1] / "node"
 
 
 @pytest.fixture(scope="module")
