@@ -35,7 +35,7 @@ COPY_END = pq.COPY_DONE
 class Ledger:
     """The debts of one server connection; ``is_clean()`` is the release rule."""
 
-    __slots__ = ("copy_in", "copy_markers", "pending", "swallow", "tx_status", "unsynced")
+    __slots__ = ("copy_in", "copy_markers", "desynced", "pending", "swallow", "tx_status", "unsynced")
 
     def __init__(self) -> None:
         #: Requests still owed a ReadyForQuery, oldest first: QUERY, SYNC, FUNCTION_CALL, a tracked Segment
@@ -45,6 +45,9 @@ class Ledger:
         self.unsynced = False
         self.copy_in = False
         self.copy_markers = 0  # COPY_END entries in pending: the fast path skips the marker checks when 0
+        #: A Sync sent in the middle of a COPY: Postgres ignores it if the COPY still runs and answers it if the
+        #: COPY already failed, and nothing here can tell which; such a server stays with its client for good.
+        self.desynced = False
         self.swallow = 0
 
     # --- what the client sent -----------------------------------------------------------------------
@@ -58,6 +61,8 @@ class Ledger:
         """A Sync (``entry`` is SYNC or the tracked segment it closes); ignored by Postgres in copy-in mode."""
         if not self.copy_in:
             self.pending.append(entry)
+        else:
+            self.desynced = True
         self.unsynced = False
 
     def extended_sent(self) -> None:
@@ -147,11 +152,12 @@ class Ledger:
 
     def owes_anything(self) -> bool:
         """Something sent is not answered yet: the server is busy, whatever its transaction status."""
-        return bool(self.pending or self.swallow or self.unsynced or self.copy_in)
+        return bool(self.pending or self.swallow or self.unsynced or self.copy_in or self.desynced)
 
     def is_clean(self) -> bool:
         """Nothing in flight and no transaction open: safe to hand to another client."""
-        return not (self.pending or self.swallow or self.unsynced or self.copy_in) and self.tx_status == pq.TX_IDLE
+        return not (self.pending or self.swallow or self.unsynced or self.copy_in or self.desynced) and (
+            self.tx_status == pq.TX_IDLE)
 
     def in_transaction(self) -> bool:
         return self.tx_status != pq.TX_IDLE

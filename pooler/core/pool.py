@@ -368,6 +368,11 @@ class Pool(Generic[S, C]):
             self.host.cancel_server(server)
             server.close(f"{reason} with a query in flight")
             return
+        if server.cancels_in_flight:
+            # The cancel may still land on the rollback or reset about to run, which would leave the old
+            # session's state behind: a server in that position is not worth keeping.
+            server.close(f"{reason} with a cancel in flight")
+            return
         settings = self.host.config.settings
         reset = settings.server_reset_query if (
             self.mode == PoolMode.SESSION or settings.server_reset_query_always) else ""

@@ -249,6 +249,8 @@ class ServerConnection(asyncio.Protocol):
                     # The only internal query run while a client is linked is the SET of its parameters.
                     refused_parameters = pq.parse_error_fields(data[pos + 5 : end])
                     break
+                elif ledger.swallow:
+                    self.stale = True  # the pooler's own reset or check failed (cancelled?): close, never reuse
                 elif self.statements.prepared and data.find(b"pooler_", pos + 5, end) >= 0:
                     self._statement_error(data[pos + 5 : end])
             pos = end
@@ -439,6 +441,8 @@ class ServerConnection(asyncio.Protocol):
                 elif kind == pq.ERROR_RESPONSE and self.client is not None:
                     self._parameters_refused(pq.parse_error_fields(data[pos + 5 : end]))
                     return
+                elif kind == pq.ERROR_RESPONSE:
+                    self.stale = True  # the pooler's own reset or check failed: close, never reuse
                 pos = end
                 continue
             if kind in _PASS_THROUGH:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from pooler.config import Config, DatabaseConfig, Settings
+from pooler.config import Config, DatabaseConfig, PoolMode, Settings
 from pooler.core.ledger import Ledger
 from pooler.core.parameters import TrackedParameters
 from pooler.core.pool import Pool, ServerState
@@ -199,6 +199,20 @@ def test_a_client_that_leaves_mid_query_gets_its_server_cancelled_and_closed() -
     server.ledger.request_sent(pq.QUERY)
     pool.client_left_server(client, server, False, "client disconnected")
     assert host.cancelled == [server] and server.state == ServerState.CLOSED and not pool.servers
+
+
+def test_a_session_server_with_a_cancel_in_flight_is_closed_not_reset_and_reused() -> None:
+    """Found in review: the cancel could land on the reset query (DISCARD ALL), and the server would go back
+    to the pool with the old session's state."""
+    pool, host = make_pool(default_pool_size=1, pool_mode=PoolMode.SESSION)
+    client = queue(pool)
+    server = host.opened[0]
+    log_in(pool, server)
+    server.ledger.request_sent(pq.QUERY)
+    pool.cancel_sent(server)
+    server.ledger.ready_for_query(pq.TX_IDLE)  # the query finished before the cancel landed
+    pool.client_left_server(client, server, False, "client disconnected")
+    assert server.internal == [] and server.state == ServerState.CLOSED and not pool.servers
 
 
 @pytest.mark.parametrize("reserve", [False, True])

@@ -205,6 +205,7 @@ async def test_syncs_during_copy_in_are_not_counted() -> None:
     server.ledger.ready_for_query(pq.TX_IDLE)
     client.forward(pq.SYNC_MESSAGE, server)
     assert list(server.ledger.pending) == [pq.SYNC]
+    assert not server.is_clean()  # that Sync in the COPY makes the server unfit for anyone else (test_ledger)
 
 
 async def test_half_a_header_is_held_back_until_it_is_complete() -> None:
@@ -235,3 +236,16 @@ async def test_terminate_is_not_forwarded() -> None:
     assert bytes(transport.written) == pq.query("select 1")
     assert client.state == ClientState.CLOSED
 
+
+
+async def test_a_failed_reset_or_check_query_marks_the_server_for_closing() -> None:
+    """A cancel that lands on the pooler's own query (a DISCARD ALL after a session) leaves the old session's
+    state behind: whatever error the pooler's own query gets, the server is closed, never reused."""
+    for pieces in chunkings(pq.error_response("57014", "canceling statement due to user request")
+                            + pq.ready_for_query(pq.TX_IDLE)):
+        server, _ = make_server()
+        server.client = None
+        server.run_internal("DISCARD ALL")
+        for piece in pieces:
+            server.data_received(piece)
+        assert server.stale and server.ledger.swallow == 0
