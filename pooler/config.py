@@ -20,6 +20,7 @@ import enum
 import math
 import os
 import re
+import ssl
 import tomllib
 import typing
 from collections.abc import Callable, Iterable, Mapping
@@ -42,6 +43,61 @@ RESTART_ONLY_SETTINGS = frozenset({
     "listen_addr", "listen_port", "direct_port", "http_port", "unix_socket_dir", "listen_backlog", "so_reuseport",
     "workers", "metrics_port", "pidfile",
 })  # fmt: skip
+
+
+# --- TLS settings' vocabulary (runtime.tls builds the contexts from them) -------------------------
+
+#: PgBouncer's sslmode names, weakest first.
+SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+_VERSIONS = {
+    "tlsv1.0": ssl.TLSVersion.TLSv1,
+    "tlsv1.1": ssl.TLSVersion.TLSv1_1,
+    "tlsv1.2": ssl.TLSVersion.TLSv1_2,
+    "tlsv1.3": ssl.TLSVersion.TLSv1_3,
+}
+_VERSION_SHORTCUTS = {
+    "all": tuple(_VERSIONS),
+    "legacy": tuple(_VERSIONS),
+    "secure": ("tlsv1.2", "tlsv1.3"),
+}
+#: The TLS 1.3 suites PgBouncer accepts in ``*_tls13_ciphers``.
+TLS13_SUITES = frozenset({
+    "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256", "TLS_AES_128_GCM_SHA256",
+    "TLS_AES_128_CCM_8_SHA256", "TLS_AES_128_CCM_SHA256",
+})  # fmt: skip
+
+
+def parse_protocols(value: str) -> tuple[ssl.TLSVersion, ssl.TLSVersion]:
+    """``client_tls_protocols`` / ``server_tls_protocols`` as the (minimum, maximum) version.
+
+    OpenSSL takes a range, not a set, so ``tlsv1.0,tlsv1.2`` allows 1.1 too (the same as PgBouncer,
+    which also builds on OpenSSL's range). Raises ValueError naming the allowed values.
+    """
+    names: list[str] = []
+    for item in value.replace(" ", ",").split(","):
+        name = item.strip().lower()
+        if not name:
+            continue
+        if name in _VERSION_SHORTCUTS:
+            names.extend(_VERSION_SHORTCUTS[name])
+        elif name in _VERSIONS:
+            names.append(name)
+        else:
+            raise ValueError(f"unknown TLS protocol {item.strip()!r}; allowed: tlsv1.0, tlsv1.1, tlsv1.2, "
+                             "tlsv1.3, all, secure, legacy")
+    if not names:
+        raise ValueError("no TLS protocol given; use e.g. secure (tlsv1.2,tlsv1.3)")
+    versions = sorted(_VERSIONS[n] for n in names)
+    return versions[0], versions[-1]
+
+
+def parse_tls13_ciphers(value: str) -> tuple[str, ...]:
+    """``*_tls13_ciphers``: a ``:``- or ``,``-separated list of TLS 1.3 suite names; ValueError otherwise."""
+    suites = tuple(s.strip() for s in value.replace(",", ":").split(":") if s.strip())
+    unknown = [s for s in suites if s not in TLS13_SUITES]
+    if unknown:
+        raise ValueError(f"unknown TLS 1.3 cipher suite {unknown[0]!r}; allowed: {', '.join(sorted(TLS13_SUITES))}")
+    return suites
 
 
 class ConfigError(Exception):
@@ -432,29 +488,20 @@ def _choice_converter(*choices: str) -> Callable[[object], str]:
     return convert
 
 
-_SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 
 
-def _tls_protocols(raw: object) -> str:
-    from pooler.runtime.tls import parse_protocols
+def _checked_by(parse: Callable[[str], object]) -> _Converter:
+    """A text setting kept as written, once ``parse`` (which raises ValueError naming the fault) accepts it."""
 
-    text = _to_str(raw)
-    try:
-        parse_protocols(text)
-    except ValueError as exc:
-        raise _BadValueError(str(exc)) from None
-    return text
+    def convert(raw: object) -> str:
+        text = _to_str(raw)
+        try:
+            parse(text)
+        except ValueError as exc:
+            raise _BadValueError(str(exc)) from None
+        return text
 
-
-def _tls13_ciphers(raw: object) -> str:
-    from pooler.runtime.tls import parse_tls13_ciphers
-
-    text = _to_str(raw)
-    try:
-        parse_tls13_ciphers(text)
-    except ValueError as exc:
-        raise _BadValueError(str(exc)) from None
-    return text
+    return convert
 
 
 def _build_setting_converters() -> dict[str, _Converter]:
@@ -474,12 +521,12 @@ def _build_setting_converters() -> dict[str, _Converter]:
         "auth_type": _to_auth_type,
         "log_format": _choice_converter("auto", "json", "console"),
         "session_state_check": _choice_converter("warn", "error", "off"),
-        "client_tls_sslmode": _choice_converter(*_SSLMODES),
-        "server_tls_sslmode": _choice_converter(*_SSLMODES),
-        "client_tls_protocols": _tls_protocols,
-        "server_tls_protocols": _tls_protocols,
-        "client_tls13_ciphers": _tls13_ciphers,
-        "server_tls13_ciphers": _tls13_ciphers,
+        "client_tls_sslmode": _choice_converter(*SSLMODES),
+        "server_tls_sslmode": _choice_converter(*SSLMODES),
+        "client_tls_protocols": _checked_by(parse_protocols),
+        "server_tls_protocols": _checked_by(parse_protocols),
+        "client_tls13_ciphers": _checked_by(parse_tls13_ciphers),
+        "server_tls13_ciphers": _checked_by(parse_tls13_ciphers),
         "load_balance_hosts": _choice_converter("round-robin", "disable"),
         "unix_socket_mode": _to_file_mode,
         "scram_iterations": _int_converter(4096),

@@ -51,7 +51,7 @@ from pooler.wire.framing import BadLengthError, MessageReader
 from pooler.wire.handshake import Refusal, read_login
 
 if TYPE_CHECKING:
-    from pooler.runtime.tls import ClientTls
+    from pooler.net.tls import ClientTls
 
 _unpack_length = struct.Struct("!i").unpack_from
 _SESSION_STATE_CHECKER = SessionStateChecker()  # one parse cache for the whole pooler
@@ -335,6 +335,7 @@ class ClientConnection(asyncio.Protocol):
             end = pos + 1 + length
             if kind in (pq.QUERY, pq.FUNCTION_CALL):
                 checker = self.state_checker
+                refusal: bytes | None = None  # a DO block raising why, in place of a refused Query
                 if reserved_lead is not None and kind == pq.QUERY and pos + 5 < n and reserved_lead[data[pos + 5]] and (
                         end - pos <= CHECK_LIMIT):
                     # DEALLOCATE/PREPARE of a name the pooler owns? (see pooler.core.prepared)
@@ -346,26 +347,18 @@ class ClientConnection(asyncio.Protocol):
                         if end > n:
                             break  # replaced whole: wait for the rest of it
                         self.pooler.pooler_error(self, "42939", "prepared statement name is reserved")
-                        if parts is None:
-                            parts = []
-                        parts.append(data[sent_from:pos])
-                        parts.append(refusal)  # Postgres raises the refusal: order and tx state stay right
-                        sent_from = end
-                        ledger.request_sent(kind)
-                        pos = end
-                        continue
-                if kind == pq.QUERY and checker is not None and end - pos <= CHECK_LIMIT:
+                if refusal is None and kind == pq.QUERY and checker is not None and end - pos <= CHECK_LIMIT:
                     if end > n:
                         break  # checked whole: wait for the rest of it
                     findings = checker.check(data[pos + 5 : end - 1].decode("utf-8", "replace"),
                                              ledger.tx_status != pq.TX_IDLE)
                     refusal = self._session_state(findings, server) if findings else None
-                    if refusal is not None:
-                        if parts is None:
-                            parts = []
-                        parts.append(data[sent_from:pos])
-                        parts.append(refusal)  # Postgres raises the refusal: order and tx state stay right
-                        sent_from = end
+                if refusal is not None:
+                    if parts is None:
+                        parts = []
+                    parts.append(data[sent_from:pos])
+                    parts.append(refusal)  # Postgres raises the refusal: order and tx state stay right
+                    sent_from = end
                 ledger.request_sent(kind)
             elif kind == pq.SYNC:
                 ledger.sync_sent(server.statements.end_segment() if track and not ledger.copy_in else kind)
@@ -474,10 +467,7 @@ class ClientConnection(asyncio.Protocol):
             if extended:
                 server.synthesize(pq.PARSE, pq.error_response("0A000", message, hint=first.fix), refuse=True)
                 return b""
-            return pq.query(
-                "DO $pooler$ BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', "
-                f"MESSAGE = {_quote(message)}, HINT = {_quote(first.fix)}; END $pooler$"
-            )
+            return pq.error_query("0A000", message, hint=first.fix)
         if self.state_warned is None:
             self.state_warned = set()
         for finding in findings:
@@ -611,7 +601,7 @@ class ClientConnection(asyncio.Protocol):
         """Send one SET for every tracked value in which the server differs from this client."""
         stale = [(k, v) for k, v in self.params.items() if server.params.get(k) != v]
         if stale:
-            server.run_internal(";".join(f"SET {k} = {_quote(v)}" for k, v in stale))
+            server.run_internal(";".join(f"SET {k} = {pq.literal(v)}" for k, v in stale))
 
     def server_ready_for_query(self, server: ServerConnection) -> None:
         """The server owes nothing: release it if this pool mode allows and it is clean."""
@@ -960,9 +950,6 @@ def first_request_end(data: bytes) -> int | None:
         pos = end
     return None
 
-
-def _quote(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
 
 
 #: A pool of this process: servers are ServerConnections, clients ClientConnections.

@@ -18,20 +18,38 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Coroutine
-from typing import TYPE_CHECKING, cast
+from dataclasses import dataclass
+from typing import cast
 
 from pooler.core.pool import ServerState
 from pooler.net.server import ServerConnection
 from pooler.wire import messages as pq
-
-if TYPE_CHECKING:
-    from pooler.runtime.tls import ServerTls
 
 #: Handshakes in progress: the loop keeps only weak references to tasks.
 _HANDSHAKES: set[asyncio.Task[None]] = set()
 
 #: The first byte of a TLS record carrying a handshake message (a ClientHello, from a direct-TLS client).
 TLS_HANDSHAKE_RECORD = 0x16
+
+
+@dataclass(frozen=True, slots=True)
+class ClientTls:
+    """TLS towards clients: the context every handshake uses, and what a login needs from it."""
+
+    context: ssl.SSLContext
+    #: A plaintext client is refused ("SSL required"): client_tls_sslmode is require or stronger.
+    required: bool
+    #: The tls-server-end-point data of our certificate, for SCRAM-SHA-256-PLUS; None: not offered.
+    channel_binding: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class ServerTls:
+    """TLS towards Postgres: the context (None for ``disable``) and whether a refusal is fatal."""
+
+    context: ssl.SSLContext | None
+    mode: str
+    required: bool
 
 
 def is_client_hello(first_byte: int | None) -> bool:

@@ -31,6 +31,7 @@ from pooler.log import configure_from_settings, log
 from pooler.net.client import ClientConnection, ClientPool, ClientState
 from pooler.net.http import HttpConnection
 from pooler.net.server import ServerConnection
+from pooler.net.tls import ClientTls, ServerTls
 from pooler.runtime import tls, upstream
 from pooler.runtime.autodb import AutodbJanitor
 from pooler.runtime.client_limits import ClientLimits
@@ -123,7 +124,7 @@ class Pooler:
         return userlist
 
     @staticmethod
-    def _read_tls(config: Config) -> tuple[tls.ClientTls | None, tls.ServerTls | None]:
+    def _read_tls(config: Config) -> tuple[ClientTls | None, ServerTls | None]:
         """TLS contexts towards clients and towards Postgres; raises ConfigError (nothing changed yet)."""
         return tls.client_tls(config.settings, config.source), tls.server_tls(config.settings, config.source)
 

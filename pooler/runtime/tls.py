@@ -14,67 +14,17 @@ from __future__ import annotations
 
 import hashlib
 import ssl
-from dataclasses import dataclass
 
-from pooler.config import ConfigError, Settings
+from pooler.config import ConfigError, Settings, parse_protocols
+from pooler.net.tls import ClientTls, ServerTls
 from pooler.wire.messages import ALPN_HTTP_1_1, ALPN_POSTGRESQL
 
-#: PgBouncer's sslmode names, weakest first.
-SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 #: The channel binding type Postgres (and libpq, node-postgres) use with SCRAM-SHA-256-PLUS.
 TLS_SERVER_END_POINT = "tls-server-end-point"
 
-_VERSIONS = {
-    "tlsv1.0": ssl.TLSVersion.TLSv1,
-    "tlsv1.1": ssl.TLSVersion.TLSv1_1,
-    "tlsv1.2": ssl.TLSVersion.TLSv1_2,
-    "tlsv1.3": ssl.TLSVersion.TLSv1_3,
-}
-_VERSION_SHORTCUTS = {
-    "all": tuple(_VERSIONS),
-    "legacy": tuple(_VERSIONS),
-    "secure": ("tlsv1.2", "tlsv1.3"),
-}
 #: PgBouncer's cipher shortcuts that mean "OpenSSL's defaults".
 _DEFAULT_CIPHERS = frozenset({"default", "secure", "fast", "normal", ""})
-#: The TLS 1.3 suites PgBouncer accepts in ``*_tls13_ciphers``.
-TLS13_SUITES = frozenset({
-    "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256", "TLS_AES_128_GCM_SHA256",
-    "TLS_AES_128_CCM_8_SHA256", "TLS_AES_128_CCM_SHA256",
-})  # fmt: skip
 
-
-def parse_protocols(value: str) -> tuple[ssl.TLSVersion, ssl.TLSVersion]:
-    """``client_tls_protocols`` / ``server_tls_protocols`` as the (minimum, maximum) version.
-
-    OpenSSL takes a range, not a set, so ``tlsv1.0,tlsv1.2`` allows 1.1 too (the same as PgBouncer,
-    which also builds on OpenSSL's range). Raises ValueError naming the allowed values.
-    """
-    names: list[str] = []
-    for item in value.replace(" ", ",").split(","):
-        name = item.strip().lower()
-        if not name:
-            continue
-        if name in _VERSION_SHORTCUTS:
-            names.extend(_VERSION_SHORTCUTS[name])
-        elif name in _VERSIONS:
-            names.append(name)
-        else:
-            raise ValueError(f"unknown TLS protocol {item.strip()!r}; allowed: tlsv1.0, tlsv1.1, tlsv1.2, "
-                             "tlsv1.3, all, secure, legacy")
-    if not names:
-        raise ValueError("no TLS protocol given; use e.g. secure (tlsv1.2,tlsv1.3)")
-    versions = sorted(_VERSIONS[n] for n in names)
-    return versions[0], versions[-1]
-
-
-def parse_tls13_ciphers(value: str) -> tuple[str, ...]:
-    """``*_tls13_ciphers``: a ``:``- or ``,``-separated list of TLS 1.3 suite names; ValueError otherwise."""
-    suites = tuple(s.strip() for s in value.replace(",", ":").split(":") if s.strip())
-    unknown = [s for s in suites if s not in TLS13_SUITES]
-    if unknown:
-        raise ValueError(f"unknown TLS 1.3 cipher suite {unknown[0]!r}; allowed: {', '.join(sorted(TLS13_SUITES))}")
-    return suites
 
 
 def tls_server_end_point(cert_der: bytes) -> bytes | None:
@@ -122,26 +72,6 @@ def _set_protocols(context: ssl.SSLContext, value: str, setting: str, source: st
         context.minimum_version, context.maximum_version = parse_protocols(value)
     except ValueError as exc:
         raise ConfigError(source, setting, str(exc)) from None
-
-
-@dataclass(frozen=True, slots=True)
-class ClientTls:
-    """TLS towards clients: the context every handshake uses, and what a login needs from it."""
-
-    context: ssl.SSLContext
-    #: A plaintext client is refused ("SSL required"): client_tls_sslmode is require or stronger.
-    required: bool
-    #: The tls-server-end-point data of our certificate, for SCRAM-SHA-256-PLUS; None: not offered.
-    channel_binding: bytes | None
-
-
-@dataclass(frozen=True, slots=True)
-class ServerTls:
-    """TLS towards Postgres: the context (None for ``disable``) and whether a refusal is fatal."""
-
-    context: ssl.SSLContext | None
-    mode: str
-    required: bool
 
 
 def client_tls(settings: Settings, source: str = "config") -> ClientTls | None:

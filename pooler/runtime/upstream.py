@@ -16,8 +16,7 @@ from pooler.core.hosts import host_list
 from pooler.core.pool import CONNECT_FAILED, CONNECT_TIMEOUT, ServerState
 from pooler.log import log
 from pooler.net.server import ServerConnection
-from pooler.net.tls import TlsRefusedError, connect_server
-from pooler.runtime.tls import ServerTls
+from pooler.net.tls import ServerTls, TlsRefusedError, connect_server
 from pooler.wire import messages as pq
 
 _TLS_HINT = ("check server_tls_sslmode and server_tls_ca_file (verify-full also checks the host name in "

@@ -213,15 +213,16 @@ def error_query(sqlstate: str, message: str, *, detail: str | None = None, hint:
     Postgres then answers with the error and a ReadyForQuery whose transaction status is right (a refused
     statement inside a transaction block fails the block, as the statement itself would have).
     """
-    using = [f"ERRCODE = {_literal(sqlstate)}", f"MESSAGE = {_literal(message)}"]
+    using = [f"ERRCODE = {literal(sqlstate)}", f"MESSAGE = {literal(message)}"]
     if detail:
-        using.append(f"DETAIL = {_literal(detail)}")
+        using.append(f"DETAIL = {literal(detail)}")
     if hint:
-        using.append(f"HINT = {_literal(hint)}")
+        using.append(f"HINT = {literal(hint)}")
     return query(f"DO $pooler$ BEGIN RAISE EXCEPTION USING {', '.join(using)}; END $pooler$")
 
 
-def _literal(text: str) -> str:
+def literal(text: str) -> str:
+    """``text`` as an SQL string literal (standard_conforming_strings on, as the pooler's own queries assume)."""
     return "'" + text.replace("'", "''") + "'"
 
 
