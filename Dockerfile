@@ -4,6 +4,20 @@
 #   docker run -e DATABASE_URL=postgresql://app:app@db:5432/app -p 6432:6432 -p 9127:9127 pooler
 #
 # See docker-compose.yml for the sidecar setup (Postgres, pooler, Prometheus) and docs/operations.md.
+#
+# Two stages: the first has a C compiler and builds the wheel with the compiled core (Cython, see setup.py);
+# the image itself gets only that wheel and its dependencies, no compiler and no build tools.
+
+FROM python:3.12-slim AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY pyproject.toml setup.py README.md ./
+COPY pooler ./pooler
+RUN pip wheel --no-deps -w /wheels . \
+    && python -c "import sys, zipfile, glob; w = glob.glob('/wheels/pooler-*.whl')[0]; \
+sys.exit(0 if any(n.endswith('.so') for n in zipfile.ZipFile(w).namelist()) else 'compiled core missing')"
+
 FROM python:3.12-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -11,10 +25,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-WORKDIR /opt/pooler
-COPY pyproject.toml README.md ./
-COPY pooler ./pooler
-RUN pip install . \
+COPY --from=build /wheels /wheels
+RUN pip install /wheels/pooler-*.whl && rm -rf /wheels \
     && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin pooler
 
 # Listen on every interface of the container; JSON log lines on stderr; metrics and health on 9127.

@@ -24,6 +24,7 @@ import collections
 from typing import TYPE_CHECKING
 
 from pooler.wire import messages as pq
+from pooler.wire.messages import FUNCTION_CALL, QUERY, SYNC, TX_IDLE
 
 if TYPE_CHECKING:
     from pooler.core.prepared import Segment
@@ -41,7 +42,7 @@ class Ledger:
         #: Requests still owed a ReadyForQuery, oldest first: QUERY, SYNC, FUNCTION_CALL, a tracked Segment
         #: (prepared statements), or a COPY_END marker.
         self.pending: collections.deque[int | Segment] = collections.deque()
-        self.tx_status = pq.TX_IDLE
+        self.tx_status = TX_IDLE
         self.unsynced = False
         self.copy_in = False
         self.copy_markers = 0  # COPY_END entries in pending: the fast path skips the marker checks when 0
@@ -126,7 +127,7 @@ class Ledger:
         pending = self.pending
         dropped: list[Segment] = []
         kept: collections.deque[int | Segment] = collections.deque()
-        if pending and pending[0] in (pq.QUERY, pq.FUNCTION_CALL):
+        if pending and pending[0] in (QUERY, FUNCTION_CALL):
             kept.append(pending.popleft())  # a simple-protocol COPY: its Query is answered after the copy
         ended = False
         while pending:
@@ -136,7 +137,7 @@ class Ledger:
                 self.copy_markers -= 1
                 ended = True
                 break
-            if entry == pq.SYNC:
+            if entry == SYNC:
                 pending.popleft()
             elif isinstance(entry, int):
                 break  # a request pipelined into the COPY: Postgres fails the COPY; leave it be
@@ -157,7 +158,7 @@ class Ledger:
     def is_clean(self) -> bool:
         """Nothing in flight and no transaction open: safe to hand to another client."""
         return not (self.pending or self.swallow or self.unsynced or self.copy_in or self.desynced) and (
-            self.tx_status == pq.TX_IDLE)
+            self.tx_status == TX_IDLE)
 
     def in_transaction(self) -> bool:
-        return self.tx_status != pq.TX_IDLE
+        return self.tx_status != TX_IDLE

@@ -24,7 +24,7 @@ import collections
 import contextlib
 import enum
 from collections.abc import Callable
-from typing import Any, Generic, Protocol, TypeVar, cast
+from typing import Any, Protocol
 
 from pooler import config as cfg
 from pooler.config import Config, DatabaseConfig, PoolMode
@@ -49,6 +49,15 @@ class ServerState(enum.IntEnum):
     BUSY = 4  # running the pooler's own query (reset, health check, rollback) with no client linked
     CLOSED = 5
     BEING_CANCELED = 6  # done, but a cancel sent for its last client's query is still on its way: not reused
+
+
+# The states the pool's moves compare with on every transaction, bound once (C statics under Cython, pool.pxd).
+_LOGIN = ServerState.LOGIN
+_IDLE = ServerState.IDLE
+_ACTIVE = ServerState.ACTIVE
+_BUSY = ServerState.BUSY
+_CLOSED = ServerState.CLOSED
+_BEING_CANCELED = ServerState.BEING_CANCELED
 
 
 class PoolServer(Protocol):
@@ -91,10 +100,6 @@ class PoolClient(Protocol):
     def fatal(self, sqlstate: str, message: str, *, hint: str | None = None, detail: str | None = None) -> None: ...
 
 
-S = TypeVar("S", bound=PoolServer)
-C = TypeVar("C", bound=PoolClient)
-
-
 class PoolHost(Protocol):
     """What a pool needs from the process: the config, the clock, pooler-wide caps and a way to open servers."""
 
@@ -102,24 +107,25 @@ class PoolHost(Protocol):
     clock: Callable[[], float]
     parameters: TrackedParameters
 
-    def open_server(self, pool: Pool[Any, Any], params: dict[str, str], *, direct: bool) -> PoolServer: ...
+    def open_server(self, pool: Pool, params: dict[str, str], *, direct: bool) -> PoolServer: ...
 
-    def may_open_server(self, pool: Pool[Any, Any]) -> bool: ...
+    def may_open_server(self, pool: Pool) -> bool: ...
 
-    def server_gone(self, pool: Pool[Any, Any]) -> None: ...
+    def server_gone(self, pool: Pool) -> None: ...
 
-    def room_wanted_by_other_pool(self, pool: Pool[Any, Any]) -> bool: ...
+    def room_wanted_by_other_pool(self, pool: Pool) -> bool: ...
 
     def cancel_server(self, server: PoolServer) -> None: ...
 
     def pooler_error(self, client: Any, sqlstate: str, message: str) -> None: ...
 
 
-class Pool(Generic[S, C]):
+class Pool:
     """Servers and waiting clients of one (database entry, upstream user) pair.
 
-    Generic in the server and client types so that the shells and the operations code above it see
-    their own concrete connections; the pool itself only uses what ``PoolServer``/``PoolClient`` offer.
+    It sees connections only through ``PoolServer``/``PoolClient``. Not generic in their concrete types
+    (which would let the shells above read their own fields back without a cast) because Cython compiles
+    this class to a C type with typed fields (see pool.pxd), and a C type cannot derive from ``Generic``.
     """
 
     __slots__ = (
@@ -159,11 +165,11 @@ class Pool(Generic[S, C]):
         self.db = db
         self.user = user
         self.credentials = credentials
-        self.idle: list[S] = []
-        self.servers: set[S] = set()
-        self.direct_servers: set[S] = set()
-        self.waiting: collections.deque[C] = collections.deque()
-        self.welcome_waiters: list[C] = []
+        self.idle: list[PoolServer] = []
+        self.servers: set[PoolServer] = set()
+        self.direct_servers: set[PoolServer] = set()
+        self.waiting: collections.deque[PoolClient] = collections.deque()
+        self.welcome_waiters: list[PoolClient] = []
         self.connecting = 0
         self.connect_failed = False  # the last login failed (load_balance_hosts = disable moves on)
         self.hosts = HostChooser()  # where the next server goes, with a host list (host=a,b)
@@ -215,9 +221,9 @@ class Pool(Generic[S, C]):
 
     # --- state: the one place it changes ------------------------------------------------------------
 
-    def _change_state(self, server: S, state: ServerState) -> None:
+    def _change_state(self, server: PoolServer, state: ServerState) -> None:
         """Move a server to ``state``, keeping the idle stack in step (the common case pops its top)."""
-        if server.state == ServerState.IDLE and state != ServerState.IDLE:
+        if server.state == _IDLE and state != _IDLE:
             idle = self.idle
             if idle and idle[-1] is server:
                 idle.pop()
@@ -225,35 +231,35 @@ class Pool(Generic[S, C]):
                 idle.pop(0)
             else:
                 idle.remove(server)
-        elif state == ServerState.IDLE:
+        elif state == _IDLE:
             self.idle.append(server)
         server.state = state
 
-    def server_connecting(self, server: S) -> None:
-        self._change_state(server, ServerState.LOGIN)
+    def server_connecting(self, server: PoolServer) -> None:
+        self._change_state(server, _LOGIN)
 
-    def server_closing(self, server: S) -> ServerState:
+    def server_closing(self, server: PoolServer) -> ServerState:
         """The server closes: it leaves every list at once, so it is never handed out; returns where it was."""
         previous = server.state
-        if previous != ServerState.CLOSED:
-            self._change_state(server, ServerState.CLOSED)
+        if previous != _CLOSED:
+            self._change_state(server, _CLOSED)
         return previous
 
-    def begin_internal(self, server: S, sql: str) -> None:
+    def begin_internal(self, server: PoolServer, sql: str) -> None:
         """Run the pooler's own query (reset, check, rollback) on a server no client holds."""
-        self._change_state(server, ServerState.BUSY)
+        self._change_state(server, _BUSY)
         server.run_internal(sql)
 
-    def link(self, client: C, server: S, now: float) -> None:
+    def link(self, client: PoolClient, server: PoolServer, now: float) -> None:
         """Pair a client with a server (at ``now``); the client then aligns parameters and sends what it holds."""
-        if server.state != ServerState.ACTIVE:
-            self._change_state(server, ServerState.ACTIVE)
+        if server.state != _ACTIVE:
+            self._change_state(server, _ACTIVE)
         client.server = server
         server.client = client
         client.linked(server, now)
 
     @staticmethod
-    def unlink(client: C, server: S) -> None:
+    def unlink(client: PoolClient, server: PoolServer) -> None:
         server.client = None
         client.server = None
         if server.reading_paused:  # paused for the client's slow reading: the next client must not inherit that
@@ -273,7 +279,7 @@ class Pool(Generic[S, C]):
 
     # --- clients ----------------------------------------------------------------------------------
 
-    def welcome_client(self, client: C) -> None:
+    def welcome_client(self, client: PoolClient) -> None:
         """Finish a client's login once the pool knows the server's parameters."""
         if self.welcome is not None:
             client.welcome(self.welcome)
@@ -286,7 +292,7 @@ class Pool(Generic[S, C]):
         if self.connecting == 0:
             self._grow(at_least=1)
 
-    def request(self, client: C) -> None:
+    def request(self, client: PoolClient) -> None:
         """A client has a transaction to run: give it a server now or queue it."""
         idle = self.idle
         if idle:
@@ -307,18 +313,18 @@ class Pool(Generic[S, C]):
         if len(self.servers) < self.capacity:
             self._grow()  # below the pool size: open a server (a full pool only queues: the hot case)
 
-    def remove_waiter(self, client: C) -> None:
+    def remove_waiter(self, client: PoolClient) -> None:
         with contextlib.suppress(ValueError):
             self.waiting.remove(client)
         if client in self.welcome_waiters:
             self.welcome_waiters.remove(client)
 
-    def release(self, server: S, *, touch: bool = True, now: float = 0.0) -> None:
+    def release(self, server: PoolServer, *, touch: bool = True, now: float = 0.0) -> None:
         """A clean server is free: hand it to the first queued client, or park it.
 
         ``touch=False`` keeps its idle clock (after a health check, which is not use).
         """
-        if server.state == ServerState.CLOSED:
+        if server.state == _CLOSED:
             return
         now = now or self.host.clock()
         if touch:
@@ -332,7 +338,7 @@ class Pool(Generic[S, C]):
         if server.cancels_in_flight:
             # A cancel for the last client's query may still reach Postgres: handed out now, it would cancel
             # the next client's query instead. Kept apart until its connection closes (PgBouncer does the same).
-            self._change_state(server, ServerState.BEING_CANCELED)
+            self._change_state(server, _BEING_CANCELED)
             return
         waiting = self.waiting
         while waiting:
@@ -345,9 +351,9 @@ class Pool(Generic[S, C]):
             return
         if self.reserve_active:
             self._set_reserve(False)
-        self._change_state(server, ServerState.IDLE)
+        self._change_state(server, _IDLE)
 
-    def server_ready(self, client: C, server: S, now: float) -> None:
+    def server_ready(self, client: PoolClient, server: PoolServer, now: float) -> None:
         """The linked client's server owes nothing and is clean: unlink it and release it."""
         server.client = None  # unlink(), inlined: this runs once per transaction
         client.server = None
@@ -355,7 +361,7 @@ class Pool(Generic[S, C]):
             server.resume_reading()
         self.release(server, now=now)
 
-    def client_left_server(self, client: C, server: S, mid_message: bool, reason: str) -> None:
+    def client_left_server(self, client: PoolClient, server: PoolServer, mid_message: bool, reason: str) -> None:
         """A linked client went away: return its server only once it is clean again."""
         self.unlink(client, server)
         if server.state == ServerState.CLOSED:
@@ -386,17 +392,17 @@ class Pool(Generic[S, C]):
         else:
             self.release(server)
 
-    def cancel_sent(self, server: S) -> None:
+    def cancel_sent(self, server: PoolServer) -> None:
         """A CancelRequest for the query on ``server`` is on its way to Postgres."""
         server.cancels_in_flight += 1
 
-    def cancel_done(self, server: S) -> None:
+    def cancel_done(self, server: PoolServer) -> None:
         """Postgres closed the cancel's connection: the cancel has reached the backend (or never will)."""
         server.cancels_in_flight -= 1
         if not server.cancels_in_flight and server.state == ServerState.BEING_CANCELED:
             self.release(server, touch=False)
 
-    def server_done_busy(self, server: S) -> None:
+    def server_done_busy(self, server: PoolServer) -> None:
         """The pooler's own query on an unlinked server finished."""
         if server.ledger.in_transaction():
             server.close("internal query left a transaction open")
@@ -405,7 +411,7 @@ class Pool(Generic[S, C]):
 
     # --- servers ----------------------------------------------------------------------------------
 
-    def open_direct(self, client: C) -> None:
+    def open_direct(self, client: PoolClient) -> None:
         """Open a dedicated backend for a direct-endpoint client."""
         if not self.host.may_open_server(self):
             client.fatal("53300", f"too many connections for database \"{self.dbname}\" or user \"{self.user}\" "
@@ -413,7 +419,7 @@ class Pool(Generic[S, C]):
                          hint="close other sessions or raise max_db_connections / max_user_connections")
             return
         params = {"user": self.user, "database": self.dbname, **client.startup_params}
-        server = cast(S, self.host.open_server(self, params, direct=True))
+        server = self.host.open_server(self, params, direct=True)
         self.direct_servers.add(server)
         server.client = client
         client.server = server
@@ -483,11 +489,11 @@ class Pool(Generic[S, C]):
         return params
 
     def _open(self) -> None:
-        server = cast(S, self.host.open_server(self, self._startup_params(), direct=False))
+        server = self.host.open_server(self, self._startup_params(), direct=False)
         self.servers.add(server)
         self.connecting += 1
 
-    def server_logged_in(self, server: S) -> None:
+    def server_logged_in(self, server: PoolServer) -> None:
         self.login_error = None
         self.connect_failed = False
         if server.direct:
@@ -509,7 +515,7 @@ class Pool(Generic[S, C]):
         self._change_state(server, ServerState.BUSY)
         self.release(server)
 
-    def server_login_failed(self, server: S, fields: dict[str, str]) -> None:
+    def server_login_failed(self, server: PoolServer, fields: dict[str, str]) -> None:
         if server not in self.servers and server not in self.direct_servers:
             return
         detail = f" ({fields['D']})" if fields.get("D") else ""
@@ -543,7 +549,7 @@ class Pool(Generic[S, C]):
             client.waiting = False
             client.login_failed(fields)
 
-    def server_closed(self, server: S) -> None:
+    def server_closed(self, server: PoolServer) -> None:
         if server.direct:
             self.direct_servers.discard(server)
         elif server in self.servers:
@@ -564,7 +570,7 @@ def refused_by_postgres(fields: dict[str, str]) -> bool:
     return "S" in fields and fields.get("C") != "57P03"
 
 
-def login_failure_detail(pool: Pool[Any, Any] | None) -> str | None:
+def login_failure_detail(pool: Pool | None) -> str | None:
     """DETAIL for a client that waited in vain: the pool's last failed server login, if any."""
     if pool is None or pool.login_error is None:
         return None

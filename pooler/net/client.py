@@ -41,6 +41,7 @@ from pooler.core.session_state import Finding, SessionStateChecker
 from pooler.core.stats import LATENCY_BUCKETS, PoolStats
 from pooler.log import log
 from pooler.net import tls as tls_shell
+from pooler.net.duck import as_protocol
 from pooler.net.peer import ADMIN_PEER_USER, is_own_user, with_host
 from pooler.net.pipe import PipeTransport
 from pooler.net.server import WRITE_BUFFER_HIGH, WRITE_BUFFER_LOW, ServerConnection
@@ -49,6 +50,20 @@ from pooler.wire import messages as pq
 from pooler.wire.auth import AuthStep, AuthType, ClientAuth, login_refusal
 from pooler.wire.framing import BadLengthError, MessageReader
 from pooler.wire.handshake import Refusal, read_login
+from pooler.wire.messages import (
+    COPY_DATA,
+    COPY_DONE,
+    COPY_FAIL,
+    DESCRIBE,
+    EXECUTE,
+    FLUSH,
+    FUNCTION_CALL,
+    PARSE,
+    QUERY,
+    SYNC,
+    TERMINATE,
+    TX_IDLE,
+)
 
 if TYPE_CHECKING:
     from pooler.net.tls import ClientTls
@@ -76,6 +91,13 @@ class ClientState(enum.IntEnum):
     WELCOME = 2
     READY = 3
     CLOSED = 4
+
+
+# States and modes the data path compares with on every event, bound once (C statics under Cython, client.pxd).
+_READY = ClientState.READY
+_CLOSED = ClientState.CLOSED
+_SESSION = PoolMode.SESSION
+_STATEMENT = PoolMode.STATEMENT
 
 
 class ClientHost(Protocol):
@@ -118,8 +140,12 @@ class ClientHost(Protocol):
         ...
 
 
-class ClientConnection(asyncio.Protocol):
-    """A connection from an application to the pooler."""
+class ClientConnection:
+    """A connection from an application to the pooler: an asyncio protocol by duck typing.
+
+    Not a subclass of ``asyncio.Protocol`` because Cython compiles this class to a C type with typed
+    fields (see client.pxd), and a C type cannot derive from a Python class.
+    """
 
     __slots__ = (
         "_carried",
@@ -237,16 +263,20 @@ class ClientConnection(asyncio.Protocol):
         self.pooler.client_disconnected(self)
 
     def data_received(self, data: bytes) -> None:
-        if self.state == ClientState.READY:
+        if self.state == _READY:
             server = self.server
             if server is not None:
                 self.forward(data, server)
             else:
                 self._hold(data)
             return
-        if self.state == ClientState.CLOSED:
+        if self.state == _CLOSED:
             return
         self._handshake_data(data)
+
+    def eof_received(self) -> bool | None:
+        """The peer half-closed: returning None lets the transport close, as asyncio.Protocol's default does."""
+        return None
 
     def pause_writing(self) -> None:
         server = self.server
@@ -333,10 +363,10 @@ class ClientConnection(asyncio.Protocol):
                 self._bad_length(kind, length)
                 return
             end = pos + 1 + length
-            if kind in (pq.QUERY, pq.FUNCTION_CALL):
+            if kind in (QUERY, FUNCTION_CALL):
                 checker = self.state_checker
                 refusal: bytes | None = None  # a DO block raising why, in place of a refused Query
-                if reserved_lead is not None and kind == pq.QUERY and pos + 5 < n and reserved_lead[data[pos + 5]] and (
+                if reserved_lead is not None and kind == QUERY and pos + 5 < n and reserved_lead[data[pos + 5]] and (
                         end - pos <= CHECK_LIMIT):
                     # DEALLOCATE/PREPARE of a name the pooler owns? (see pooler.core.prepared)
                     look = min(end - 1, pos + 5 + RESERVED_PREFIX)
@@ -347,11 +377,11 @@ class ClientConnection(asyncio.Protocol):
                         if end > n:
                             break  # replaced whole: wait for the rest of it
                         self.pooler.pooler_error(self, "42939", "prepared statement name is reserved")
-                if refusal is None and kind == pq.QUERY and checker is not None and end - pos <= CHECK_LIMIT:
+                if refusal is None and kind == QUERY and checker is not None and end - pos <= CHECK_LIMIT:
                     if end > n:
                         break  # checked whole: wait for the rest of it
                     findings = checker.check(data[pos + 5 : end - 1].decode("utf-8", "replace"),
-                                             ledger.tx_status != pq.TX_IDLE)
+                                             ledger.tx_status != TX_IDLE)
                     refusal = self._session_state(findings, server) if findings else None
                 if refusal is not None:
                     if parts is None:
@@ -360,13 +390,13 @@ class ClientConnection(asyncio.Protocol):
                     parts.append(refusal)  # Postgres raises the refusal: order and tx state stay right
                     sent_from = end
                 ledger.request_sent(kind)
-            elif kind == pq.SYNC:
+            elif kind == SYNC:
                 ledger.sync_sent(server.statements.end_segment() if track and not ledger.copy_in else kind)
-            elif kind == pq.COPY_DATA:
+            elif kind == COPY_DATA:
                 pass
-            elif kind in (pq.COPY_DONE, pq.COPY_FAIL):
+            elif kind in (COPY_DONE, COPY_FAIL):
                 ledger.copy_end_sent()
-            elif kind == pq.TERMINATE:
+            elif kind == TERMINATE:
                 if pos:
                     transport.write(data[:pos])
                 self.close()
@@ -375,7 +405,7 @@ class ClientConnection(asyncio.Protocol):
                 if not ledger.unsynced:
                     ledger.extended_sent()
                 segment = server.statements.open
-                if segment is not None and segment.dropping and kind != pq.FLUSH:  # refused earlier in it
+                if segment is not None and segment.dropping and kind != FLUSH:  # refused earlier in it
                     if end > n:
                         break  # dropped whole: wait for the rest of it
                     if parts is None:
@@ -383,13 +413,13 @@ class ClientConnection(asyncio.Protocol):
                     parts.append(data[sent_from:pos])
                     sent_from = pos = end
                     continue
-                if kind == pq.PARSE and self.state_checker is not None and end - pos <= CHECK_LIMIT:
+                if kind == PARSE and self.state_checker is not None and end - pos <= CHECK_LIMIT:
                     if end > n:
                         break  # checked whole: wait for the rest of it
                     name_end = data.find(b"\x00", pos + 5, end)
                     query_end = data.find(b"\x00", name_end + 1, end)
                     findings = self.state_checker.check(
-                        data[name_end + 1 : query_end].decode("utf-8", "replace"), ledger.tx_status != pq.TX_IDLE
+                        data[name_end + 1 : query_end].decode("utf-8", "replace"), ledger.tx_status != TX_IDLE
                     ) if name_end > 0 and query_end > 0 else ()
                     if findings and self._session_state(findings, server, extended=True) is not None:
                         if parts is None:
@@ -397,8 +427,8 @@ class ClientConnection(asyncio.Protocol):
                         parts.append(data[sent_from:pos])  # the Parse is refused in its place
                         sent_from = pos = end
                         continue
-                if track and kind != pq.FLUSH:
-                    if kind == pq.EXECUTE:
+                if track and kind != FLUSH:
+                    if kind == EXECUTE:
                         server.statements.record(kind)
                     else:
                         span = statement_name(kind, data, pos, min(end, n))
@@ -412,7 +442,7 @@ class ClientConnection(asyncio.Protocol):
                             parts.append(data[sent_from:pos])
                             parts.extend(self._named_statement(kind, data, pos, end, span=span, server=server))
                             sent_from = end
-                        elif kind == pq.DESCRIBE and end > pos + 5 and data[pos + 5] == ord("S"):
+                        elif kind == DESCRIBE and end > pos + 5 and data[pos + 5] == ord("S"):
                             server.statements.record(DESCRIBE_STATEMENT)
                         else:
                             server.statements.record(kind)
@@ -434,7 +464,7 @@ class ClientConnection(asyncio.Protocol):
             self._hold_partial(data, stop, n)
         if was_idle and ledger.pending:
             now = server.request_started = self.pooler.clock()
-            if ledger.tx_status == pq.TX_IDLE:
+            if ledger.tx_status == TX_IDLE:
                 server.xact_started = now
 
     def _hold_partial(self, data: bytes, start: int, n: int) -> None:
@@ -465,7 +495,7 @@ class ClientConnection(asyncio.Protocol):
         if self.state_refuse:
             self.pooler.pooler_error(self, "0A000", message)
             if extended:
-                server.synthesize(pq.PARSE, pq.error_response("0A000", message, hint=first.fix), refuse=True)
+                server.synthesize(PARSE, pq.error_response("0A000", message, hint=first.fix), refuse=True)
                 return b""
             return pq.error_query("0A000", message, hint=first.fix)
         if self.state_warned is None:
@@ -485,16 +515,16 @@ class ClientConnection(asyncio.Protocol):
     ) -> list[bytes]:
         """A Parse/Bind/Describe/Close of a named statement: what to send the server in its place."""
         name = data[span[0] : span[1]]
-        if kind == pq.PARSE:
+        if kind == PARSE:
             self.stats.client_parse_count += 1
             if name in self.statements:
-                server.synthesize(pq.PARSE, name_in_use(name), refuse=True)
+                server.synthesize(PARSE, name_in_use(name), refuse=True)
                 return []
             statement = self.pooler.statements.get(data[span[1] + 1 : end])
             self.statements[name] = statement
             if statement in server.statements.prepared:
                 server.statements.use(statement)
-                server.synthesize(pq.PARSE, pq.PARSE_COMPLETE)
+                server.synthesize(PARSE, pq.PARSE_COMPLETE)
                 return []
             self.stats.server_parse_count += 1
             limit = self.pooler.config.settings.max_prepared_statements
@@ -558,7 +588,7 @@ class ClientConnection(asyncio.Protocol):
         held = self._held = self._held + data
         if len(held) < 5:
             return
-        if held[0] == pq.TERMINATE:
+        if held[0] == TERMINATE:
             self.close()
             return
         if len(held) > HOLD_LIMIT:
@@ -605,19 +635,19 @@ class ClientConnection(asyncio.Protocol):
 
     def server_ready_for_query(self, server: ServerConnection) -> None:
         """The server owes nothing: release it if this pool mode allows and it is clean."""
-        if server.ledger.tx_status != pq.TX_IDLE:
+        if server.ledger.tx_status != TX_IDLE:
             server.last_used = self.pooler.clock()  # idle in a transaction from now on (idle_transaction_timeout)
         pool = self.pool
         assert pool is not None
         mode = pool.mode  # read live: a RELOAD that changes the pool's mode applies from the next transaction
-        if mode == PoolMode.SESSION or self.direct or self._skip:
+        if mode == _SESSION or self.direct or self._skip:
             return
         if server.is_clean():
             now = self.last_active = self.pooler.clock()
             pool.server_ready(self, server, now)
             if len(self._held) >= 5:
                 self._hold(b"")
-        elif mode == PoolMode.STATEMENT and server.ledger.tx_status != pq.TX_IDLE:
+        elif mode == _STATEMENT and server.ledger.tx_status != TX_IDLE:
             self.fatal("08P01", "transaction blocks not allowed in statement pooling mode",
                        hint="use transaction pool_mode, or the direct endpoint, for multi-statement transactions")
 
@@ -858,7 +888,7 @@ class ClientConnection(asyncio.Protocol):
         login_timeout = self.pooler.config.settings.client_login_timeout
         timeout = login_timeout + 5 if login_timeout else None
         try:
-            upgraded = await tls_shell.accept(transport, self, tls.context, already_read, timeout)
+            upgraded = await tls_shell.accept(transport, as_protocol(self), tls.context, already_read, timeout)
         except Exception as exc:  # ssl.SSLError, a reset, a timeout: the client goes, nobody else notices
             self._tls_pending = False
             if self.state != ClientState.CLOSED:
@@ -953,4 +983,10 @@ def first_request_end(data: bytes) -> int | None:
 
 
 #: A pool of this process: servers are ServerConnections, clients ClientConnections.
-ClientPool: TypeAlias = Pool[ServerConnection, ClientConnection]
+ClientPool: TypeAlias = Pool
+
+
+def servers_of(pool: ClientPool, *, direct: bool = True) -> list[ServerConnection]:
+    """A pool's servers (and its direct ones) as the shells made them: the process opens every server of its
+    pools as a ServerConnection, which the pool itself only knows as a PoolServer."""
+    return cast("list[ServerConnection]", [*pool.servers, *pool.direct_servers] if direct else list(pool.servers))

@@ -18,25 +18,41 @@ from __future__ import annotations
 import asyncio
 import struct
 from bisect import bisect_left
-from typing import Any, Protocol, cast
+from typing import Protocol, cast
 
 from pooler.config import PoolMode
 from pooler.core.ledger import Ledger
 from pooler.core.parameters import ParamsKey
-from pooler.core.pool import Pool, ServerState
+from pooler.core.pool import Pool, PoolClient, ServerState
 from pooler.core.prepared import DESCRIBE_STATEMENT, FORWARD, PreparedStatement, Segment, ServerStatements
 from pooler.core.stats import LATENCY_BUCKETS
 from pooler.net.sockopts import apply_tcp_options
 from pooler.wire import messages as pq
 from pooler.wire.auth import AuthFailed, ServerAuth
 from pooler.wire.framing import MessageReader
+from pooler.wire.messages import (
+    COMMAND_COMPLETE,
+    COPY_IN_RESPONSE,
+    DATA_ROW,
+    ERROR_RESPONSE,
+    PARAMETER_STATUS,
+    READY_FOR_QUERY,
+    TX_IDLE,
+)
 
 _LENGTH = struct.Struct("!i")
 _unpack_length = _LENGTH.unpack_from
 
+# States the scanner compares with on every chunk, bound once (Cython keeps them in C statics, server.pxd;
+# the wire constants imported by name above become C ints there).
+_LOGIN = ServerState.LOGIN
+_IDLE = ServerState.IDLE
+_BUSY = ServerState.BUSY
+_STATEMENT = PoolMode.STATEMENT
+
 # Which backend message types the scanner must look inside (everything else is only skipped).
 _INSPECT = bytearray(256)
-for _t in (pq.READY_FOR_QUERY, pq.PARAMETER_STATUS, pq.COPY_IN_RESPONSE, pq.ERROR_RESPONSE, pq.COMMAND_COMPLETE):
+for _t in (READY_FOR_QUERY, PARAMETER_STATUS, COPY_IN_RESPONSE, ERROR_RESPONSE, COMMAND_COMPLETE):
     _INSPECT[_t] = 1
 _INSPECT_TABLE = bytes(_INSPECT)
 
@@ -55,7 +71,7 @@ _COMPLETES: dict[int, bytes] = {
     DESCRIBE_STATEMENT: b"Tn",
     pq.EXECUTE: b"CIs",
 }
-_PASS_THROUGH = frozenset((pq.NOTICE_RESPONSE, pq.PARAMETER_STATUS, pq.NOTIFICATION_RESPONSE))
+_PASS_THROUGH = frozenset((pq.NOTICE_RESPONSE, PARAMETER_STATUS, pq.NOTIFICATION_RESPONSE))
 
 _FATAL_PREFIX = b"SFATAL\x00"
 _PANIC_PREFIX = b"SPANIC\x00"
@@ -88,8 +104,13 @@ class LinkedClient(Protocol):
     def server_ready_for_query(self, server: ServerConnection) -> None: ...
 
 
-class ServerConnection(asyncio.Protocol):
-    """A backend connection and the byte scanner for its responses."""
+class ServerConnection:
+    """A backend connection and the byte scanner for its responses: an asyncio protocol by duck typing.
+
+    Not a subclass of ``asyncio.Protocol`` because Cython compiles this class to a C type with typed
+    fields (see server.pxd), and a C type cannot derive from a Python class; asyncio and uvloop only call
+    the protocol methods defined here.
+    """
 
     __slots__ = (
         "_login_reader",
@@ -123,7 +144,7 @@ class ServerConnection(asyncio.Protocol):
 
     def __init__(
         self,
-        pool: Pool[ServerConnection, Any],
+        pool: Pool,
         startup_params: dict[str, str],
         auth: ServerAuth,
         *,
@@ -173,6 +194,10 @@ class ServerConnection(asyncio.Protocol):
             return  # close() already did the bookkeeping
         self._closed(f"server connection lost ({exc or 'EOF'})")
 
+    def eof_received(self) -> bool | None:
+        """The peer half-closed: returning None lets the transport close, as asyncio.Protocol's default does."""
+        return None
+
     def pause_writing(self) -> None:
         client = self.client
         if client is not None:
@@ -196,7 +221,7 @@ class ServerConnection(asyncio.Protocol):
                 self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
-        if self.state == ServerState.LOGIN:
+        if self.state == _LOGIN:
             self._login_data(data)
             return
         if self._partial:
@@ -227,21 +252,21 @@ class ServerConnection(asyncio.Protocol):
             if inspect[kind]:
                 if end > n:
                     break
-                if kind == pq.READY_FOR_QUERY:
+                if kind == READY_FOR_QUERY:
                     swallowing = ledger.swallow
                     if ledger.ready_for_query(data[pos + 5]):
                         answered += 1
-                        if ledger.tx_status != pq.TX_IDLE and self._refuses_transactions():
+                        if ledger.tx_status != TX_IDLE and self._refuses_transactions():
                             refused = pos
                             break
                     elif swallowing and not ledger.swallow:
                         forward_from = end
-                elif kind == pq.PARAMETER_STATUS:
+                elif kind == PARAMETER_STATUS:
                     self._parameter_status(data[pos + 5 : end - 1])
-                elif kind == pq.COMMAND_COMPLETE:
+                elif kind == COMMAND_COMPLETE:
                     if end - pos - 1 in _FORGET_LENGTHS:
                         self._command_tag(data[pos + 5 : end])
-                elif kind == pq.COPY_IN_RESPONSE:
+                elif kind == COPY_IN_RESPONSE:
                     self._copy_in_started()
                 elif data.startswith(_FATAL_PREFIX, pos + 5) or data.startswith(_PANIC_PREFIX, pos + 5):
                     self.fatal_seen = True
@@ -279,9 +304,9 @@ class ServerConnection(asyncio.Protocol):
                 self.stats.sent += stop - forward_from
                 client.transport.write(data[forward_from:stop])
         if client is None:
-            if self.state == ServerState.IDLE and self.fatal_seen:
+            if self.state == _IDLE and self.fatal_seen:
                 self.close("server sent FATAL while idle")
-            elif self.state == ServerState.BUSY and not ledger.pending and not ledger.swallow:
+            elif self.state == _BUSY and not ledger.pending and not ledger.swallow:
                 self.pool.server_done_busy(self)
             return
         if not ledger.pending and not ledger.swallow:
@@ -299,7 +324,7 @@ class ServerConnection(asyncio.Protocol):
         hist.counts[bisect_left(LATENCY_BUCKETS, elapsed)] += 1
         hist.total += elapsed
         self.request_started = now  # a pipelined request still owed started no later than this
-        if self.ledger.tx_status == pq.TX_IDLE:
+        if self.ledger.tx_status == TX_IDLE:
             stats.xact_count += 1
             elapsed = now - self.xact_started
             hist = stats.xact_hist
@@ -312,7 +337,7 @@ class ServerConnection(asyncio.Protocol):
 
     def _refuses_transactions(self) -> bool:
         client = self.client
-        return client is not None and not client.direct and self.pool.mode == PoolMode.STATEMENT
+        return client is not None and not client.direct and self.pool.mode == _STATEMENT
 
     def _refuse_transaction(self, data: bytes, forward_from: int, at: int) -> None:
         """Statement mode, and a ReadyForQuery says a transaction block is open: like PgBouncer, the client
@@ -322,7 +347,7 @@ class ServerConnection(asyncio.Protocol):
         assert client is not None
         if 0 <= forward_from < at:
             client.write(data[forward_from:at])
-        self.pool.unlink(client, self)
+        self.pool.unlink(cast(PoolClient, client), self)
         reason = "transaction blocks not allowed in statement pooling mode"
         client.fatal("08P01", reason,
                      hint="use transaction pool_mode, or the direct endpoint, for multi-statement transactions")
@@ -335,7 +360,7 @@ class ServerConnection(asyncio.Protocol):
         server may already be running the client's query behind the SET: close it."""
         client = self.client
         assert client is not None
-        self.pool.unlink(client, self)
+        self.pool.unlink(cast(PoolClient, client), self)
         client.fatal(fields.get("C", "22023"), fields.get("M", "invalid value for a startup parameter"),
                      detail=fields.get("D"),
                      hint=fields.get("H") or "fix the value in the connection string; the pooler sets it with SET")
@@ -426,7 +451,7 @@ class ServerConnection(asyncio.Protocol):
             if head is None:
                 head = statements.open
             if end > n:
-                if kind == pq.DATA_ROW and ledger.swallow == 0 and (
+                if kind == DATA_ROW and ledger.swallow == 0 and (
                         not isinstance(head, Segment) or head.head >= len(head.actions)
                         or head.actions[head.head].mode == FORWARD):
                     out.append(data[pos:])  # a large row of a forwarded answer: stream it
@@ -434,40 +459,40 @@ class ServerConnection(asyncio.Protocol):
                     pos = n
                 break
             if ledger.swallow:
-                if kind == pq.READY_FOR_QUERY:
+                if kind == READY_FOR_QUERY:
                     ledger.ready_for_query(data[pos + 5])
-                elif kind == pq.PARAMETER_STATUS:
+                elif kind == PARAMETER_STATUS:
                     self._parameter_status(data[pos + 5 : end - 1])
-                elif kind == pq.ERROR_RESPONSE and self.client is not None:
+                elif kind == ERROR_RESPONSE and self.client is not None:
                     self._parameters_refused(pq.parse_error_fields(data[pos + 5 : end]))
                     return
-                elif kind == pq.ERROR_RESPONSE:
+                elif kind == ERROR_RESPONSE:
                     self.stale = True  # the pooler's own reset or check failed: close, never reuse
                 pos = end
                 continue
             if kind in _PASS_THROUGH:
-                if kind == pq.PARAMETER_STATUS:
+                if kind == PARAMETER_STATUS:
                     self._parameter_status(data[pos + 5 : end - 1])
                 out.append(data[pos:end])
                 pos = end
                 continue
-            if kind == pq.ERROR_RESPONSE and (
+            if kind == ERROR_RESPONSE and (
                     data.startswith(_FATAL_PREFIX, pos + 5) or data.startswith(_PANIC_PREFIX, pos + 5)):
                 self.fatal_seen = True
-            elif kind == pq.COMMAND_COMPLETE and end - pos - 1 in _FORGET_LENGTHS:
+            elif kind == COMMAND_COMPLETE and end - pos - 1 in _FORGET_LENGTHS:
                 self._command_tag(data[pos + 5 : end])
-            elif kind == pq.ERROR_RESPONSE and statements.prepared and data.find(b"pooler_", pos + 5, end) >= 0:
+            elif kind == ERROR_RESPONSE and statements.prepared and data.find(b"pooler_", pos + 5, end) >= 0:
                 self._statement_error(data[pos + 5 : end])
-            elif kind == pq.COPY_IN_RESPONSE:
+            elif kind == COPY_IN_RESPONSE:
                 self._copy_in_started()
             if not isinstance(head, Segment):  # an untracked request: forwarded as is
                 out.append(data[pos:end])
-                if kind == pq.READY_FOR_QUERY and ledger.ready_for_query(data[pos + 5]):
+                if kind == READY_FOR_QUERY and ledger.ready_for_query(data[pos + 5]):
                     answered += 1
                 pos = end
                 continue
             emit(head, out)
-            if kind == pq.READY_FOR_QUERY:
+            if kind == READY_FOR_QUERY:
                 out.append(data[pos:end])
                 if head is statements.open:  # cannot happen: a ReadyForQuery answers a Sync, which closed it
                     statements.open = None
@@ -475,7 +500,7 @@ class ServerConnection(asyncio.Protocol):
                 elif ledger.ready_for_query(data[pos + 5]):
                     answered += 1
                 statements.inflight -= 1
-            elif kind == pq.ERROR_RESPONSE:
+            elif kind == ERROR_RESPONSE:
                 out.append(data[pos:end])  # an error always reaches the client, even one to a hidden Parse
                 statements.segment_failed(head, self.client.statements if self.client is not None else None)
             elif head.head < len(head.actions):
@@ -530,15 +555,15 @@ class ServerConnection(asyncio.Protocol):
                 if reply:
                     assert self.transport is not None
                     self.transport.write(reply)
-            elif kind == pq.PARAMETER_STATUS:
+            elif kind == PARAMETER_STATUS:
                 name, value = pq.parse_parameter_status(body)
                 self.params[name] = value
             elif kind == pq.BACKEND_KEY_DATA:
                 self.key = (pq.read_int32(body), pq.read_int32(body, 4))
-            elif kind == pq.ERROR_RESPONSE:
+            elif kind == ERROR_RESPONSE:
                 self._login_failed(pq.parse_error_fields(body))
                 return
-            elif kind == pq.READY_FOR_QUERY:
+            elif kind == READY_FOR_QUERY:
                 self.params_key = self.pool.host.parameters.key(self.params)
                 self.ledger.ready_for_query(body[0])
                 remainder = reader.take_rest()

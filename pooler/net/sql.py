@@ -22,6 +22,7 @@ import enum
 from collections.abc import Callable
 
 from pooler.net.client import ClientConnection, ClientHost
+from pooler.net.duck import as_protocol
 from pooler.net.pipe import PipeTransport
 from pooler.wire import messages as pq
 from pooler.wire import neon_sql
@@ -48,7 +49,7 @@ class SqlSession:
         self.client = ClientConnection(pooler)
         self.client.cleartext = True
         self.client.http_ok = False
-        self.pipe = PipeTransport(outer, self.client, self._received, self._closed_by_pooler)
+        self.pipe = PipeTransport(outer, as_protocol(self.client), self._received, self._closed_by_pooler)
         self.state = SessionState.LOGIN
         # A DataRow larger than the response limit could never be answered: it fails as "too large".
         self._reader = MessageReader(pooler.config.settings.http_max_response_size + 1024)

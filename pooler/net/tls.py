@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import cast
 
 from pooler.core.pool import ServerState
+from pooler.net.duck import as_protocol
 from pooler.net.server import ServerConnection
 from pooler.wire import messages as pq
 
@@ -166,14 +167,14 @@ async def connect_server(server: ServerConnection, host: str, port: int, tls: Se
     """
     loop = asyncio.get_running_loop()
     if tls is None or tls.context is None:
-        await loop.create_connection(lambda: server, host, port)
+        await loop.create_connection(lambda: as_protocol(server), host, port)
         return
     negotiation = _SslNegotiation()
     transport, _ = await loop.create_connection(lambda: negotiation, host, port)
     try:
         answer = await negotiation.answer
         if answer == b"S":
-            upgraded = await loop.start_tls(transport, server, tls.context, server_hostname=host)
+            upgraded = await loop.start_tls(transport, as_protocol(server), tls.context, server_hostname=host)
             if upgraded is None:  # typeshed's Optional: the loop closed under us
                 raise ConnectionResetError("TLS handshake with the server did not complete")
             transport = upgraded
@@ -181,7 +182,7 @@ async def connect_server(server: ServerConnection, host: str, port: int, tls: Se
             raise TlsRefusedError(f"server refused SSL (server_tls_sslmode = {tls.mode}); turn ssl on in "
                                   "Postgres, or lower server_tls_sslmode")
         else:
-            transport.set_protocol(server)
+            transport.set_protocol(as_protocol(server))
     except BaseException:
         transport.close()
         raise

@@ -37,6 +37,7 @@ from wsproto.events import (
 from wsproto.utilities import RemoteProtocolError
 
 from pooler.net.client import ClientConnection, ClientHost
+from pooler.net.duck import as_protocol
 from pooler.net.pipe import PipeTransport
 from pooler.wire import messages as pq
 
@@ -57,7 +58,7 @@ class WebSocketConnection(asyncio.Protocol):
         self.max_frame = pooler.config.settings.websocket_max_frame_size
         self.client = ClientConnection(pooler)
         self.client.http_ok = False
-        self.pipe = PipeTransport(transport, self.client, self._send_binary, self._closed_by_client)
+        self.pipe = PipeTransport(transport, as_protocol(self.client), self._send_binary, self._closed_by_client)
         self._frame_bytes = 0
         self._first = b""  # the bytes before the StartupMessage is whole (None once it was)
         self._deciding = True

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 from pooler import config as cfg
 from pooler.config import ADMIN_DATABASE, PoolMode, Settings
 from pooler.core.pool import ServerState
-from pooler.net.client import ClientState
+from pooler.net.client import ClientState, servers_of
 from pooler.net.tls import describe_tls
 from pooler.wire.auth import AuthType
 
@@ -107,9 +107,7 @@ def pool_counts(pooler: Pooler) -> list[PoolCounts]:
     by_pool: dict[int, PoolCounts] = {}
     for pool in pooler.pools.values():
         row = PoolCounts(pool.db.name, pool.user, pool.mode.value)
-        for server in pool.servers:
-            _count_server(row, server)
-        for server in pool.direct_servers:
+        for server in servers_of(pool):
             _count_server(row, server)
         by_pool[id(pool)] = row
         rows.append(row)
@@ -350,7 +348,7 @@ def server_rows(pooler: Pooler) -> list[ConnectionRow]:
     live: set[ServerConnection] = set()
     rows: list[ConnectionRow] = []
     for pool in pooler.pools.values():
-        for server in (*pool.servers, *pool.direct_servers):
+        for server in servers_of(pool):
             live.add(server)
             rows.append(_server_row(pooler, pool, server, wall_offset, ids))
     for gone in [s for s in ids if s not in live]:

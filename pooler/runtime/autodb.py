@@ -12,7 +12,6 @@ A paused database is kept. Called from the periodic sweep, which already visits 
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
-from typing import Any
 
 from pooler.core.pool import Pool
 
@@ -30,19 +29,19 @@ class AutodbJanitor:
 
     def expired(
         self,
-        pools: Mapping[PoolKey, Pool[Any, Any]],
+        pools: Mapping[PoolKey, Pool],
         *,
         declared: Collection[str],
         paused: Collection[str],
         timeout: float,
         now: float,
-        in_use: set[Pool[Any, Any]],
+        in_use: set[Pool],
     ) -> list[PoolKey]:
         """The pools to free now; ``in_use``: the pools some client is logged in to."""
         if timeout <= 0:
             self.idle_since.clear()
             return []
-        auto: dict[str, list[tuple[PoolKey, Pool[Any, Any]]]] = {}
+        auto: dict[str, list[tuple[PoolKey, Pool]]] = {}
         for key, pool in pools.items():
             if pool.db.name not in declared:
                 auto.setdefault(pool.db.name, []).append((key, pool))
@@ -60,5 +59,5 @@ class AutodbJanitor:
         return expired
 
 
-def _active(pool: Pool[Any, Any], in_use: set[Pool[Any, Any]]) -> bool:
+def _active(pool: Pool, in_use: set[Pool]) -> bool:
     return bool(pool in in_use or pool.servers or pool.direct_servers or pool.waiting or pool.welcome_waiters)

@@ -15,8 +15,7 @@ from pooler import config as cfg
 from pooler.config import Config
 from pooler.core.pool import CONNECT_TIMEOUT, ServerState, login_failure_detail
 from pooler.log import log
-from pooler.net.client import ClientConnection, ClientPool, ClientState
-from pooler.net.server import ServerConnection
+from pooler.net.client import ClientConnection, ClientPool, ClientState, servers_of
 from pooler.runtime.autodb import AutodbJanitor
 from pooler.wire import messages as pq
 
@@ -173,7 +172,7 @@ class Janitor:
 
     def _sweep_pool(self, pool: ClientPool, now: float, s: cfg.Settings) -> None:
         connect_timeout = s.server_connect_timeout
-        for server in list(pool.servers):
+        for server in servers_of(pool, direct=False):
             logging_in = server.state in (ServerState.CONNECTING, ServerState.LOGIN)
             if logging_in and connect_timeout and now - server.connect_started > connect_timeout:
                 server.login_error = {"C": "08006", "M": CONNECT_TIMEOUT, "D": "the login to Postgres took longer "
@@ -185,20 +184,19 @@ class Janitor:
         if pool.waiting or pool.welcome_waiters:
             pool.grow_for_waiters()  # clients wait and the pool has room: it must be trying to open servers
         if s.server_fast_close and pool.mode == cfg.PoolMode.SESSION:
-            for server in list(pool.servers):
+            for server in servers_of(pool, direct=False):
                 client = server.client
                 if server.stale and client is not None and server.state == ServerState.ACTIVE and server.is_clean():
                     # PgBouncer's words; the client goes too, so it notices its session ended.
                     client.fatal("08P01", "database configuration changed",
                                  hint="server_fast_close: a RECONNECT or RELOAD replaced this session's server")
         keep = pool.min_size
-        for server in list(pool.idle):
-            assert isinstance(server, ServerConnection)
-            idle_for = now - server.last_used
-            too_old = pool.lifetime and now - server.created_at > pool.lifetime
+        for idle in list(pool.idle):
+            idle_for = now - idle.last_used
+            too_old = pool.lifetime and now - idle.created_at > pool.lifetime
             too_idle = s.server_idle_timeout and idle_for > s.server_idle_timeout and len(pool.servers) > keep
-            if too_old or too_idle or server.stale:
-                server.close("server_lifetime" if too_old else "server_idle_timeout")
+            if too_old or too_idle or idle.stale:
+                idle.close("server_lifetime" if too_old else "server_idle_timeout")
         pool.grow_to_minimum()
 
 

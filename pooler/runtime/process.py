@@ -18,7 +18,7 @@ import socket
 import ssl
 import time
 from collections.abc import Callable, Coroutine, Iterable
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from pooler import config as cfg
 from pooler.config import RESTART_ONLY_SETTINGS
@@ -29,6 +29,7 @@ from pooler.core.prepared import StatementCache
 from pooler.core.stats import error_kind
 from pooler.log import configure_from_settings, log
 from pooler.net.client import ClientConnection, ClientPool, ClientState
+from pooler.net.duck import as_protocol
 from pooler.net.http import HttpConnection
 from pooler.net.server import ServerConnection
 from pooler.net.tls import ClientTls, ServerTls
@@ -183,16 +184,17 @@ class Pooler:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         s = self.config.settings
-        pooled = await self._listen(lambda: ClientConnection(self), s.listen_addr, s.listen_port)
+        pooled = await self._listen(lambda: as_protocol(ClientConnection(self)), s.listen_addr, s.listen_port)
         self.ports["pooled"] = pooled
         if s.direct_port:
-            self.ports["direct"] = await self._listen(lambda: ClientConnection(self, direct=True), s.listen_addr,
-                                                      s.direct_port)
+            self.ports["direct"] = await self._listen(lambda: as_protocol(ClientConnection(self, direct=True)),
+                                                      s.listen_addr, s.direct_port)
         if s.http_port:
             self.ports["http"] = await self._listen(lambda: HttpConnection(self), s.listen_addr, s.http_port)
         if s.unix_socket_dir:
             path = f"{s.unix_socket_dir}/.s.PGSQL.{pooled}"
-            server = await loop.create_unix_server(lambda: ClientConnection(self), path, backlog=s.listen_backlog)
+            server = await loop.create_unix_server(lambda: as_protocol(ClientConnection(self)), path,
+                                                   backlog=s.listen_backlog)
             self.listeners.append(server)
             set_socket_file_access(path, s.unix_socket_mode, s.unix_socket_group)
         if self.worker.count > 1:  # cancels other workers received for our clients arrive here
@@ -445,7 +447,7 @@ class Pooler:
 
     # --- servers and limits -----------------------------------------------------------------------
 
-    def may_open_server(self, pool: Pool[Any, Any]) -> bool:
+    def may_open_server(self, pool: Pool) -> bool:
         """Pooler-wide caps. When one is reached, close an idle server of another pool to make room."""
         s = self.config.settings
         dbname = pool.db.name
@@ -463,7 +465,7 @@ class Pooler:
                 return False  # the count drops when the close is processed; the caller retries then
         return False
 
-    def open_server(self, pool: Pool[Any, Any], params: dict[str, str], *, direct: bool) -> ServerConnection:
+    def open_server(self, pool: Pool, params: dict[str, str], *, direct: bool) -> ServerConnection:
         """A new server for ``pool``, counted against the pooler-wide caps at once; it connects in the background."""
         password, keys = pool.credentials
         server = ServerConnection(pool, params, ServerAuth(pool.user, password, keys), direct=direct)
@@ -475,14 +477,14 @@ class Pooler:
         self.spawn(upstream.connect(server, pool.db, host, settings.server_connect_timeout, self.server_tls))
         return server
 
-    def server_gone(self, pool: Pool[Any, Any]) -> None:
+    def server_gone(self, pool: Pool) -> None:
         self.db_servers[pool.db.name] -= 1
         self.user_servers[pool.user] -= 1
         for other in self.pools.values():
             if (other.waiting or other.welcome_waiters) and other is not pool:
                 other.grow_for_waiters()
 
-    def room_wanted_by_other_pool(self, pool: Pool[Any, Any]) -> bool:
+    def room_wanted_by_other_pool(self, pool: Pool) -> bool:
         """True when a server of ``pool`` about to go idle should be closed instead: another pool has clients
         waiting and is held back by the max_db_connections / max_user_connections cap it shares with ``pool``
         (PgBouncer evicts an idle server for it)."""
