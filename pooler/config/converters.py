@@ -246,8 +246,16 @@ def _build_setting_converters() -> dict[str, Converter]:
 SETTING_CONVERTERS: dict[str, Converter] = _build_setting_converters()
 ALL_SETTING_NAMES: tuple[str, ...] = tuple(sorted(set(SETTING_CONVERTERS) | PGBOUNCER_UNSUPPORTED_SETTINGS))
 
-#: [databases] connection-string keys -> (DatabaseConfig field, converter). ``reserve_pool`` is
-#: PgBouncer's historical spelling, ``reserve_pool_size`` its newer one.
+#: The pool's keys, the same in a [databases] and a [users] entry. ``reserve_pool`` is PgBouncer's
+#: historical spelling, ``reserve_pool_size`` its newer one.
+_POOL_KEYS: dict[str, tuple[str, Converter]] = {
+    "pool_mode": ("pool_mode", _to_pool_mode),
+    "pool_size": ("pool_size", _NONNEGATIVE),
+    "reserve_pool": ("reserve_pool_size", _NONNEGATIVE),
+    "reserve_pool_size": ("reserve_pool_size", _NONNEGATIVE),
+}
+
+#: [databases] connection-string keys -> (DatabaseConfig field, converter).
 DATABASE_KEYS: dict[str, tuple[str, Converter]] = {
     "host": ("host", _to_str),
     "port": ("port", to_port),
@@ -255,13 +263,10 @@ DATABASE_KEYS: dict[str, tuple[str, Converter]] = {
     "user": ("user", _to_str),
     "password": ("password", _to_str),
     "auth_user": ("auth_user", _to_str),
-    "pool_size": ("pool_size", _NONNEGATIVE),
+    **_POOL_KEYS,
     "min_pool_size": ("min_pool_size", _NONNEGATIVE),
-    "reserve_pool": ("reserve_pool_size", _NONNEGATIVE),
-    "reserve_pool_size": ("reserve_pool_size", _NONNEGATIVE),
     "max_db_connections": ("max_db_connections", _NONNEGATIVE),
     "max_db_client_connections": ("max_db_client_connections", _NONNEGATIVE),
-    "pool_mode": ("pool_mode", _to_pool_mode),
     "server_lifetime": ("server_lifetime", _to_seconds),
     "auth_dbname": ("auth_dbname", _to_str),
     "load_balance_hosts": ("load_balance_hosts", _to_load_balance_hosts),
@@ -276,10 +281,7 @@ DATABASE_KEYS_UNSUPPORTED = frozenset(
 
 #: [users] keys -> (UserConfig field, converter).
 USER_KEYS: dict[str, tuple[str, Converter]] = {
-    "pool_mode": ("pool_mode", _to_pool_mode),
-    "pool_size": ("pool_size", _NONNEGATIVE),
-    "reserve_pool": ("reserve_pool_size", _NONNEGATIVE),
-    "reserve_pool_size": ("reserve_pool_size", _NONNEGATIVE),
+    **_POOL_KEYS,
     "max_user_connections": ("max_user_connections", _NONNEGATIVE),
     "max_user_client_connections": ("max_user_client_connections", _NONNEGATIVE),
     "query_timeout": ("query_timeout", _to_seconds),

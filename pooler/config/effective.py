@@ -32,36 +32,11 @@ def find_database(config: Config, name: str) -> DatabaseConfig | None:
     return dataclasses.replace(fallback, name=name, dbname=fallback.dbname or name)
 
 
-def effective_pool_mode(config: Config, db: DatabaseConfig, user: str) -> PoolMode:
-    entry = config.users.get(user)
-    if entry is not None and entry.pool_mode is not None:
-        return entry.pool_mode
-    return db.pool_mode if db.pool_mode is not None else config.settings.pool_mode
-
-
-def effective_pool_size(config: Config, db: DatabaseConfig, user: str) -> int:
-    entry = config.users.get(user)
-    if entry is not None and entry.pool_size is not None:
-        return entry.pool_size
-    return db.pool_size if db.pool_size is not None else config.settings.default_pool_size
-
-
-def effective_reserve_pool_size(config: Config, db: DatabaseConfig, user: str) -> int:
-    entry = config.users.get(user)
-    if entry is not None and entry.reserve_pool_size is not None:
-        return entry.reserve_pool_size
-    return db.reserve_pool_size if db.reserve_pool_size is not None else config.settings.reserve_pool_size
-
-
-def effective_min_pool_size(config: Config, db: DatabaseConfig, user: str | None = None) -> int:
-    """``user`` is accepted for symmetry with the other pool-size helpers; PgBouncer has no per-user value."""
-    return db.min_pool_size if db.min_pool_size is not None else config.settings.min_pool_size
-
-
-def effective_max_db_connections(config: Config, db: DatabaseConfig) -> int:
-    if db.max_db_connections is not None:
-        return db.max_db_connections
-    return config.settings.max_db_connections
+def _db_or_global(config: Config, db: DatabaseConfig, name: str, global_name: str = "") -> typing.Any:
+    """A [databases] entry's value for ``name`` if it sets one, else the [pgbouncer] section's
+    (``global_name`` where PgBouncer names the global differently, as ``default_pool_size``)."""
+    value = getattr(db, name)
+    return value if value is not None else getattr(config.settings, global_name or name)
 
 
 def _user_or_global(config: Config, user: str, name: str) -> typing.Any:
@@ -71,8 +46,48 @@ def _user_or_global(config: Config, user: str, name: str) -> typing.Any:
     return value if value is not None else getattr(config.settings, name)
 
 
+def _user_db_or_global(config: Config, db: DatabaseConfig, user: str, name: str, global_name: str = "") -> typing.Any:
+    """The whole precedence: the [users] entry's value, else the [databases] entry's, else the global."""
+    entry = config.users.get(user)
+    value = getattr(entry, name) if entry is not None else None
+    return value if value is not None else _db_or_global(config, db, name, global_name)
+
+
+def effective_pool_mode(config: Config, db: DatabaseConfig, user: str) -> PoolMode:
+    return PoolMode(_user_db_or_global(config, db, user, "pool_mode"))
+
+
+def effective_pool_size(config: Config, db: DatabaseConfig, user: str) -> int:
+    return int(_user_db_or_global(config, db, user, "pool_size", "default_pool_size"))
+
+
+def effective_reserve_pool_size(config: Config, db: DatabaseConfig, user: str) -> int:
+    return int(_user_db_or_global(config, db, user, "reserve_pool_size"))
+
+
+def effective_min_pool_size(config: Config, db: DatabaseConfig, user: str | None = None) -> int:
+    """``user`` is accepted for symmetry with the other pool-size helpers; PgBouncer has no per-user value."""
+    return int(_db_or_global(config, db, "min_pool_size"))
+
+
+def effective_max_db_connections(config: Config, db: DatabaseConfig) -> int:
+    return int(_db_or_global(config, db, "max_db_connections"))
+
+
+def effective_max_db_client_connections(config: Config, db: DatabaseConfig) -> int:
+    return int(_db_or_global(config, db, "max_db_client_connections"))
+
+
+def effective_server_lifetime(config: Config, db: DatabaseConfig) -> float:
+    return float(_db_or_global(config, db, "server_lifetime"))
+
+
 def effective_max_user_connections(config: Config, user: str) -> int:
     return int(_user_or_global(config, user, "max_user_connections"))
+
+
+def effective_max_user_client_connections(config: Config, user: str) -> int:
+    return int(_user_or_global(config, user, "max_user_client_connections"))
 
 
 def effective_query_timeout(config: Config, user: str) -> float:
@@ -89,20 +104,6 @@ def effective_idle_transaction_timeout(config: Config, user: str) -> float:
 
 def effective_transaction_timeout(config: Config, user: str) -> float:
     return float(_user_or_global(config, user, "transaction_timeout"))
-
-
-def effective_max_user_client_connections(config: Config, user: str) -> int:
-    return int(_user_or_global(config, user, "max_user_client_connections"))
-
-
-def effective_max_db_client_connections(config: Config, db: DatabaseConfig) -> int:
-    if db.max_db_client_connections is not None:
-        return db.max_db_client_connections
-    return config.settings.max_db_client_connections
-
-
-def effective_server_lifetime(config: Config, db: DatabaseConfig) -> float:
-    return db.server_lifetime if db.server_lifetime is not None else config.settings.server_lifetime
 
 
 def effective_client_idle_timeout(config: Config, user: str) -> float:
