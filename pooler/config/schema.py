@@ -8,7 +8,7 @@ why. docs/settings.md is the user-facing reference and a test holds it to this m
 
 The objects here are immutable snapshots: a reload builds a new ``Config`` and swaps it in whole, so code
 on the data path never sees a half-applied change. Nothing here reads a file or the environment
-(pooler.config.loader does), so the data path depends on the snapshot alone.
+(pooler.config.loader does): the snapshot is all the data path ever reads.
 """
 
 from __future__ import annotations
