@@ -1,20 +1,17 @@
-"""Config loading: pgbouncer.ini, TOML, environment, DATABASE_URL, userlist, precedence helpers."""
+"""Config loading: pgbouncer.ini, TOML, environment, DATABASE_URL, userlist, replace_settings."""
 
 from __future__ import annotations
 
 import base64
 import dataclasses
 import hashlib
-import re
-import textwrap
 from pathlib import Path
 
 import pytest
 import scramp
+from confhelp import error_of, ini, write
 
 from pooler.config import (
-    PGBOUNCER_IGNORED_SETTINGS,
-    PGBOUNCER_UNSUPPORTED_SETTINGS,
     Config,
     ConfigError,
     DatabaseConfig,
@@ -22,16 +19,6 @@ from pooler.config import (
     Settings,
     UserConfig,
     UserlistEntry,
-    effective_client_idle_timeout,
-    effective_idle_transaction_timeout,
-    effective_max_db_connections,
-    effective_max_user_connections,
-    effective_min_pool_size,
-    effective_pool_mode,
-    effective_pool_size,
-    effective_query_timeout,
-    effective_query_wait_timeout,
-    effective_reserve_pool_size,
     find_database,
     load_config,
     read_userlist,
@@ -39,7 +26,7 @@ from pooler.config import (
 )
 from pooler.wire.auth import AuthType
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 REALISTIC_INI = r"""
 ;; A pgbouncer.ini as people actually write them.
@@ -117,29 +104,6 @@ server_reset_query_always = true
 tcp_keepalive = false
 auth_query = "SELECT usename, passwd FROM my_lookup($1) ; a semicolon is data, not a comment"
 """
-
-
-def write(tmp_path: Path, name: str, text: str) -> str:
-    path = tmp_path / name
-    path.write_text(textwrap.dedent(text))
-    return str(path)
-
-
-def ini(tmp_path: Path, pgbouncer: str = "", databases: str = "", users: str = "") -> str:
-    """A pgbouncer.ini with the given section bodies."""
-    return write(
-        tmp_path,
-        "pgbouncer.ini",
-        f"[pgbouncer]\n{pgbouncer}\n[databases]\n{databases}\n[users]\n{users}\n",
-    )
-
-
-def error_of(path: str | None, environ: dict[str, str] | None = None) -> str:
-    with pytest.raises(ConfigError) as info:
-        load_config(path, environ or {})
-    message = str(info.value)
-    assert "\n" not in message
-    return message
 
 
 # --- pgbouncer.ini and TOML -----------------------------------------------------------------------
@@ -300,165 +264,6 @@ def test_include_and_peers_are_ignored_not_fatal(tmp_path: Path) -> None:
         "%include /etc/pgbouncer/more.ini: not supported yet, ignored",
         "[peers]: not supported yet, ignored",
     )
-
-
-# --- values ----------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("text", "seconds"),
-    [
-        ("30", 30.0),
-        ("1.5", 1.5),
-        ("500ms", 0.5),
-        ("15s", 15.0),
-        ("2min", 120.0),
-        ("1h", 3600.0),
-        ("1d", 86400.0),
-        ("0", 0.0),
-        ("2 min", 120.0),
-        ("1e1", 10.0),
-    ],
-)
-def test_durations(tmp_path: Path, text: str, seconds: float) -> None:
-    config = load_config(ini(tmp_path, f"query_timeout = {text}"), {})
-    assert config.settings.query_timeout == seconds
-
-
-@pytest.mark.parametrize(
-    ("text", "value"),
-    [
-        ("1", True),
-        ("yes", True),
-        ("true", True),
-        ("On", True),
-        ("0", False),
-        ("no", False),
-        ("FALSE", False),
-        ("off", False),
-    ],
-)
-def test_booleans(tmp_path: Path, text: str, value: bool) -> None:
-    assert load_config(ini(tmp_path, f"so_reuseport = {text}"), {}).settings.so_reuseport is value
-
-
-def test_lists_are_stripped_and_empty_items_dropped(tmp_path: Path) -> None:
-    config = load_config(ini(tmp_path, "admin_users = a, b ,,c\ntrack_extra_parameters ="), {})
-    assert config.settings.admin_users == ("a", "b", "c")
-    assert config.settings.track_extra_parameters == ()
-
-
-def test_enums_are_case_insensitive_and_any_is_its_own_mode(tmp_path: Path) -> None:
-    config = load_config(ini(tmp_path, "pool_mode = Statement\nauth_type = Any"), {})
-    assert config.settings.pool_mode is PoolMode.STATEMENT
-    assert config.settings.auth_type is AuthType.ANY
-    assert config.ignored == ()
-
-
-@pytest.mark.parametrize(
-    ("line", "setting", "problem"),
-    [
-        ("default_pool_size = abc", "default_pool_size", "expected a whole number, got 'abc'"),
-        ("default_pool_size = 1.5", "default_pool_size", "expected a whole number, got '1.5'"),
-        ("max_client_conn = -1", "max_client_conn", "must not be negative, got '-1'"),
-        ("listen_port = 0", "listen_port", "expected a port number 1..65535, got '0'"),
-        ("listen_port = 65536", "listen_port", "expected a port number 1..65535, got '65536'"),
-        ("metrics_port = 70000", "metrics_port", "expected a port number 0..65535, got '70000'"),
-        ("direct_port = -1", "direct_port", "expected a port number 0..65535, got '-1'"),
-        ("max_packet_size = 1023", "max_packet_size", "must be at least 1024, got '1023'"),
-        ("max_packet_size = 2147483648", "max_packet_size", "must be at most 2147483647, got '2147483648'"),
-        ("workers = 0", "workers", "must be at least 1, got '0'"),
-        ("query_timeout = -5", "query_timeout", "must not be negative, got '-5'"),
-        (
-            "server_lifetime = forever",
-            "server_lifetime",
-            "expected a duration in seconds (e.g. 30, 1.5, 500ms, 15s, 2min, 1h, 1d), got 'forever'",
-        ),
-        (
-            "server_lifetime = 5m",
-            "server_lifetime",
-            "expected a duration in seconds (e.g. 30, 1.5, 500ms, 15s, 2min, 1h, 1d), got '5m'",
-        ),
-        (
-            "so_reuseport = maybe",
-            "so_reuseport",
-            "expected a boolean (1/0, yes/no, true/false, on/off), got 'maybe'",
-        ),
-        (
-            "pool_mode = sessions",
-            "pool_mode",
-            "expected one of session, transaction, statement, got 'sessions'",
-        ),
-        (
-            "auth_type = hba",
-            "auth_type",
-            "'hba' is not supported; supported: trust, any, plain, md5, scram-sha-256",
-        ),
-        (
-            "auth_type = cert",
-            "auth_type",
-            "'cert' is not supported; supported: trust, any, plain, md5, scram-sha-256",
-        ),
-        ("auth_type = md6", "auth_type", "expected one of trust, any, plain, md5, scram-sha-256, got 'md6'"),
-        ("log_format = xml", "log_format", "expected one of auto, json, console, got 'xml'"),
-        (
-            "session_state_check = maybe",
-            "session_state_check",
-            "expected one of warn, error, off, got 'maybe'",
-        ),
-        ("default_pool_siz = 5", "default_pool_siz", "unknown setting; did you mean 'default_pool_size'?"),
-        (
-            "server_tls_sslmod = disable",
-            "server_tls_sslmod",
-            "unknown setting; did you mean 'server_tls_sslmode'?",
-        ),
-        ("frobnicate = 1", "frobnicate", "unknown setting"),
-    ],
-)
-def test_setting_errors_are_one_precise_line(tmp_path: Path, line: str, setting: str, problem: str) -> None:
-    path = ini(tmp_path, line)
-    assert error_of(path) == f"{path}: {setting}: {problem}"
-
-
-def test_error_attributes(tmp_path: Path) -> None:
-    path = ini(tmp_path, "default_pool_size = abc")
-    with pytest.raises(ConfigError) as info:
-        load_config(path, {})
-    assert (info.value.source, info.value.setting, info.value.problem) == (
-        path,
-        "default_pool_size",
-        "expected a whole number, got 'abc'",
-    )
-
-
-def test_pgbouncer_settings_we_lack_are_ignored_in_order(tmp_path: Path) -> None:
-    lines = "client_tls_ecdhcurve = auto\ndns_max_ttl = 15\npeer_id = 1\nSYSLOG = 1\nlogfile = /tmp/x.log"
-    config = load_config(ini(tmp_path, lines), {})
-    assert config.ignored == (
-        "client_tls_ecdhcurve: not supported yet, ignored",
-        "dns_max_ttl: not supported yet, ignored",
-        "peer_id: not supported yet, ignored",
-        "syslog: not supported yet, ignored",
-    )
-    assert config.settings.logfile == "/tmp/x.log"  # logfile is ours, not ignored
-
-
-def test_every_setting_accepts_its_own_default_from_the_environment() -> None:
-    """Guards the annotation-driven converter table: a new Settings field must be loadable."""
-    defaults = Settings()
-    environ: dict[str, str] = {}
-    for f in dataclasses.fields(Settings):
-        value = getattr(defaults, f.name)
-        if isinstance(value, bool):
-            text = "1" if value else "0"
-        elif isinstance(value, tuple):
-            text = ",".join(value)
-        else:
-            text = str(value)
-        environ[f"POOLER_{f.name.upper()}"] = text
-    config = load_config(None, environ)
-    assert config.settings == defaults
-    assert config.ignored == ()
 
 
 # --- [databases] and [users] ----------------------------------------------------------------------
@@ -754,114 +559,3 @@ def test_replace_settings_validates_like_the_loader(tmp_path: Path, monkeypatch:
         replace_settings(base, default_pool_sise=1)
     assert str(info.value) == "override: default_pool_sise: unknown setting; did you mean 'default_pool_size'?"
     assert replace_settings(base, dns_max_ttl=1).ignored == ("dns_max_ttl: not supported yet, ignored",)
-
-
-# --- effective values -------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def layered(tmp_path: Path) -> Config:
-    return load_config(
-        ini(
-            tmp_path,
-            "pool_mode = transaction\ndefault_pool_size = 20\nreserve_pool_size = 1\nmin_pool_size = 2\n"
-            "max_db_connections = 50\nmax_user_connections = 60\nquery_timeout = 1\nquery_wait_timeout = 2\n"
-            "idle_transaction_timeout = 3\nclient_idle_timeout = 4",
-            databases="plain = host=h\n"
-            "tuned = host=h pool_mode=session pool_size=10 reserve_pool=5 min_pool_size=3 "
-            "max_db_connections=30",
-            users="alice = pool_mode=statement pool_size=7 reserve_pool_size=6 max_user_connections=8 "
-            "query_timeout=10 query_wait_timeout=20 idle_transaction_timeout=30 client_idle_timeout=40\n"
-            "bob = max_user_connections=9",
-        ),
-        {},
-    )
-
-
-def test_user_beats_database_beats_global(layered: Config) -> None:
-    plain, tuned = layered.databases["plain"], layered.databases["tuned"]
-
-    assert effective_pool_mode(layered, plain, "carol") is PoolMode.TRANSACTION
-    assert effective_pool_mode(layered, tuned, "carol") is PoolMode.SESSION
-    assert effective_pool_mode(layered, tuned, "alice") is PoolMode.STATEMENT
-    # bob's entry leaves pool_mode unset, so the database's applies
-    assert effective_pool_mode(layered, tuned, "bob") is PoolMode.SESSION
-
-    assert effective_pool_size(layered, plain, "carol") == 20
-    assert effective_pool_size(layered, tuned, "carol") == 10
-    assert effective_pool_size(layered, tuned, "alice") == 7
-
-    assert effective_reserve_pool_size(layered, plain, "carol") == 1
-    assert effective_reserve_pool_size(layered, tuned, "carol") == 5
-    assert effective_reserve_pool_size(layered, tuned, "alice") == 6
-
-    assert effective_min_pool_size(layered, plain) == 2
-    assert effective_min_pool_size(layered, tuned, "alice") == 3
-
-    assert effective_max_db_connections(layered, plain) == 50
-    assert effective_max_db_connections(layered, tuned) == 30
-
-    assert effective_max_user_connections(layered, "carol") == 60
-    assert effective_max_user_connections(layered, "alice") == 8
-    assert effective_max_user_connections(layered, "bob") == 9
-
-    assert effective_query_timeout(layered, "carol") == 1.0
-    assert effective_query_timeout(layered, "alice") == 10.0
-    assert effective_query_wait_timeout(layered, "carol") == 2.0
-    assert effective_query_wait_timeout(layered, "alice") == 20.0
-    assert effective_idle_transaction_timeout(layered, "bob") == 3.0
-    assert effective_idle_transaction_timeout(layered, "alice") == 30.0
-    assert effective_client_idle_timeout(layered, "bob") == 4.0
-    assert effective_client_idle_timeout(layered, "alice") == 40.0
-
-
-def test_zero_at_a_lower_level_still_overrides(tmp_path: Path) -> None:
-    config = load_config(
-        ini(tmp_path, "query_timeout = 5", databases="d = pool_size=0", users="u = query_timeout=0"), {}
-    )
-    assert effective_query_timeout(config, "u") == 0.0
-    assert effective_pool_size(config, config.databases["d"], "u") == 0
-
-
-def test_find_database(tmp_path: Path) -> None:
-    no_fallback = load_config(ini(tmp_path, databases="app = host=h dbname=real"), {})
-    assert find_database(no_fallback, "app") == no_fallback.databases["app"]
-    assert find_database(no_fallback, "other") is None
-    assert find_database(no_fallback, "APP") is None  # names are case-sensitive
-
-    with_fallback = load_config(ini(tmp_path, databases="app = host=h\n* = host=fb port=7000 pool_size=3"), {})
-    assert find_database(with_fallback, "app") == with_fallback.databases["app"]
-    assert find_database(with_fallback, "shop") == DatabaseConfig(
-        name="shop", host="fb", port=7000, dbname="shop", pool_size=3
-    )
-    assert find_database(with_fallback, "pgbouncer") is None  # the admin console is routed elsewhere
-
-    forced = load_config(ini(tmp_path, databases="* = host=h dbname=appdb"), {})
-    found = find_database(forced, "anything")
-    assert found is not None
-    assert (found.name, found.dbname) == ("anything", "appdb")  # a * entry with dbname forces it
-    by_url = find_database(load_config(None, {"DATABASE_URL": "postgresql://u:p@h/appdb"}), "anything")
-    assert by_url is not None and (by_url.name, by_url.dbname) == ("anything", "anything")
-
-
-# --- docs/settings.md stays true ------------------------------------------------------------------
-
-
-def test_settings_doc_lists_every_setting_with_its_real_default() -> None:
-    doc = (REPO / "docs" / "settings.md").read_text()
-    section = doc.split("## [pgbouncer] section", 1)[1].split("\n## ", 1)[0]
-    rows = re.findall(r"^\| `(\w+)` \| `([^`]*)` \|", section, flags=re.MULTILINE)
-    names = [name for name, _ in rows]
-    assert sorted(names) == sorted(f.name for f in dataclasses.fields(Settings))
-    defaults = {name: "" if text == '""' else text for name, text in rows}
-    # The documented default, read as a config value, must give back the real default.
-    assert replace_settings(Config(), **defaults).settings == Settings()
-
-
-def test_settings_doc_lists_exactly_the_ignored_pgbouncer_settings() -> None:
-    doc = (REPO / "docs" / "settings.md").read_text()
-    section = doc.split("### Ignored PgBouncer settings", 1)[1].split("\n## ", 1)[0]
-    rows = dict(re.findall(r"^\| `(\w+)` \| (.+) \|$", section, flags=re.MULTILINE))
-    assert set(rows) == PGBOUNCER_UNSUPPORTED_SETTINGS
-    for name, why in rows.items():  # each says why, in the words the admin console's SET answers with
-        assert why.rstrip(".").lower() == PGBOUNCER_IGNORED_SETTINGS[name].lower(), name
