@@ -47,9 +47,9 @@ def test_build_without_a_compiler_installs_pure_python(tmp_path: Path) -> None:
         subprocess.run(["cp", "-r", str(ROOT / path), str(source / Path(path).parent)], check=True)
     for built in [*source.rglob("*.so"), *source.rglob("*.c")]:
         built.unlink()
-    result = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(source)],
-        capture_output=True, text=True, env=env, timeout=600)
+    wheel_command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                     "-w", str(tmp_path), str(source)]
+    result = subprocess.run(wheel_command, check=False, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "installing pure Python" in result.stderr + result.stdout
     [wheel] = tmp_path.glob("pooler-*.whl")
