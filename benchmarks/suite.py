@@ -707,7 +707,8 @@ def main(argv: list[str] | None = None) -> int:
                 "pool": f"pool_mode = transaction, default_pool_size = {args.pool_size}, auth_type = md5 "
                         "(SCRAM for c), log_connections = log_disconnections = 0",
                 "pooler": "its defaults otherwise: session_state_check = warn, max_prepared_statements = 200, "
-                          "metrics listener off (POOLER_METRICS_PORT=0) except in scenario m, JSON logs to a file",
+                          "metrics listener off (POOLER_METRICS_PORT=0) except in scenarios m and h, "
+                          "JSON logs to a file",
                 "scenario m": "as benchmarks/metrics_cost.py: \"on\" = metrics listener scraped every second, "
                               "log_disconnections, log_pooler_errors, log_stats with stats_period = 1; \"off\" = "
                               "metrics_port = 0 and every log_* off; log_connections off in both",
@@ -895,7 +896,7 @@ def headline_contenders(workers: int, keys: list[str]) -> list[Contender]:
 def run_headline(ctx: Context, server: PgServer) -> None:
     """h: everything the closing note's table needs, in one group so that the contenders alternate."""
     workers = ctx.args.workers
-    log(f"h: the closing-note comparison (PgBouncer {common.pgbouncer_version() or 'not installed'}, "
+    log(f"h: the closing-note comparison ({common.pgbouncer_version() or 'PgBouncer not installed'}, "
         f"workers = {workers})")
     ctx.results.headline_workers = workers
     group = [_pgbench_scenario("h-simple", "h", "-S -M simple, 50 clients", 50, "-M", "simple"),
