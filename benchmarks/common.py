@@ -200,7 +200,7 @@ def use_pgbouncer(path: str) -> str:
                          "benchmarks/README.md shows, or omit the flag to use Debian's pgbouncer)")
     version = _version_of(str(binary.resolve()))
     if version is None:
-        raise ValueError(f"--pgbouncer {path}: `{binary} --version` does not print a PgBouncer version")
+        raise ValueError(f"--pgbouncer {path}: its --version does not print a PgBouncer version")
     os.environ["PGBOUNCER_BIN"] = str(binary.resolve())
     return version
 
