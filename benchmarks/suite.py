@@ -23,8 +23,8 @@ Scenarios (``--scenarios``, default all):
        pooler workers = N, PgBouncer x N processes (so_reuseport), the bare uvloop forwarder (the floor),
        direct; pgbench -S -c 50 simple / -M prepared / -M extended, and 1 client (µs added over direct)
 
-    python -m benchmarks                  # everything: ~25 minutes; writes benchmarks/results/<date>.md
-    python -m benchmarks --quick          # under 2 minutes, smaller sizes
+    python -m benchmarks                  # everything: ~50 minutes (h ~25); writes benchmarks/results/<date>.md
+    python -m benchmarks --quick          # a few minutes, smaller sizes
     python -m benchmarks --scenarios a,d  # some scenarios only
     python -m benchmarks --dsn postgresql://postgres:pw@127.0.0.1:5432/postgres
     python -m benchmarks --scenarios h --pgbouncer /work/build/pgbouncer-1.25.2/pgbouncer --workers 2
@@ -609,7 +609,7 @@ def wait_quiet(minutes: float, threshold: float = 1.5) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=(__doc__ or "").splitlines()[0],
-                                     epilog="\n".join((__doc__ or "").splitlines()[10:21]),
+                                     epilog=(__doc__ or "")[(__doc__ or "").find("Scenarios ("):],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dsn", help="superuser URL of an existing Postgres (default: start an embedded one)")
     parser.add_argument("--quick", action="store_true", help="under 2 minutes: 2 rounds of 1 s, smaller sizes")
