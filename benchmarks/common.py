@@ -20,8 +20,8 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -62,6 +62,19 @@ def wait_port(port: int, timeout: float = 20.0, proc: subprocess.Popen[bytes] | 
                 return
         time.sleep(0.05)
     raise RuntimeError(f"nothing listens on port {port} after {timeout}s")
+
+
+def wait_log(log: Path, text: str, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    """Wait until ``text`` appears in ``log`` (a process whose port another one already answers)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the process exited with {proc.returncode} before logging {text!r}")
+        with contextlib.suppress(OSError):
+            if text in log.read_text(errors="replace"):
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"{log.name} does not say {text!r} after {timeout}s")
 
 
 def raise_fd_limit() -> int:
@@ -166,7 +179,8 @@ def write_pgbouncer_ini(workdir: Path, name: str, server: PgServer, listen_port:
 
 
 def pgbouncer_binary() -> str | None:
-    """Debian's ``pgbouncer`` (on PATH or /usr/sbin); ``PGBOUNCER_BIN`` overrides, empty meaning none."""
+    """The PgBouncer to measure: ``PGBOUNCER_BIN`` (a binary you built; empty meaning none, and
+    ``--pgbouncer PATH`` sets it, so the flag wins), else Debian's ``pgbouncer`` (on PATH or /usr/sbin)."""
     if "PGBOUNCER_BIN" in os.environ:
         return os.environ["PGBOUNCER_BIN"] or None
     found = shutil.which("pgbouncer")
@@ -175,12 +189,35 @@ def pgbouncer_binary() -> str | None:
     return "/usr/sbin/pgbouncer" if Path("/usr/sbin/pgbouncer").exists() else None
 
 
-def pgbouncer_version() -> str | None:
-    binary = pgbouncer_binary()
-    if binary is None:
+def use_pgbouncer(path: str) -> str:
+    """Make ``path`` the PgBouncer every contender runs (``--pgbouncer``); return its version line.
+
+    Stored in ``PGBOUNCER_BIN`` so that the flag wins over the variable and child scripts agree.
+    Raises ``ValueError`` with one line saying what is wrong with ``path``."""
+    binary = Path(path).expanduser()
+    if not binary.is_file() or not os.access(binary, os.X_OK):
+        raise ValueError(f"--pgbouncer {path}: no executable file there (build PgBouncer as "
+                         "benchmarks/README.md shows, or omit the flag to use Debian's pgbouncer)")
+    version = _version_of(str(binary.resolve()))
+    if version is None:
+        raise ValueError(f"--pgbouncer {path}: its --version does not print a PgBouncer version")
+    os.environ["PGBOUNCER_BIN"] = str(binary.resolve())
+    return version
+
+
+def _version_of(binary: str) -> str | None:
+    try:
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True, check=False, timeout=10)
+    except OSError:
         return None
-    out = subprocess.run([binary, "--version"], capture_output=True, text=True, check=False, timeout=10)
-    return out.stdout.splitlines()[0].strip() if out.stdout else None
+    first = out.stdout.splitlines()[0].strip() if out.stdout else ""
+    return first if first.startswith("PgBouncer") else None
+
+
+def pgbouncer_version() -> str | None:
+    """``PgBouncer 1.25.2``: the first line of ``pgbouncer --version`` of the binary in use."""
+    binary = pgbouncer_binary()
+    return None if binary is None else _version_of(binary)
 
 
 @dataclass
@@ -191,18 +228,22 @@ class Proc:
     port: int
     proc: subprocess.Popen[bytes]
     log: Path
+    siblings: list[subprocess.Popen[bytes]] = field(default_factory=list)  # PgBouncer x N: the other N - 1
 
     @property
     def pid(self) -> int:
         return self.proc.pid
 
     def processes(self) -> list[psutil.Process]:
-        """The process and its children (pooler's worker processes, if any)."""
-        try:
-            main = psutil.Process(self.pid)
-            return [main, *main.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            return []
+        """The process and its children (pooler's worker processes, if any), and its siblings."""
+        found: list[psutil.Process] = []
+        for popen in (self.proc, *self.siblings):
+            try:
+                main = psutil.Process(popen.pid)
+                found += [main, *main.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                continue
+        return found
 
     def rss(self) -> int:
         """Resident set size in bytes, summed over the process tree."""
@@ -232,6 +273,14 @@ def _stop(proc: subprocess.Popen[bytes], sig: int) -> None:
         proc.wait(5)
 
 
+def _pgbouncer_args(binary: str, ini: Path) -> list[str]:
+    if os.geteuid() == 0:  # PgBouncer refuses to run as root
+        pwd.getpwnam("nobody")
+        ini.parent.chmod(ini.parent.stat().st_mode | 0o055)
+        return [binary, "-u", "nobody", str(ini)]
+    return [binary, str(ini)]
+
+
 @contextmanager
 def run_pgbouncer(ini: Path, port: int, label: str = "pgbouncer") -> Iterator[Proc | None]:
     """PgBouncer on ``ini`` (as ``nobody`` when we are root), or ``None`` when it is not installed."""
@@ -239,12 +288,70 @@ def run_pgbouncer(ini: Path, port: int, label: str = "pgbouncer") -> Iterator[Pr
     if binary is None:
         yield None
         return
-    args = [binary, str(ini)]
-    if os.geteuid() == 0:  # PgBouncer refuses to run as root
-        pwd.getpwnam("nobody")
-        ini.parent.chmod(ini.parent.stat().st_mode | 0o055)
-        args = [binary, "-u", "nobody", str(ini)]
-    with _launched(label, port, args, ini.parent, stop=signal.SIGINT) as handle:
+    with _launched(label, port, _pgbouncer_args(binary, ini), ini.parent, stop=signal.SIGINT) as handle:
+        yield handle
+
+
+#: The settings pooler's ``workers = N`` divides between its processes (pooler/runtime/workers.py);
+#: PgBouncer x N divides the same ones between its processes.
+SPLIT_SETTINGS = ("default_pool_size", "min_pool_size", "reserve_pool_size", "max_client_conn", "max_db_connections",
+                  "max_user_connections")
+
+
+def split_ini(text: str, index: int, count: int) -> str:
+    """Process ``index`` of ``count``'s copy of a ``pgbouncer.ini``: ``so_reuseport = 1`` and each of
+    ``SPLIT_SETTINGS`` in ``[pgbouncer]`` divided as ``workers = count`` divides it in pooler."""
+    from pooler.runtime.workers import share
+
+    out: list[str] = []
+    section = ""
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("["):
+            section = stripped.strip("[]").strip().lower()
+        key, sep, value = (part.strip() for part in stripped.partition("="))
+        if section == "pgbouncer" and sep and key in SPLIT_SETTINGS and value.isdigit():
+            out.append(f"{key} = {share(int(value), index, count)}")
+        elif not (section == "pgbouncer" and sep and key == "so_reuseport"):
+            out.append(line)
+        if stripped.lower() == "[pgbouncer]":
+            out.append("so_reuseport = 1")
+    return "\n".join(out) + "\n"
+
+
+@contextmanager
+def run_pgbouncer_group(ini: Path, port: int, count: int, label: str = "pgbouncer") -> Iterator[Proc | None]:
+    """``count`` PgBouncer processes on one port with ``so_reuseport = 1``, each with its share of the
+    pool sizes (``split_ini``): the way PgBouncer uses more than one core. ``None`` when not installed."""
+    binary = pgbouncer_binary()
+    if binary is None:
+        yield None
+        return
+    text = ini.read_text()
+    inis = []
+    for index in range(count):
+        own = ini.parent / f"{ini.stem}-p{index + 1}.ini"
+        own.write_text(split_ini(text, index, count))
+        own.chmod(0o644)
+        inis.append(own)
+    with ExitStack() as stack:
+        first = stack.enter_context(_launched(f"{label}-p1", port, _pgbouncer_args(binary, inis[0]), ini.parent,
+                                              stop=signal.SIGINT))
+        for index, own in enumerate(inis[1:], start=2):
+            # The port answers already (process 1): wait for this process's own "listening on" line.
+            sibling = stack.enter_context(_launched(f"{label}-p{index}", port, _pgbouncer_args(binary, own),
+                                                    ini.parent, stop=signal.SIGINT,
+                                                    ready=f"listening on {LOOPBACK}:{port}"))
+            first.siblings.append(sibling.proc)
+        yield first
+
+
+@contextmanager
+def run_bare_forwarder(port: int, postgres_port: int, logdir: Path, label: str = "bare") -> Iterator[Proc]:
+    """``benchmarks/bare_forwarder.py``: one Postgres connection per client, no pooling, no parsing."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    args = [sys.executable, "-m", "benchmarks.bare_forwarder", str(port), str(postgres_port)]
+    with _launched(label, port, args, logdir, stop=signal.SIGTERM, env=env, cwd=ROOT) as handle:
         yield handle
 
 
@@ -265,15 +372,20 @@ def run_pooler(ini: Path, port: int, label: str = "pooler", env: Mapping[str, st
 
 @contextmanager
 def _launched(label: str, port: int, args: list[str], logdir: Path, *, stop: signal.Signals,
-              env: Mapping[str, str] | None = None, cwd: Path | None = None) -> Iterator[Proc]:
-    """A contender's process, logging to ``logdir/label.log``, once it listens on ``port``; stopped with ``stop``."""
+              env: Mapping[str, str] | None = None, cwd: Path | None = None,
+              ready: str | None = None) -> Iterator[Proc]:
+    """A contender's process, logging to ``logdir/label.log``, once it listens on ``port`` (or, with
+    ``ready``, once that text is in its log); stopped with ``stop``."""
     log = logdir / f"{label}.log"
     with log.open("ab") as out:
         proc = subprocess.Popen(args, env=env, cwd=cwd, stdout=out, stderr=out, start_new_session=True)
     handle = Proc(label, port, proc, log)
     try:
         try:
-            wait_port(port, proc=proc)
+            if ready is None:
+                wait_port(port, proc=proc)
+            else:
+                wait_log(log, ready, proc)
         except RuntimeError as exc:
             raise RuntimeError(f"{label} did not start: {exc}\n{handle.log_tail()}") from None
         yield handle

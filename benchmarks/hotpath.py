@@ -53,7 +53,7 @@ async def run(transactions: int, clients: int = 50, servers: int = 20) -> float:
     db = DatabaseConfig(name="bench", host="127.0.0.1", port=5432)
     pooler = Pooler(Config(settings=settings, databases={"bench": db}))
     pooler.clock = asyncio.get_running_loop().time
-    pool = Pool(pooler, db, "bench", ("x", None))
+    pool: Pool[ServerConnection, ClientConnection] = Pool(pooler, db, "bench", ("x", None))
     pooler.pools[("bench", "bench")] = pool
     params = {"client_encoding": "UTF8", "DateStyle": "ISO, MDY", "TimeZone": "UTC", "application_name": "pgbench",
               "standard_conforming_strings": "on", "IntervalStyle": "postgres"}

@@ -10,6 +10,9 @@ the listen port overridden for pooler through ``POOLER_LISTEN_PORT``.
     python -m benchmarks.pgbench_compare                 # embedded Postgres, 5 rounds of 10 s
     python -m benchmarks.pgbench_compare --quick         # 3 rounds of 4 s
     python -m benchmarks.pgbench_compare --dsn postgresql://postgres:pw@127.0.0.1:5432/postgres
+    python -m benchmarks.pgbench_compare --pgbouncer /work/build/pgbouncer-1.25.2/pgbouncer   # a PgBouncer you built
+
+PgBouncer is ``--pgbouncer PATH``, else ``PGBOUNCER_BIN``, else Debian's ``pgbouncer`` (benchmarks/common.py).
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ import argparse
 import os
 import pwd
 import re
-import shutil
 import signal
 import statistics
 import subprocess
@@ -30,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
-from benchmarks.common import free_port, tool, wait_port
+from benchmarks.common import free_port, pgbouncer_binary, pgbouncer_version, tool, use_pgbouncer, wait_port
 
 BENCH_DB = "bench"
 BENCH_USER = "bench"
@@ -114,9 +116,10 @@ def write_pgbouncer_ini(workdir: Path, host: str, port: int, listen_port: int, p
 
 @contextmanager
 def run_pgbouncer(ini: Path, port: int) -> Iterator[int | None]:
-    binary = shutil.which("pgbouncer") or ("/usr/sbin/pgbouncer" if Path("/usr/sbin/pgbouncer").exists() else None)
+    binary = pgbouncer_binary()
     if binary is None:
-        print("pgbouncer not installed (Debian: apt-get install pgbouncer): PgBouncer column skipped", file=sys.stderr)
+        print("pgbouncer not installed (Debian: apt-get install pgbouncer, or --pgbouncer PATH): PgBouncer column "
+              "skipped", file=sys.stderr)
         yield None
         return
     args = [binary, str(ini)]
@@ -177,10 +180,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", type=int, default=10)
     parser.add_argument("--quick", action="store_true", help="3 rounds of 4 s")
     parser.add_argument("--mode", default="simple", choices=["simple", "extended"], help="pgbench -M")
+    parser.add_argument("--pgbouncer", metavar="PATH", help="the PgBouncer binary to measure (wins over "
+                        "PGBOUNCER_BIN; default: Debian's pgbouncer)")
     parser.add_argument("--bare", action="store_true",
                         help="also measure a bare uvloop byte forwarder (benchmarks.bare_forwarder): "
                         "the ceiling of this design")
     args = parser.parse_args(argv)
+    if args.pgbouncer:
+        try:
+            use_pgbouncer(args.pgbouncer)
+        except ValueError as exc:
+            parser.error(str(exc))
     if args.quick:
         args.rounds, args.seconds = 3, 4
     scenarios = [
@@ -226,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def report(results: Results, scenarios: list[Scenario], args: argparse.Namespace) -> None:
     print(f"\npgbench, {args.rounds} rounds x {args.seconds}s, default_pool_size={args.pool_size}, "
-          f"{os.cpu_count()} cores; medians (min-max)\n")
+          f"{os.cpu_count()} cores, pgbouncer = {pgbouncer_version() or 'not installed'}; medians (min-max)\n")
     names = ["direct", "pgbouncer", "pooler"] + (["bare forwarder"] if args.bare else [])
     print(f"| scenario | {' | '.join(names)} | pooler/pgbouncer | pooler/direct |")
     print("|---|" + "---|" * (len(names) + 2))

@@ -8,7 +8,22 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from benchmarks.results import DIRECT, PGBOUNCER, POOLER, IdleResult, LaunchRound, Results, Series, SlowResult, to_json
+from benchmarks.results import (
+    BARE,
+    DIRECT,
+    PGBOUNCER,
+    POOLER,
+    POOLER_DEFAULTS,
+    POOLER_METRICS_OFF,
+    IdleResult,
+    LaunchRound,
+    Results,
+    Series,
+    SlowResult,
+    pgbouncer_n,
+    pooler_workers,
+    to_json,
+)
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -321,11 +336,132 @@ def markdown(results: Results, charts: dict[str, str]) -> str:
         if "slow" in charts:
             w(f"![slow client]({charts['slow']})\n")
 
+    if results.headline_workers or "h" in results.skipped:
+        w(headline_markdown(results, level=2))
+
     if results.notes:
         w("## Notes\n")
         for note in results.notes:
             w(f"- {note}")
         w("")
+    return "\n".join(out)
+
+
+# ==================================================================================================
+# h. The closing-note comparison
+# ==================================================================================================
+
+H_TPS_KEYS = ("h-simple", "h-prepared", "h-extended")
+H_LATENCY_KEY = "h-1client"
+#: Metrics on against off: at most this far apart (issue 11).
+METRICS_SPREAD = 0.02
+
+
+def _short_bouncer(results: Results) -> str:
+    """``PgBouncer 1.25.2`` (the version line, without the binary's path)."""
+    fact = results.facts.get("PgBouncer", "PgBouncer")
+    return fact.split(" (")[0] if fact != "not installed" else "PgBouncer (not installed)"
+
+
+def headline_rows(results: Results) -> list[tuple[str, str]]:
+    """(series label, how the table names it) in the table's order."""
+    n = results.headline_workers
+    bouncer = _short_bouncer(results)
+    rows = [(DIRECT, "direct Postgres"), (PGBOUNCER, f"{bouncer}, 1 process (the reference)")]
+    if n > 1:
+        rows.append((pgbouncer_n(n), f"{bouncer} x {n} processes (`so_reuseport`)"))
+    rows += [(BARE, "bare 1:1 uvloop forwarder (the floor)"),
+             (POOLER_DEFAULTS, "**pooler with its defaults**, 1 process (metrics on, `session_state_check = warn`)"),
+             (POOLER_METRICS_OFF, "pooler, metrics off (`metrics_port = 0`), 1 process")]
+    if n > 1:
+        rows.append((pooler_workers(n), f"pooler with its defaults, `workers = {n}`"))
+    return rows
+
+
+def _h_cell(series: Series | None) -> str:
+    if series is None:
+        return "—"
+    if series.error:
+        return "not installed" if series.error == "not installed" else f"failed: {series.error[:60]}"
+    median = series.med("tps")
+    return "—" if median is None else f"{median:,.0f}"
+
+
+def headline_targets(results: Results) -> list[tuple[str, str, str]]:
+    """(target, measured, verdict) of issue 11's targets, from scenario h."""
+    n = results.headline_workers
+    rows: list[tuple[str, str, str]] = []
+    for key, what in zip(H_TPS_KEYS, ("`-S -c 50`", "`-M prepared -c 50`", "`-M extended -c 50`"), strict=True):
+        r = ratio(results, key, POOLER_DEFAULTS, PGBOUNCER)
+        rows.append((f"{what}: pooler with its defaults ≥ 1.0x PgBouncer, 1 process", _x(r),
+                     _verdict(None if r is None else r >= 1.0)))
+    mine, theirs = added_latency(results, H_LATENCY_KEY, POOLER_DEFAULTS), added_latency(results, H_LATENCY_KEY,
+                                                                                          PGBOUNCER)
+    rows.append(("1 client: latency pooler (defaults) adds over direct ≤ PgBouncer's",
+                 f"pooler {_added(mine)}, PgBouncer {_added(theirs)}" if mine is not None and theirs is not None
+                 else "n/a", _verdict(None if mine is None or theirs is None else mine <= theirs)))
+    if n > 1:
+        r = ratio(results, "h-simple", pooler_workers(n), pgbouncer_n(n))
+        rows.append((f"`-S -c 50`: pooler `workers = {n}` ≥ 1.0x PgBouncer x {n} processes", _x(r),
+                     _verdict(None if r is None else r >= 1.0)))
+    spreads = {key: r for key in H_TPS_KEYS if (r := ratio(results, key, POOLER_DEFAULTS, POOLER_METRICS_OFF))}
+    if spreads:
+        worst = max(spreads.values(), key=lambda v: abs(v - 1.0))
+        text = ", ".join(f"{key.removeprefix('h-')} {v:.3f}x" for key, v in spreads.items())
+        rows.append((f"metrics on vs off ≤ {METRICS_SPREAD:.0%} apart (on/off, each -c 50 scenario)", text,
+                     _verdict(abs(worst - 1.0) <= METRICS_SPREAD)))
+    else:
+        rows.append((f"metrics on vs off ≤ {METRICS_SPREAD:.0%} apart", "n/a", _verdict(None)))
+    return rows
+
+
+def headline_markdown(results: Results, level: int = 1) -> str:
+    """Scenario h's table, ready to paste into a closing note: the command, the machine, medians and
+    ratios against PgBouncer in one process, then issue 11's targets."""
+    out: list[str] = []
+    w = out.append
+    h = "#" * level
+    bouncer = _short_bouncer(results)
+    w(f"{h} h. pooler against {bouncer}{'' if results.mode == 'full' else f' ({results.mode} run: indicative)'}\n")
+    if "h" in results.skipped:
+        w(f"Not measured: {results.skipped['h']}\n")
+        return "\n".join(out)
+    f = results.facts
+    w(f"Command: `{results.command}`  ")
+    w(f"Machine: {f.get('cores', '?')} cores ({f.get('CPU', '?')}), {f.get('memory', '?')}, {f.get('kernel', '?')}; "
+      f"Python {f.get('Python', '?')}; Postgres {f.get('Postgres', '?')}; {f.get('PgBouncer', '?')}; "
+      f"pooler {f.get('pooler', '?')}; load average at start {f.get('load average at start', '?')}  ")
+    rounds = max((len(v.tps) for key in (*H_TPS_KEYS, H_LATENCY_KEY) for v in results.pgbench.get(key, {}).values()),
+                 default=0)
+    w(f"Setup: {results.settings.get('rounds', f'{rounds} rounds')}; pgbench -j 2; "
+      f"{results.settings.get('pool', '')}. Medians; x = ratio to {bouncer} in 1 process.\n")
+    w("| contender | `-S -c 50` tps | x | `-M prepared -c 50` tps | x | `-M extended -c 50` tps | x | "
+      "1 client: µs per transaction |")
+    w("|---|---|---|---|---|---|---|---|")
+    latency_row = results.pgbench.get(H_LATENCY_KEY, {})
+    direct_lat = latency_row.get(DIRECT)
+    for label, title in headline_rows(results):
+        cells = []
+        for key in H_TPS_KEYS:
+            series = results.pgbench.get(key, {}).get(label)
+            cells += [_h_cell(series), _x(ratio(results, key, label, PGBOUNCER))]
+        lat = latency_row.get(label)
+        if label not in latency_row:
+            latency = "—"
+        elif lat is None or lat.med("lat") is None:
+            latency = _h_cell(lat)
+        elif label == DIRECT:
+            latency = f"{(lat.med('lat') or 0) * 1000:.0f} µs"
+        else:
+            added = added_latency(results, H_LATENCY_KEY, label)
+            latency = f"{(lat.med('lat') or 0) * 1000:.0f} µs ({_added(added)} over direct)" if direct_lat else \
+                f"{(lat.med('lat') or 0) * 1000:.0f} µs"
+        w(f"| {title} | " + " | ".join(cells) + f" | {latency} |")
+    w("")
+    w("| target (issue 11) | measured | verdict |\n|---|---|---|")
+    for target, measured, verdict in headline_targets(results):
+        w(f"| {target} | {measured} | {verdict} |")
+    w("")
     return "\n".join(out)
 
 
@@ -590,7 +726,8 @@ def load(path: Path) -> Results:
     data = json.loads(path.read_text())
     results = Results(date=data["date"], command=data["command"], mode=data["mode"], facts=data["facts"],
                       settings=data["settings"], launch_max_connections=data["launch_max_connections"],
-                      skipped=data["skipped"], notes=data["notes"])
+                      skipped=data["skipped"], notes=data["notes"],
+                      headline_workers=data.get("headline_workers", 0))
     results.scenarios = [PgbenchScenario(**s) for s in data["scenarios"]]
     results.pgbench = {k: {c: Series(**v) for c, v in row.items()} for k, row in data["pgbench"].items()}
     results.launch = [LaunchRound(**r) for r in data["launch"]]

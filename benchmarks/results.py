@@ -13,6 +13,21 @@ from dataclasses import dataclass, field
 
 DIRECT, PGBOUNCER, POOLER = "direct", "pgbouncer", "pooler"
 
+# Scenario h's contenders (besides DIRECT and PGBOUNCER, the reference: PgBouncer in one process).
+BARE = "bare forwarder"
+POOLER_DEFAULTS = "pooler defaults"
+POOLER_METRICS_OFF = "pooler metrics off"
+
+
+def pgbouncer_n(count: int) -> str:
+    """Scenario h's label of PgBouncer in ``count`` processes sharing the port (so_reuseport)."""
+    return f"pgbouncer x{count}"
+
+
+def pooler_workers(count: int) -> str:
+    """Scenario h's label of pooler with ``workers = count`` (and its defaults otherwise)."""
+    return f"pooler workers={count}"
+
 
 @dataclass
 class Series:
@@ -97,12 +112,11 @@ class Results:
     idle: list[IdleResult] = field(default_factory=list)
     slow: list[SlowResult] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)  # scenario family -> why
+    headline_workers: int = 0  # scenario h: N of PgBouncer x N and pooler workers = N (0: h not run)
     notes: list[str] = field(default_factory=list)
 
     def series(self, key: str, contender: str) -> Series:
         return self.pgbench.setdefault(key, {}).setdefault(contender, Series())
-
-
 
 
 def to_json(results: Results) -> str:

@@ -3,8 +3,9 @@
 Why this shape: absolute numbers on a laptop or a CI box mean little; ratios measured side by side do.
 Every round runs each contender once, in a rotating order, so drift (thermal, page cache, noisy
 neighbours) hits all alike, and the report gives medians, min-max and the ratios. Both poolers read
-the same ``pgbouncer.ini``. PgBouncer is Debian's ``pgbouncer`` binary when installed; without it the
-suite still runs and reports it absent.
+the same ``pgbouncer.ini``. PgBouncer is the binary ``--pgbouncer PATH`` names (or ``PGBOUNCER_BIN``;
+the flag wins), else Debian's ``pgbouncer`` when installed; without any the suite still runs and reports
+it absent. benchmarks/README.md shows how to build PgBouncer's latest release for the comparison.
 
 Scenarios (``--scenarios``, default all):
 
@@ -17,11 +18,16 @@ Scenarios (``--scenarios``, default all):
     d  launch day: 500 functions connect at the same instant to a Postgres with max_connections=100
     e  10,000 idle authenticated clients held: RSS per client
     f  one slow client reading a 1 GB result: the pooler's peak RSS
+    h  the closing-note comparison, one run, contenders alternating, ratios to PgBouncer in 1 process:
+       pooler with its defaults (metrics listener on, session_state_check = warn) and with metrics off,
+       pooler workers = N, PgBouncer x N processes (so_reuseport), the bare uvloop forwarder (the floor),
+       direct; pgbench -S -c 50 simple / -M prepared / -M extended, and 1 client (µs added over direct)
 
-    python -m benchmarks                  # everything: ~25 minutes; writes benchmarks/results/<date>.md
-    python -m benchmarks --quick          # under 2 minutes, smaller sizes
+    python -m benchmarks                  # everything: ~50 minutes (h ~25); writes benchmarks/results/<date>.md
+    python -m benchmarks --quick          # a few minutes, smaller sizes
     python -m benchmarks --scenarios a,d  # some scenarios only
     python -m benchmarks --dsn postgresql://postgres:pw@127.0.0.1:5432/postgres
+    python -m benchmarks --scenarios h --pgbouncer /work/build/pgbouncer-1.25.2/pgbouncer --workers 2
 """
 
 from __future__ import annotations
@@ -55,17 +61,23 @@ from benchmarks import common
 from benchmarks.common import BENCH_DB, BENCH_PASSWORD, BENCH_USER, LOOPBACK, PgServer, Proc
 from benchmarks.pgwire import AsyncConn, PgError, blocking_login, blocking_query, query_message
 from benchmarks.results import (
+    BARE,
     DIRECT,
     PGBOUNCER,
     POOLER,
+    POOLER_DEFAULTS,
+    POOLER_METRICS_OFF,
     IdleResult,
     LaunchRound,
     PgbenchScenario,
     Results,
     SlowResult,
+    pgbouncer_n,
+    pooler_workers,
 )
 
-ALL_SCENARIOS = "abcsmwdef"
+ALL_SCENARIOS = "abcsmwdefh"
+
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
@@ -78,12 +90,19 @@ def log(message: str) -> None:
 
 @dataclass
 class Contender:
-    """How to start one contender: ``kind`` is direct, pgbouncer or pooler; ``env`` goes to pooler."""
+    """How to start one contender: ``kind`` is direct, pgbouncer, pooler or the bare forwarder; ``env``
+    goes to pooler; ``processes``: PgBouncer processes sharing the port; ``only``: the scenario keys it
+    runs (None: all of its group's); ``scrape_every``: seconds between GETs of pooler's /metrics."""
 
     label: str
     kind: str
     env: dict[str, str] = field(default_factory=dict)
-    scrape_metrics: bool = False
+    scrape_every: float | None = None
+    processes: int = 1
+    only: frozenset[str] | None = None
+
+    def runs(self, scenario: PgbenchScenario) -> bool:
+        return self.only is None or scenario.key in self.only
 
 
 @contextmanager
@@ -93,6 +112,10 @@ def started(ctx: Context, contender: Contender, ini: Path, server: PgServer) -> 
         yield None
         return
     port = common.free_port()
+    if contender.kind == BARE:
+        with common.run_bare_forwarder(port, server.port, ini.parent, contender.label) as proc:
+            yield proc
+        return
     # Each instance gets its own copy of the ini with its own listen_port (PgBouncer reads it from
     # the file; pooler gets it from POOLER_LISTEN_PORT as well).
     text = ini.read_text()
@@ -100,7 +123,10 @@ def started(ctx: Context, contender: Contender, ini: Path, server: PgServer) -> 
     own.write_text("\n".join(f"listen_port = {port}" if line.startswith("listen_port") else line
                              for line in text.splitlines()) + "\n")
     own.chmod(0o644)
-    if contender.kind == PGBOUNCER:
+    if contender.kind == PGBOUNCER and contender.processes > 1:
+        with common.run_pgbouncer_group(own, port, contender.processes, contender.label.replace(" ", "_")) as proc:
+            yield proc
+    elif contender.kind == PGBOUNCER:
         with common.run_pgbouncer(own, port, contender.label) as proc:
             yield proc
     else:
@@ -127,9 +153,10 @@ def _pgbench_scenario(key: str, family: str, title: str, clients: int, *extra: s
 
 
 def run_pgbench_group(ctx: Context, server: PgServer, ini: Path, contenders: list[Contender],
-                      scenarios: list[PgbenchScenario], *, check: str | None = None) -> None:
+                      scenarios: list[PgbenchScenario], *, check_workers: str | None = None) -> None:
     """Start every contender once, then run each scenario: a warm-up, then ``rounds`` rounds with the
-    contenders in a rotating order."""
+    contenders in a rotating order. ``check_workers``: the family to skip (and say why) when a pooler
+    asked for workers = N runs fewer processes."""
     args, results = ctx.args, ctx.results
     with ExitStack() as stack:
         running: list[tuple[Contender, int]] = []
@@ -137,29 +164,31 @@ def run_pgbench_group(ctx: Context, server: PgServer, ini: Path, contenders: lis
         for contender in contenders:
             if contender.kind == PGBOUNCER and not ctx.bouncer:
                 for scenario in scenarios:
-                    results.series(scenario.key, contender.label).error = "not installed"
+                    if contender.runs(scenario):
+                        results.series(scenario.key, contender.label).error = "not installed"
                 continue
             proc = stack.enter_context(started(ctx, contender, ini, server))
             running.append((contender, server.port if proc is None else proc.port))
             if proc is not None:
                 procs[contender.label] = proc
-            if contender.scrape_metrics:
-                stack.enter_context(metrics_scraper(contender))
-        if check == "workers":
+            if contender.scrape_every:
+                stack.enter_context(metrics_scraper(contender, contender.scrape_every))
+        if check_workers:
             why = _workers_check(contenders, procs)
             if why:
-                results.skipped["w"] = why
-                log(f"workers scenario skipped: {why}")
+                results.skipped[check_workers] = why
+                log(f"scenario {check_workers} skipped: {why}")
                 return
         for scenario in scenarios:
             results.scenarios.append(scenario)
+            these = [(contender, port) for contender, port in running if contender.runs(scenario)]
             if args.warmup:
-                for _contender, port in running:
+                for _contender, port in these:
                     with contextlib.suppress(common.PgbenchError):
                         common.pgbench(port, scenario.args, args.warmup)
             for round_no in range(args.rounds):
-                shift = round_no % len(running)
-                for contender, port in running[shift:] + running[:shift]:
+                shift = round_no % max(1, len(these))
+                for contender, port in these[shift:] + these[:shift]:
                     series = results.series(scenario.key, contender.label)
                     if series.error:
                         continue
@@ -194,14 +223,14 @@ def _workers_check(contenders: list[Contender], procs: dict[str, Proc]) -> str |
 
 
 @contextmanager
-def metrics_scraper(contender: Contender) -> Iterator[None]:
-    """GET /metrics every second while the block runs (Prometheus' default is every 15 s, so this
-    overstates the cost)."""
+def metrics_scraper(contender: Contender, every: float) -> Iterator[None]:
+    """GET /metrics every ``every`` seconds while the block runs (Prometheus' default is every 15 s;
+    scenario m scrapes every second, which overstates the cost)."""
     port = int(contender.env["POOLER_METRICS_PORT"])
     stop = threading.Event()
 
     def scrape() -> None:
-        while not stop.wait(1.0):
+        while not stop.wait(every):
             with contextlib.suppress(OSError), urllib.request.urlopen(f"http://{LOOPBACK}:{port}/metrics",
                                                                       timeout=5) as response:
                 response.read()
@@ -551,10 +580,18 @@ def machine_facts(server: PgServer) -> dict[str, str]:
         "kernel": f"{platform.system()} {platform.release()}",
         "Python": platform.python_version() + f" (uvloop {importlib.metadata.version('uvloop')})",
         "Postgres": common.psql_value(server, "show server_version"),
-        "PgBouncer": common.pgbouncer_version() or "not installed",
+        "PgBouncer": _pgbouncer_fact(),
         "pooler": (commit or "?") + (" + uncommitted changes in pooler/" if dirty else ""),
         "load average at start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
     }
+
+
+def _pgbouncer_fact() -> str:
+    binary = common.pgbouncer_binary()
+    version = common.pgbouncer_version()
+    if binary is None:
+        return "not installed"
+    return f"{version or 'unknown version'} (`{binary}`)"
 
 
 def wait_quiet(minutes: float, threshold: float = 1.5) -> str:
@@ -572,7 +609,7 @@ def wait_quiet(minutes: float, threshold: float = 1.5) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=(__doc__ or "").splitlines()[0],
-                                     epilog="\n".join((__doc__ or "").splitlines()[10:21]),
+                                     epilog=(__doc__ or "")[(__doc__ or "").find("Scenarios ("):],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dsn", help="superuser URL of an existing Postgres (default: start an embedded one)")
     parser.add_argument("--quick", action="store_true", help="under 2 minutes: 2 rounds of 1 s, smaller sizes")
@@ -586,7 +623,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--pool-size", type=int, default=20, help="default_pool_size (default 20)")
     parser.add_argument("--scale", type=int, help="pgbench scale (default 10)")
     parser.add_argument("--clients", help="scenario a's client counts (default 1,50,500)")
-    parser.add_argument("--workers", type=int, default=2, help="scenario w: pooler workers = 1 vs this (default 2)")
+    parser.add_argument("--workers", type=int, default=2, help="scenarios w and h: pooler workers = N (w: against "
+                        "workers = 1; h: against PgBouncer in N processes with so_reuseport) (default 2)")
+    parser.add_argument("--pgbouncer", metavar="PATH", help="the PgBouncer binary to measure, e.g. one built from "
+                        "its latest release (see benchmarks/README.md); wins over PGBOUNCER_BIN; default: Debian's "
+                        "pgbouncer")
     parser.add_argument("--functions", type=int, help="scenario d: functions in the storm (default 500)")
     parser.add_argument("--launch-max-connections", type=int, help="scenario d: Postgres max_connections "
                         "(default 100)")
@@ -625,6 +666,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     unknown = set(args.scenarios) - set(ALL_SCENARIOS)
     if unknown:
         parser.error(f"unknown scenarios {','.join(sorted(unknown))}: choose among {','.join(ALL_SCENARIOS)}")
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
+    if args.pgbouncer:
+        try:
+            common.use_pgbouncer(args.pgbouncer)
+        except ValueError as exc:
+            parser.error(str(exc))
     return args
 
 
@@ -659,7 +707,8 @@ def main(argv: list[str] | None = None) -> int:
                 "pool": f"pool_mode = transaction, default_pool_size = {args.pool_size}, auth_type = md5 "
                         "(SCRAM for c), log_connections = log_disconnections = 0",
                 "pooler": "its defaults otherwise: session_state_check = warn, max_prepared_statements = 200, "
-                          "metrics listener off (POOLER_METRICS_PORT=0) except in scenario m, JSON logs to a file",
+                          "metrics listener off (POOLER_METRICS_PORT=0) except in scenarios m and h, "
+                          "JSON logs to a file",
                 "scenario m": "as benchmarks/metrics_cost.py: \"on\" = metrics listener scraped every second, "
                               "log_disconnections, log_pooler_errors, log_stats with stats_period = 1; \"off\" = "
                               "metrics_port = 0 and every log_* off; log_connections off in both",
@@ -679,6 +728,9 @@ def main(argv: list[str] | None = None) -> int:
                 guarded(ctx, "e", lambda: run_idle(ctx, server))
             if "f" in scenarios:
                 guarded(ctx, "f", lambda: run_slow_client(ctx, server))
+            if "h" in scenarios:
+                results.settings["scenario h"] = HEADLINE_SETUP.format(workers=args.workers)
+                guarded(ctx, "h", lambda: run_headline(ctx, server))
         if "d" in scenarios:
             if args.dsn:
                 results.notes.append("d: ran against an embedded Postgres with the max_connections below, not --dsn")
@@ -694,6 +746,8 @@ def main(argv: list[str] | None = None) -> int:
     results.facts["suite wall time"] = f"{time.monotonic() - started_at:.0f} s"
     path = report.write(results, args.out)
     log(f"wrote {path}")
+    if "h" in scenarios:
+        print(report.headline_markdown(results))
     return 0
 
 
@@ -771,7 +825,7 @@ def run_pooler_variant(ctx: Context, server: PgServer, family: str) -> None:
         run_pgbench_group(ctx, server, ini, [
             Contender("pooler metrics off", POOLER, METRICS_OFF),
             Contender("pooler metrics on", POOLER, {**METRICS_ON, "POOLER_METRICS_PORT": str(common.free_port())},
-                      scrape_metrics=True)], [scenario])
+                      scrape_every=1.0)], [scenario])
     else:
         if "workers" not in settings:
             ctx.results.skipped["w"] = "pooler has no workers setting"
@@ -781,5 +835,75 @@ def run_pooler_variant(ctx: Context, server: PgServer, family: str) -> None:
         run_pgbench_group(ctx, server, ini, [
             Contender("pooler workers=1", POOLER, {"POOLER_WORKERS": "1"}),
             Contender(f"pooler workers={workers}", POOLER, {"POOLER_WORKERS": str(workers)})], [scenario],
-            check="workers")
+            check_workers="w")
 
+
+
+# ==================================================================================================
+# h. The closing-note comparison
+# ==================================================================================================
+
+HEADLINE_SETUP = (
+    "one group, every contender started once and the contenders alternating over the rounds; "
+    "\"pooler defaults\" is `pooler run` as shipped: metrics listener on (its own port, scraped every 15 s, "
+    "Prometheus' default), session_state_check = warn, max_prepared_statements = 200, log_stats on; "
+    "\"pooler metrics off\" differs only in metrics_port = 0; pooler workers = {workers} has the defaults "
+    "and splits the pool sizes between its processes; PgBouncer x {workers} is {workers} PgBouncer processes on "
+    "one port with so_reuseport = 1, each with the same share of default_pool_size and max_client_conn as "
+    "one of pooler's workers gets; the bare forwarder is benchmarks/bare_forwarder.py (1:1 uvloop, no pooling)"
+)
+
+
+def _free_port_pair(count: int) -> int:
+    """A port ``p`` with ``p .. p + count - 1`` all free (pooler's worker ``i`` serves metrics on ``p + i``)."""
+    for _ in range(50):
+        base = common.free_port()
+        if all(_port_free(base + i) for i in range(1, count)):
+            return base
+    raise RuntimeError(f"found no {count} consecutive free ports for the metrics listeners")
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind((LOOPBACK, port))
+        except OSError:
+            return False
+    return True
+
+
+def headline_contenders(workers: int, keys: list[str]) -> list[Contender]:
+    """Scenario h's contenders: the multi-process ones run only at 50 clients (at 1 client a second
+    process has nothing to do)."""
+    many = frozenset(k for k in keys if k != "h-1client")
+    contenders = [
+        Contender(DIRECT, DIRECT),
+        Contender(PGBOUNCER, PGBOUNCER),
+        Contender(BARE, BARE),
+        Contender(POOLER_DEFAULTS, POOLER, {"POOLER_METRICS_PORT": str(common.free_port())}, scrape_every=15.0),
+        Contender(POOLER_METRICS_OFF, POOLER, {"POOLER_METRICS_PORT": "0"}),
+    ]
+    if workers > 1:
+        contenders += [
+            Contender(pgbouncer_n(workers), PGBOUNCER, processes=workers, only=many),
+            Contender(pooler_workers(workers), POOLER, {"POOLER_WORKERS": str(workers),
+                                                        "POOLER_METRICS_PORT": str(_free_port_pair(workers))},
+                      only=many),
+        ]
+    return contenders
+
+
+def run_headline(ctx: Context, server: PgServer) -> None:
+    """h: everything the closing note's table needs, in one group so that the contenders alternate."""
+    workers = ctx.args.workers
+    log(f"h: the closing-note comparison ({common.pgbouncer_version() or 'PgBouncer not installed'}, "
+        f"workers = {workers})")
+    ctx.results.headline_workers = workers
+    group = [_pgbench_scenario("h-simple", "h", "-S -M simple, 50 clients", 50, "-M", "simple"),
+             _pgbench_scenario("h-prepared", "h", "-S -M prepared, 50 clients", 50, "-M", "prepared"),
+             _pgbench_scenario("h-extended", "h", "-S -M extended, 50 clients", 50, "-M", "extended"),
+             _pgbench_scenario("h-1client", "h", "-S -M simple, 1 client", 1, "-M", "simple")]
+    ini = common.write_pgbouncer_ini(ctx.workdir, "headline", server, common.free_port(),
+                                     pool_size=ctx.args.pool_size)
+    run_pgbench_group(ctx, server, ini, headline_contenders(workers, [s.key for s in group]), group,
+                      check_workers="h" if workers > 1 else None)
