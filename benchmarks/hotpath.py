@@ -19,7 +19,7 @@ from typing import Any
 
 from pooler.config import Config, DatabaseConfig, Settings
 from pooler.core.pool import Pool, ServerState
-from pooler.net.client import ClientConnection, ClientState
+from pooler.net.client import ClientConnection, ClientState, servers_of
 from pooler.net.server import ServerConnection
 from pooler.runtime.process import Pooler
 from pooler.wire import messages as pq
@@ -53,7 +53,7 @@ async def run(transactions: int, clients: int = 50, servers: int = 20) -> float:
     db = DatabaseConfig(name="bench", host="127.0.0.1", port=5432)
     pooler = Pooler(Config(settings=settings, databases={"bench": db}))
     pooler.clock = asyncio.get_running_loop().time
-    pool: Pool[ServerConnection, ClientConnection] = Pool(pooler, db, "bench", ("x", None))
+    pool = Pool(pooler, db, "bench", ("x", None))
     pooler.pools[("bench", "bench")] = pool
     params = {"client_encoding": "UTF8", "DateStyle": "ISO, MDY", "TimeZone": "UTC", "application_name": "pgbench",
               "standard_conforming_strings": "on", "IntervalStyle": "postgres"}
@@ -81,7 +81,7 @@ async def run(transactions: int, clients: int = 50, servers: int = 20) -> float:
         for client in conns:  # every client sends its next query: 20 get a server, 30 queue
             if client.server is None and not client.waiting:
                 client.data_received(QUERY)
-        for server in list(pool.servers):  # every busy server answers; the release feeds a queued client
+        for server in servers_of(pool, direct=False):  # every busy server answers; the release feeds a queued client
             if server.client is not None and server.ledger.pending:
                 server.data_received(ANSWER)
                 done += 1

@@ -66,3 +66,22 @@ def compiled_modules() -> list[str]:
 
     return [name for name in COMPILED_MODULES
             if not (importlib.import_module(name).__file__ or "").endswith(".py")]
+
+
+def stale_extensions(root: str) -> list[str]:
+    """Compiled modules under ``root`` (a source checkout built in place) older than their .py or .pxd.
+
+    Python would load such an extension and silently run yesterday's code; the test suite refuses to run
+    on one (tests/conftest.py) and says how to rebuild.
+    """
+    import glob
+
+    stale = []
+    for name in COMPILED_MODULES:
+        base = os.path.join(root, *name.split("."))
+        for extension in glob.glob(base + ".*.so"):
+            built = os.path.getmtime(extension)
+            sources = [base + ".py", base + ".pxd"]
+            if any(os.path.exists(s) and os.path.getmtime(s) > built for s in sources):
+                stale.append(name)
+    return stale

@@ -36,6 +36,19 @@ if str(Path(__file__).parent) not in sys.path:
 from backends import Activity, wait_for_no_test_backends
 from support import APP_DB, APP_PASSWORD, APP_USER, MD5_HBA_RULE, PostgresServer, find_bin_dir, provision
 
+# -- the compiled core -----------------------------------------------------------------------------------
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Refuse to test a compiled module older than its source: Python would load it and run the old code."""
+    from pooler._compiled import extensions_disabled, stale_extensions
+
+    stale = [] if extensions_disabled() else stale_extensions(str(Path(__file__).resolve().parent.parent))
+    if stale:
+        pytest.exit(f"compiled modules older than their source: {', '.join(stale)}; rebuild them with "
+                    "`.venv/bin/python setup.py build_ext --inplace` (scripts/test does), or run the pure-Python "
+                    "source with POOLER_NO_EXTENSIONS=1", returncode=4)
+
+
 # -- asyncio ---------------------------------------------------------------------------------------------
 
 
