@@ -47,7 +47,7 @@ def test_build_without_a_compiler_installs_pure_python(tmp_path: Path) -> None:
         subprocess.run(["cp", "-r", str(ROOT / path), str(source / Path(path).parent)], check=True)
     for built in [*source.rglob("*.so"), *source.rglob("*.c")]:
         built.unlink()
-    wheel_command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+    wheel_command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-v",
                      "-w", str(tmp_path), str(source)]
     result = subprocess.run(wheel_command, check=False, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
