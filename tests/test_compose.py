@@ -102,7 +102,15 @@ def test_every_pooler_variable_is_one_pooler_reads(compose: dict[str, Any]) -> N
 def test_dockerfile_is_slim_non_root_and_env_configured() -> None:
     text = (REPO / "Dockerfile").read_text()
     lines = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
-    assert re.fullmatch(r"FROM python:3\.\d+-slim", lines[0])
+    stages = [line for line in lines if line.startswith("FROM ")]
+    # Two stages: the first compiles the core (it has gcc), the image is the last and has no compiler.
+    assert [bool(re.fullmatch(r"FROM python:3\.\d+-slim AS build", s)) for s in stages[:-1]] == [True]
+    assert re.fullmatch(r"FROM python:3\.\d+-slim", stages[-1])
+    build = lines[lines.index(stages[0]) : lines.index(stages[-1])]
+    image = lines[lines.index(stages[-1]) :]
+    assert any("gcc" in line for line in build) and any("pip wheel" in line for line in build)
+    assert not any("gcc" in line or "build-essential" in line for line in image)
+    assert any(line.startswith("COPY --from=build") for line in image)
     users = [line.split()[1] for line in lines if line.startswith("USER ")]
     assert users and users[-1] not in ("root", "0"), "the pooler must not run as root"
     assert "ENTRYPOINT [\"pooler\"]" in lines and "CMD [\"run\"]" in lines
