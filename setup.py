@@ -57,7 +57,10 @@ def extensions() -> list[object]:
         return []
     from setuptools import Extension
 
-    modules = [Extension(name, [name.replace(".", "/") + ".py"]) for name in COMPILED_MODULES]
+    # Stripped where the linker allows: the debug info would be most of each module's size, and never loaded.
+    link_args = ["-s"] if sys.platform.startswith("linux") else []
+    modules = [Extension(name, [name.replace(".", "/") + ".py"], extra_link_args=link_args)
+               for name in COMPILED_MODULES]
     try:
         return list(cythonize(
             modules,
