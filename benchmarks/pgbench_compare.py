@@ -11,6 +11,10 @@ the listen port overridden for pooler through ``POOLER_LISTEN_PORT``.
     python -m benchmarks.pgbench_compare --quick         # 3 rounds of 4 s
     python -m benchmarks.pgbench_compare --dsn postgresql://postgres:pw@127.0.0.1:5432/postgres
     python -m benchmarks.pgbench_compare --pgbouncer /work/build/pgbouncer-1.25.2/pgbouncer   # a PgBouncer you built
+    python -m benchmarks.pgbench_compare --pure          # also pooler on its pure-Python source
+
+Besides tps and latency it reports each pooler's own CPU time per transaction (user + system, from
+/proc): unlike tps, that figure hardly moves when other work shares the machine.
 
 PgBouncer is ``--pgbouncer PATH``, else ``PGBOUNCER_BIN``, else Debian's ``pgbouncer`` (benchmarks/common.py).
 """
@@ -18,6 +22,7 @@ PgBouncer is ``--pgbouncer PATH``, else ``PGBOUNCER_BIN``, else Debian's ``pgbou
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import pwd
 import re
@@ -49,9 +54,13 @@ class Scenario:
 @dataclass
 class Results:
     samples: dict[tuple[str, str], list[float]] = field(default_factory=dict)
+    cpu_us: dict[tuple[str, str], list[float]] = field(default_factory=dict)  # the process's CPU per transaction
 
     def add(self, scenario: str, contender: str, value: float) -> None:
         self.samples.setdefault((scenario, contender), []).append(value)
+
+    def add_cpu(self, scenario: str, contender: str, us_per_tx: float) -> None:
+        self.cpu_us.setdefault((scenario, contender), []).append(us_per_tx)
 
     def median(self, scenario: str, contender: str) -> float:
         values = self.samples.get((scenario, contender), [])
@@ -114,8 +123,26 @@ def write_pgbouncer_ini(workdir: Path, host: str, port: int, listen_port: int, p
     return ini
 
 
+def cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU a process has used (Linux /proc), or None."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Contender:
+    name: str
+    port: int
+    pid: int | None = None  # the process whose CPU is measured (None: direct Postgres, many processes)
+
+
 @contextmanager
-def run_pgbouncer(ini: Path, port: int) -> Iterator[int | None]:
+def run_pgbouncer(ini: Path, port: int) -> Iterator[Contender | None]:
     binary = pgbouncer_binary()
     if binary is None:
         print("pgbouncer not installed (Debian: apt-get install pgbouncer, or --pgbouncer PATH): PgBouncer column "
@@ -132,14 +159,15 @@ def run_pgbouncer(ini: Path, port: int) -> Iterator[int | None]:
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         wait_port(port)
-        yield port
+        yield Contender("pgbouncer", port, proc.pid)
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(10)
 
 
 @contextmanager
-def run_pooler(ini: Path, port: int, extra_env: dict[str, str] | None = None) -> Iterator[int]:
+def run_pooler(ini: Path, port: int, extra_env: dict[str, str] | None = None,
+               name: str = "pooler") -> Iterator[Contender]:
     # Metrics off (and off the fixed port 9127) unless a caller measures them, as in the suite.
     env = {**os.environ, "POOLER_LISTEN_PORT": str(port), "POOLER_LOG_FORMAT": "json", "POOLER_METRICS_PORT": "0",
            **(extra_env or {})}
@@ -148,7 +176,7 @@ def run_pooler(ini: Path, port: int, extra_env: dict[str, str] | None = None) ->
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_port(port)
-        yield port
+        yield Contender(name, port, proc.pid)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(10)
@@ -182,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode", default="simple", choices=["simple", "extended"], help="pgbench -M")
     parser.add_argument("--pgbouncer", metavar="PATH", help="the PgBouncer binary to measure (wins over "
                         "PGBOUNCER_BIN; default: Debian's pgbouncer)")
+    parser.add_argument("--pure", action="store_true",
+                        help="also measure pooler on its pure-Python source (POOLER_NO_EXTENSIONS=1)")
     parser.add_argument("--bare", action="store_true",
                         help="also measure a bare uvloop byte forwarder (benchmarks.bare_forwarder): "
                         "the ceiling of this design")
@@ -204,32 +234,39 @@ def main(argv: list[str] | None = None) -> int:
         workdir.chmod(0o755)
         with postgres(args.dsn, workdir) as (host, port, superuser, password):
             prepare(host, port, superuser, password, args.scale)
-            bouncer_port, pooler_port = free_port(), free_port()
+            bouncer_port, pooler_port, pure_port = free_port(), free_port(), free_port()
             ini = write_pgbouncer_ini(workdir, host, port, bouncer_port, args.pool_size)
-            with run_pgbouncer(ini, bouncer_port) as bouncer, run_pooler(ini, pooler_port) as pooler:
-                contenders = [("direct", port), ("pooler", pooler)]
+            with contextlib.ExitStack() as stack:
+                contenders = [Contender("direct", port), stack.enter_context(run_pooler(ini, pooler_port))]
+                bouncer = stack.enter_context(run_pgbouncer(ini, bouncer_port))
                 if bouncer is not None:
-                    contenders.append(("pgbouncer", bouncer))
-                bare = None
+                    contenders.append(bouncer)
+                if args.pure:
+                    contenders.append(stack.enter_context(run_pooler(
+                        ini, pure_port, {"POOLER_NO_EXTENSIONS": "1"}, name=PURE)))
                 if args.bare:
                     bare_port = free_port()
                     bare = subprocess.Popen([sys.executable, "-m", "benchmarks.bare_forwarder", str(bare_port),
                                              str(port)])
+                    stack.callback(bare.wait, 10)
+                    stack.callback(bare.terminate)
                     wait_port(bare_port)
-                    contenders.append(("bare forwarder", bare_port))
+                    contenders.append(Contender("bare forwarder", bare_port, bare.pid))
                 for scenario in scenarios:
-                    for _, contender_port in contenders:  # warm-up, not recorded
-                        pgbench(contender_port, scenario.pgbench_args, 2)
+                    for contender in contenders:  # warm-up, not recorded
+                        pgbench(contender.port, scenario.pgbench_args, 2)
                     for round_no in range(args.rounds):
                         order = contenders[round_no % len(contenders):] + contenders[: round_no % len(contenders)]
-                        for name, contender_port in order:
-                            tps, latency = pgbench(contender_port, scenario.pgbench_args, args.seconds)
-                            results.add(scenario.name, name, tps if scenario.metric == "tps" else latency)
-                            print(f"  round {round_no + 1} {scenario.name:<32} {name:<10} tps={tps:9.0f} "
+                        for contender in order:
+                            before = cpu_seconds(contender.pid)
+                            tps, latency = pgbench(contender.port, scenario.pgbench_args, args.seconds)
+                            after = cpu_seconds(contender.pid)
+                            results.add(scenario.name, contender.name, tps if scenario.metric == "tps" else latency)
+                            if before is not None and after is not None and tps > 0:
+                                results.add_cpu(scenario.name, contender.name,
+                                                (after - before) / (tps * args.seconds) * 1e6)
+                            print(f"  round {round_no + 1} {scenario.name:<32} {contender.name:<10} tps={tps:9.0f} "
                                   f"lat={latency:.3f} ms", file=sys.stderr, flush=True)
-                if bare is not None:
-                    bare.terminate()
-                    bare.wait(10)
     report(results, scenarios, args)
     return 0
 
@@ -237,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
 def report(results: Results, scenarios: list[Scenario], args: argparse.Namespace) -> None:
     print(f"\npgbench, {args.rounds} rounds x {args.seconds}s, default_pool_size={args.pool_size}, "
           f"{os.cpu_count()} cores, pgbouncer = {pgbouncer_version() or 'not installed'}; medians (min-max)\n")
-    names = ["direct", "pgbouncer", "pooler"] + (["bare forwarder"] if args.bare else [])
+    names = ["direct", "pgbouncer", "pooler"] + ([PURE] if args.pure else []) + (
+        ["bare forwarder"] if args.bare else [])
     print(f"| scenario | {' | '.join(names)} | pooler/pgbouncer | pooler/direct |")
     print("|---|" + "---|" * (len(names) + 2))
     for scenario in scenarios:
@@ -259,6 +297,17 @@ def report(results: Results, scenarios: list[Scenario], args: argparse.Namespace
             added_pooler, added_bouncer = pooler - direct, bouncer - direct
             print(f"| {scenario.name} | {' | '.join(cells)} | added latency {added_pooler * 1000:.0f} us vs "
                   f"{added_bouncer * 1000:.0f} us | |")
+    print("\nCPU time of each process per transaction (user + system, /proc; medians):\n")
+    measured = [n for n in names if any(results.cpu_us.get((sc.name, n)) for sc in scenarios)]
+    print(f"| scenario | {' | '.join(measured)} |")
+    print("|---|" + "---|" * len(measured))
+    for scenario in scenarios:
+        cells = [f"{statistics.median(v):.1f} us" if (v := results.cpu_us.get((scenario.name, n))) else "n/a"
+                 for n in measured]
+        print(f"| {scenario.name} | {' | '.join(cells)} |")
+
+
+PURE = "pooler (pure Python)"
 
 
 if __name__ == "__main__":
