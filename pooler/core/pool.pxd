@@ -1,4 +1,6 @@
 # C types for pooler/core/pool.py when Cython compiles it (setup.py); the .py stays the one source.
+from pooler.core.stats cimport PoolStats
+
 cdef class Pool:
     cdef public Py_ssize_t capacity
     cdef public double check_delay
@@ -22,7 +24,7 @@ cdef class Pool:
     cdef public bint round_robin
     cdef public set servers
     cdef public Py_ssize_t size
-    cdef public object stats
+    cdef public PoolStats stats
     cdef public str user
     cdef public object waiting
     cdef public object welcome

@@ -1,6 +1,7 @@
 # C types for pooler/net/client.py when Cython compiles it (setup.py); the .py stays the one source.
 cimport cython
 from pooler.core.ledger cimport Ledger
+from pooler.core.stats cimport Histogram, PoolStats
 from pooler.net.server cimport ServerConnection
 
 cdef int COPY_DATA, COPY_DONE, COPY_FAIL, DESCRIBE, EXECUTE, FLUSH, FUNCTION_CALL, PARSE, QUERY, SYNC, TERMINATE, TX_IDLE
@@ -40,7 +41,7 @@ cdef class ClientConnection:
     cdef public bint state_refuse
     cdef public object state_warned
     cdef public dict statements
-    cdef public object stats
+    cdef public PoolStats stats
     cdef public object tls
     cdef public bint track_statements
     cdef public object transport
@@ -53,7 +54,7 @@ cdef class ClientConnection:
                    max_packet=Py_ssize_t, sent_from=Py_ssize_t, ledger=Ledger, was_idle=bint, track=bint,
                    now=double)
     cpdef forward(self, data, ServerConnection server)
-    @cython.locals(waited=double)
+    @cython.locals(waited=double, stats=PoolStats, hist=Histogram)
     cpdef linked(self, ServerConnection server, double now)
     @cython.locals(now=double)
     cpdef server_ready_for_query(self, ServerConnection server)

@@ -1,6 +1,7 @@
 # C types for pooler/net/server.py when Cython compiles it (setup.py); the .py stays the one source.
 cimport cython
 from pooler.core.ledger cimport Ledger
+from pooler.core.stats cimport Histogram, PoolStats
 
 cdef int COMMAND_COMPLETE, COPY_IN_RESPONSE, DATA_ROW, ERROR_RESPONSE, PARAMETER_STATUS, READY_FOR_QUERY, TX_IDLE
 cdef object _LOGIN, _IDLE, _BUSY, _STATEMENT
@@ -30,7 +31,7 @@ cdef class ServerConnection:
     cdef public dict startup_params
     cdef public object state
     cdef public object statements
-    cdef public object stats
+    cdef public PoolStats stats
     cdef public object transport
     cdef public double xact_started
 
@@ -38,6 +39,6 @@ cdef class ServerConnection:
                    forward_from=Py_ssize_t, refused=Py_ssize_t, answered=Py_ssize_t, ledger=Ledger,
                    inspect=bytes)
     cpdef data_received(self, data)
-    @cython.locals(answered=Py_ssize_t, now=double, elapsed=double)
+    @cython.locals(now=double, elapsed=double, stats=PoolStats, hist=Histogram)
     cdef void _count_answers(self, Py_ssize_t answered)
     cpdef bint is_clean(self)
