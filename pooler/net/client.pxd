@@ -10,7 +10,6 @@ cdef object _READY, _CLOSED, _SESSION, _STATEMENT
 cdef class ClientConnection:
     cdef public bint _carried
     cdef public object _held
-    cdef public Py_ssize_t _need
     cdef public bytes _negotiate
     cdef public object _reader
     cdef public bint _reading_paused

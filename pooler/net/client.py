@@ -48,7 +48,7 @@ from pooler.net.server import WRITE_BUFFER_HIGH, WRITE_BUFFER_LOW, ServerConnect
 from pooler.net.sockopts import apply_tcp_options
 from pooler.wire import messages as pq
 from pooler.wire.auth import AuthStep, AuthType, ClientAuth, login_refusal
-from pooler.wire.framing import BadLengthError, MessageReader
+from pooler.wire.framing import BadLengthError, MessageReader, PartialMessage
 from pooler.wire.handshake import Refusal, read_login
 from pooler.wire.messages import (
     COPY_DATA,
@@ -150,7 +150,6 @@ class ClientConnection:
     __slots__ = (
         "_carried",
         "_held",
-        "_need",
         "_negotiate",
         "_reader",
         "_reading_paused",
@@ -226,10 +225,9 @@ class ClientConnection:
         self.last_active = now
         self.wait_started = 0.0
         self._reader: MessageReader | None = None  # startup and authentication messages
-        # Immutable on purpose: b"" + data is data itself in CPython, so the usual case (one whole
-        # message arrives while no server is linked) is held and later forwarded without a copy.
-        self._held: bytes | bytearray = b""
-        self._need = 0  # bytes _held must reach before a scan can make progress (a message seen whole)
+        # Bytes held while no server is linked, or the start of a message that must be seen whole: the usual
+        # case (one whole message arrives while no server is linked) is held and later forwarded without a copy.
+        self._held = PartialMessage()
         self.held_since = 0.0
         self._skip = 0
         self._negotiate = b""
@@ -323,16 +321,11 @@ class ClientConnection:
     def forward(self, data: bytes, server: ServerConnection) -> None:
         """Scan ``data`` for message headers, account for what the server now owes, and send it."""
         held = self._held
-        if held:
-            if len(held) + len(data) < self._need:
-                # Still short of the message that must be seen whole: gather without re-copying what is held.
-                if type(held) is bytes:
-                    held = self._held = bytearray(held)
-                held += data
-                return
-            data = held + data if type(held) is bytes else bytes(held + data)
-            self._held = b""
-            self._need = 0
+        if held.data:
+            whole = held.gather(data)
+            if whole is None:
+                return  # still short of the message that must be seen whole
+            data = whole
         n = len(data)
         pos = self._skip
         transport = server.transport
@@ -461,22 +454,21 @@ class ClientConnection:
         elif stop:
             transport.write(data[:stop])
         if stop < n:
-            self._hold_partial(data, stop, n)
+            self._hold_partial(data, stop)
         if was_idle and ledger.pending:
             now = server.request_started = self.pooler.clock()
             if ledger.tx_status == TX_IDLE:
                 server.xact_started = now
 
-    def _hold_partial(self, data: bytes, start: int, n: int) -> None:
+    def _hold_partial(self, data: bytes, start: int) -> None:
         """Keep a message that must be seen whole (checked, rewritten or dropped) until the rest arrives.
 
         Only messages up to CHECK_LIMIT are checked, and named statements up to max_packet_size are
-        rewritten, so what is held is bounded; ``_need`` lets the next reads be gathered without a scan or a
-        re-copy until the message is complete, and ``held_since`` lets query_timeout cut a client that stalls
-        in the middle of one.
+        rewritten, so what is held is bounded; the next reads are gathered without a scan or a re-copy
+        until the message is complete (pooler.wire.framing.PartialMessage), and ``held_since`` lets
+        query_timeout cut a client that stalls in the middle of one.
         """
-        self._held = data[start:]
-        self._need = 1 + _unpack_length(data, start + 1)[0] if n - start >= 5 else 5
+        self._held.keep(data, start)
         self.held_since = self.pooler.clock()
 
     def _session_state(
@@ -558,40 +550,38 @@ class ClientConnection:
     def cancel_queued_request(self) -> None:
         """A CancelRequest while this client waits for a server: its first request has not run, so it leaves
         the queue and is answered as Postgres answers a cancelled statement, instead of running later."""
-        held = bytes(self._held)
+        held = bytes(self._held.data)
         end = first_request_end(held)
         if end is None or self.pool is None:
             return  # nothing whole to cancel yet: as with Postgres when no query runs, the cancel does nothing
         self.pool.remove_waiter(self)
         self.waiting = False
-        self._held = held[end:]
-        self._need = 0
+        self._held.take()
+        self._held.add(held[end:])
         self.write(_CANCELED)
-        if len(self._held) >= 5:
+        if len(held) - end >= 5:
             self._hold(b"")  # pipelined requests behind the cancelled one queue again
         elif self._reading_paused:
             self.resume_reading()
 
     def take_held(self) -> bytes:
         """Hand what this connection holds to a new owner of the socket (the admin console)."""
-        held = bytes(self._held)
-        self._held = b""
-        self._need = 0
-        return held
+        return self._held.take()
 
     def sending_partial(self) -> bool:
         """Linked, with the start of a message held until the rest arrives (see _hold_partial)."""
-        return bool(self._need) and self.server is not None
+        return bool(self._held.need) and self.server is not None
 
     def _hold(self, data: bytes) -> None:
         """Keep bytes that arrived while no server is linked; ask the pool for one once a message starts."""
-        held = self._held = self._held + data
-        if len(held) < 5:
+        held = self._held
+        held.add(data)
+        if len(held.data) < 5:
             return
-        if held[0] == TERMINATE:
+        if held.data[0] == TERMINATE:
             self.close()
             return
-        if len(held) > HOLD_LIMIT:
+        if len(held.data) > HOLD_LIMIT:
             self.pause_reading()
         if not self.waiting and self.pool is not None:
             self.waiting = True
@@ -622,7 +612,7 @@ class ClientConnection:
             hist.total += waited
         if server.params_key != self.params_key:
             self._sync_parameters(server)
-        if self._held:
+        if self._held.data:
             self.forward(b"", server)
         if self._reading_paused:
             self.resume_reading()
@@ -645,7 +635,7 @@ class ClientConnection:
         if server.is_clean():
             now = self.last_active = self.pooler.clock()
             pool.server_ready(self, server, now)
-            if len(self._held) >= 5:
+            if len(self._held.data) >= 5:
                 self._hold(b"")
         elif mode == _STATEMENT and server.ledger.tx_status != TX_IDLE:
             self.fatal("08P01", "transaction blocks not allowed in statement pooling mode",
@@ -729,7 +719,7 @@ class ClientConnection:
                     rest = rest[1 + length :]  # a pipelined password that auth_type trust never asked for
             if rest:
                 # The client pipelined its first query behind the login (Neon's pipelined connect does).
-                self._held += rest
+                self._held.add(rest)
                 if self.state == ClientState.READY and self.server is None:
                     self._hold(b"")
 
@@ -954,9 +944,9 @@ class ClientConnection:
         if self.pooler.config.settings.log_connections:
             log.info("login", client=self.id, remote=self.remote, database=self.database, user=self.user,
                      direct=self.direct)
-        if self._held and self.server is None:
+        if self._held.data and self.server is None:
             self._hold(b"")
-        elif self._held and self.server is not None:
+        elif self._held.data and self.server is not None:
             self.forward(b"", self.server)
 
     def login_failed(self, fields: dict[str, str]) -> None:

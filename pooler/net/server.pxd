@@ -8,7 +8,7 @@ cdef object _LOGIN, _IDLE, _BUSY, _STATEMENT
 
 cdef class ServerConnection:
     cdef public object _login_reader
-    cdef public bytes _partial
+    cdef public object _partial
     cdef public Py_ssize_t _skip
     cdef public object auth
     cdef public Py_ssize_t cancels_in_flight

@@ -29,7 +29,7 @@ from pooler.core.stats import LATENCY_BUCKETS
 from pooler.net.sockopts import apply_tcp_options
 from pooler.wire import messages as pq
 from pooler.wire.auth import AuthFailed, ServerAuth
-from pooler.wire.framing import MessageReader
+from pooler.wire.framing import MessageReader, PartialMessage
 from pooler.wire.messages import (
     COMMAND_COMPLETE,
     COPY_IN_RESPONSE,
@@ -169,7 +169,7 @@ class ServerConnection:
         self.login_error: dict[str, str] | None = None
         self.close_reason = ""
         self._login_reader = MessageReader(MAX_LOGIN_MESSAGE)
-        self._partial = b""
+        self._partial = PartialMessage()  # an inspected message not whole yet (at most one message plus one read)
         self._skip = 0
         loop_time = pool.host.clock()
         self.created_at = loop_time
@@ -224,9 +224,12 @@ class ServerConnection:
         if self.state == _LOGIN:
             self._login_data(data)
             return
-        if self._partial:
-            data = self._partial + data
-            self._partial = b""
+        partial = self._partial
+        if partial.data:
+            whole = partial.gather(data)
+            if whole is None:
+                return  # still short of the message to inspect: nothing before it is left to forward
+            data = whole
         n = len(data)
         pos = self._skip
         if pos >= n:
@@ -294,7 +297,7 @@ class ServerConnection:
             self._skip = 0
             stop = pos
             if pos < n:
-                self._partial = data[pos:]
+                partial.keep(data, pos)
         client = self.client
         if forward_from >= 0 and client is not None and client.transport is not None:
             if forward_from == 0 and stop == n:
@@ -333,7 +336,7 @@ class ServerConnection:
 
     def is_clean(self) -> bool:
         """True when nothing is in flight and no transaction is open: safe for another client."""
-        return self.ledger.is_clean() and self._skip == 0 and not self._partial and self.statements.open is None
+        return self.ledger.is_clean() and self._skip == 0 and not self._partial.data and self.statements.open is None
 
     def _refuses_transactions(self) -> bool:
         client = self.client
@@ -516,7 +519,7 @@ class ServerConnection:
                 out.append(data[pos:end])
             pos = end
         if pos < n:
-            self._partial = data[pos:]
+            self._partial.keep(data, pos)
         if answered:
             self._count_answers(answered)
         client = self.client

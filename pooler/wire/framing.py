@@ -82,3 +82,65 @@ class MessageReader:
         rest = bytes(self._buf)
         self._buf.clear()
         return rest
+
+
+class PartialMessage:
+    """The start of a message that a fast scanner must see whole, held until the rest has arrived.
+
+    Why: the scanners of the data path forward bytes as they come, but a few messages must be read whole
+    (on the server side a ReadyForQuery or an ErrorResponse, on the client side a Query that is checked or a
+    Parse that is rewritten). Re-joining what is held with every read would copy a large message once per
+    read: quadratic. Instead ``need`` says how long the held bytes must grow before a scan can progress, and
+    the reads in between are appended in place. What is held is bounded by the one message (whose length
+    the scanner has already accepted) plus one read.
+
+    ``data`` stays the immutable ``bytes`` of one read as long as it is one read (``b"" + more`` is ``more``
+    itself), so the common case, one whole read held and later forwarded, makes no copy.
+    """
+
+    __slots__ = ("data", "need")
+
+    def __init__(self) -> None:
+        self.data: bytes | bytearray = b""
+        self.need = 0  # len(data) must reach this before a scan can make progress; 0: scan what is held now
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def keep(self, data: bytes, start: int) -> None:
+        """Hold ``data[start:]``, the start of a message (or of its header) that is not whole yet."""
+        self.data = data[start:]
+        self.need = 1 + _INT32.unpack_from(data, start + 1)[0] if len(data) - start >= HEADER_SIZE else HEADER_SIZE
+
+    def add(self, more: bytes) -> None:
+        """Hold ``more`` after what is held already (bytes that came while nothing could be sent)."""
+        held = self.data
+        if not held:
+            self.data = more
+            return
+        if type(held) is bytes:
+            held = self.data = bytearray(held)
+        held += more
+
+    def gather(self, more: bytes) -> bytes | None:
+        """What is held joined with ``more``, once that is enough for a scan to progress (nothing is held
+        then); None while the message is still short, ``more`` being held with the rest."""
+        held = self.data
+        if len(held) + len(more) < self.need:
+            if type(held) is bytes:
+                held = self.data = bytearray(held)
+            held += more
+            return None
+        self.data = b""
+        self.need = 0
+        if type(held) is bytes:
+            return held + more
+        held += more
+        return bytes(held)
+
+    def take(self) -> bytes:
+        """Everything held (handed on whole); nothing is held afterwards."""
+        held = self.data
+        self.data = b""
+        self.need = 0
+        return held if type(held) is bytes else bytes(held)

@@ -249,3 +249,20 @@ async def test_a_failed_reset_or_check_query_marks_the_server_for_closing() -> N
         for piece in pieces:
             server.data_received(piece)
         assert server.stale and server.ledger.swallow == 0
+
+
+async def test_a_huge_error_arriving_in_small_reads_is_gathered_in_linear_time() -> None:
+    """An ErrorResponse is inspected whole, so the scanner gathers it across reads. Gathered by re-copying
+    what it holds at every read, a 16 MiB error in 1 KiB reads copies some 128 GiB (4 s here); gathered
+    once (pooler.wire.framing.PartialMessage), it takes milliseconds."""
+    error = pq.error_response("22000", "x" * (16 * 1024 * 1024)) + pq.ready_for_query(pq.TX_IDLE)
+    server, client = make_server()
+    server.ledger.request_sent(pq.QUERY)
+    step = 1024
+    started = time.perf_counter()
+    for at in range(0, len(error), step):
+        server.data_received(error[at : at + step])
+    elapsed = time.perf_counter() - started
+    assert bytes(client.received) == error
+    assert not server.ledger.pending and client.ready_calls == 1 and server.is_clean()
+    assert elapsed < 1.0, f"{elapsed:.2f} s to gather a 16 MiB ErrorResponse in 1 KiB reads"
