@@ -89,7 +89,10 @@ class PoolClient(Protocol):
     wait_started: float
     startup_params: dict[str, str]
 
-    def linked(self, server: Any, now: float) -> None: ...
+    def linked(self, server: Any, now: float) -> None:
+        """Start on ``server`` (align parameters, send what is held): called by the shells on a client that a
+        release returned (see ``Pool.link``), never by the pool."""
+        ...
 
     def welcome(self, server_params: dict[str, str]) -> None: ...
 
@@ -250,13 +253,15 @@ class Pool:
         self._change_state(server, _BUSY)
         server.run_internal(sql)
 
-    def link(self, client: PoolClient, server: PoolServer, now: float) -> None:
-        """Pair a client with a server (at ``now``); the client then aligns parameters and sends what it holds."""
+    def link(self, client: PoolClient, server: PoolServer) -> None:
+        """Pair a client with a server. Only that: the pool starts no traffic. Whoever asked (``request``, or a
+        release that hands the server on) returns the pair, and the shell tells the client (``linked``: align
+        parameters, send what it holds) once its own callback's work is done, so that no release runs another
+        client's data path from inside the pool."""
         if server.state != _ACTIVE:
             self._change_state(server, _ACTIVE)
         client.server = server
         server.client = client
-        client.linked(server, now)
 
     @staticmethod
     def unlink(client: PoolClient, server: PoolServer) -> None:
@@ -292,8 +297,9 @@ class Pool:
         if self.connecting == 0:
             self._grow(at_least=1)
 
-    def request(self, client: PoolClient) -> None:
-        """A client has a transaction to run: give it a server now or queue it."""
+    def request(self, client: PoolClient) -> PoolServer | None:
+        """A client has a transaction to run: give it a server now (returned, linked: the caller starts the
+        client's traffic) or queue it (None)."""
         idle = self.idle
         if idle:
             server = idle[0] if self.round_robin else idle[-1]
@@ -302,16 +308,17 @@ class Pool:
                 # once it answers, or by a new one if it turns out dead.
                 self.waiting.append(client)
                 self.begin_internal(server, self.check_query)
-                return
-            self.link(client, server, client.wait_started)
-            return
+                return None
+            self.link(client, server)
+            return server
         if self.login_error is not None and self.fast_fail():
             client.waiting = False  # nothing could serve it before server_login_retry: fail fast
             client.login_failed(self._cached_error())
-            return
+            return None
         self.waiting.append(client)
         if len(self.servers) < self.capacity:
             self._grow()  # below the pool size: open a server (a full pool only queues: the hot case)
+        return None
 
     def remove_waiter(self, client: PoolClient) -> None:
         with contextlib.suppress(ValueError):
@@ -319,13 +326,16 @@ class Pool:
         if client in self.welcome_waiters:
             self.welcome_waiters.remove(client)
 
-    def release(self, server: PoolServer, *, touch: bool = True, now: float = 0.0) -> None:
+    def release(self, server: PoolServer, *, touch: bool = True, now: float = 0.0) -> PoolClient | None:
         """A clean server is free: hand it to the first queued client, or park it.
 
+        Returns the client it was handed to, linked but not yet told: the caller's shell calls its ``linked``
+        once its own work is done (see ``link``); None when the server was parked, kept apart or closed.
+        Every method below that may release a server returns that answer the same way.
         ``touch=False`` keeps its idle clock (after a health check, which is not use).
         """
         if server.state == _CLOSED:
-            return
+            return None
         now = now or self.host.clock()
         if touch:
             server.last_used = now
@@ -334,51 +344,54 @@ class Pool:
             self.servers
         ) > self.capacity:
             server.close("paused" if self.paused else "reconnect" if server.stale else "server_lifetime")
-            return
+            return None
         if server.cancels_in_flight:
             # A cancel for the last client's query may still reach Postgres: handed out now, it would cancel
             # the next client's query instead. Kept apart until its connection closes (PgBouncer does the same).
             self._change_state(server, _BEING_CANCELED)
-            return
+            return None
         waiting = self.waiting
         while waiting:
             client = waiting.popleft()
             if client.waiting and client.server is None:
-                self.link(client, server, now)
-                return
+                self.link(client, server)
+                return client
         if self.host.room_wanted_by_other_pool(self):
             server.close("closed to make room for another pool")
-            return
+            return None
         if self.reserve_active:
             self._set_reserve(False)
         self._change_state(server, _IDLE)
+        return None
 
-    def server_ready(self, client: PoolClient, server: PoolServer, now: float) -> None:
-        """The linked client's server owes nothing and is clean: unlink it and release it."""
+    def server_ready(self, client: PoolClient, server: PoolServer, now: float) -> PoolClient | None:
+        """The linked client's server owes nothing and is clean: unlink it and release it (see ``release``)."""
         server.client = None  # unlink(), inlined: this runs once per transaction
         client.server = None
         if server.reading_paused:
             server.resume_reading()
-        self.release(server, now=now)
+        return self.release(server, now=now)
 
-    def client_left_server(self, client: PoolClient, server: PoolServer, mid_message: bool, reason: str) -> None:
-        """A linked client went away: return its server only once it is clean again."""
+    def client_left_server(
+        self, client: PoolClient, server: PoolServer, mid_message: bool, reason: str
+    ) -> PoolClient | None:
+        """A linked client went away: return its server only once it is clean again (see ``release``)."""
         self.unlink(client, server)
         if server.state == ServerState.CLOSED:
-            return
+            return None
         if server.direct:
             server.close("direct client left")
-            return
+            return None
         ledger = server.ledger
         if mid_message or ledger.owes_anything():
             self.host.cancel_server(server)
             server.close(f"{reason} with a query in flight")
-            return
+            return None
         if server.cancels_in_flight:
             # The cancel may still land on the rollback or reset about to run, which would leave the old
             # session's state behind: a server in that position is not worth keeping.
             server.close(f"{reason} with a cancel in flight")
-            return
+            return None
         settings = self.host.config.settings
         reset = settings.server_reset_query if (
             self.mode == PoolMode.SESSION or settings.server_reset_query_always) else ""
@@ -390,24 +403,27 @@ class Pool:
         elif reset:
             self.begin_internal(server, reset)
         else:
-            self.release(server)
+            return self.release(server)
+        return None
 
     def cancel_sent(self, server: PoolServer) -> None:
         """A CancelRequest for the query on ``server`` is on its way to Postgres."""
         server.cancels_in_flight += 1
 
-    def cancel_done(self, server: PoolServer) -> None:
-        """Postgres closed the cancel's connection: the cancel has reached the backend (or never will)."""
+    def cancel_done(self, server: PoolServer) -> PoolClient | None:
+        """Postgres closed the cancel's connection: the cancel has reached the backend (or never will); the
+        server may be released now (see ``release``)."""
         server.cancels_in_flight -= 1
         if not server.cancels_in_flight and server.state == ServerState.BEING_CANCELED:
-            self.release(server, touch=False)
+            return self.release(server, touch=False)
+        return None
 
-    def server_done_busy(self, server: PoolServer) -> None:
-        """The pooler's own query on an unlinked server finished."""
+    def server_done_busy(self, server: PoolServer) -> PoolClient | None:
+        """The pooler's own query on an unlinked server finished (see ``release``)."""
         if server.ledger.in_transaction():
             server.close("internal query left a transaction open")
-            return
-        self.release(server, touch=False)
+            return None
+        return self.release(server, touch=False)
 
     # --- servers ----------------------------------------------------------------------------------
 
@@ -493,7 +509,9 @@ class Pool:
         self.servers.add(server)
         self.connecting += 1
 
-    def server_logged_in(self, server: PoolServer) -> None:
+    def server_logged_in(self, server: PoolServer) -> PoolClient | None:
+        """A server finished its login: the first one tells the clients waiting to be welcomed; then it is
+        released (see ``release``), or runs connect_query first."""
         self.login_error = None
         self.connect_failed = False
         if server.direct:
@@ -501,7 +519,7 @@ class Pool:
             client = server.client
             if client is not None:
                 client.welcome(server.params)
-            return
+            return None
         self.connecting -= 1
         if self.welcome is None:
             self.welcome = dict(server.params)
@@ -511,9 +529,9 @@ class Pool:
         connect_query = self.db.connect_query
         if connect_query:
             self.begin_internal(server, connect_query)
-            return
+            return None
         self._change_state(server, ServerState.BUSY)
-        self.release(server)
+        return self.release(server)
 
     def server_login_failed(self, server: PoolServer, fields: dict[str, str]) -> None:
         if server not in self.servers and server not in self.direct_servers:

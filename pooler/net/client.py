@@ -586,7 +586,10 @@ class ClientConnection:
         if not self.waiting and self.pool is not None:
             self.waiting = True
             self.wait_started = self.pooler.clock()
-            self.pool.request(self)
+            if self.pool.request(self) is not None:  # a server at once: paired with us, ours to start
+                server = self.server
+                if server is not None:
+                    self.linked(server, self.wait_started)
 
     def _bad_length(self, kind: int, length: int) -> None:
         if length < 4:
@@ -601,7 +604,10 @@ class ClientConnection:
     # --- linking to servers (called by the pool) --------------------------------------------------
 
     def linked(self, server: ServerConnection, now: float) -> None:
-        """The pool paired us with a server (at ``now``): align its session parameters, send what we hold."""
+        """The pool paired us with a server (at ``now``): align its session parameters, send what we hold.
+
+        Called by the shell that asked the pool (this client's request, or the shell of the callback whose
+        release handed the server on, once that callback's own work is done), never by the pool itself."""
         stats = self.stats
         stats.server_assignment_count += 1
         if self.waiting:
@@ -634,9 +640,11 @@ class ClientConnection:
             return
         if server.is_clean():
             now = self.last_active = self.pooler.clock()
-            pool.server_ready(self, server, now)
+            handed_to = pool.server_ready(self, server, now)
             if len(self._held.data) >= 5:
-                self._hold(b"")
+                self._hold(b"")  # this client's own work first: its next request (pipelined) queues again
+            if handed_to is not None:
+                handed_to.linked(server, now)  # then what the release answered: the next client starts
         elif mode == _STATEMENT and server.ledger.tx_status != TX_IDLE:
             self.fatal("08P01", "transaction blocks not allowed in statement pooling mode",
                        hint="use transaction pool_mode, or the direct endpoint, for multi-statement transactions")
@@ -664,7 +672,9 @@ class ClientConnection:
         server = self.server
         if server is None:
             return
-        pool.client_left_server(self, server, self._skip != 0, reason)
+        handed_to = pool.client_left_server(self, server, self._skip != 0, reason)
+        if handed_to is not None:
+            handed_to.linked(server, self.pooler.clock())
 
     # --- startup and authentication -------------------------------------------------------------
 

@@ -310,12 +310,18 @@ class ServerConnection:
             if self.state == _IDLE and self.fatal_seen:
                 self.close("server sent FATAL while idle")
             elif self.state == _BUSY and not ledger.pending and not ledger.swallow:
-                self.pool.server_done_busy(self)
+                self._start(self.pool.server_done_busy(self))
             return
         if not ledger.pending and not ledger.swallow:
             client.server_ready_for_query(self)
 
     # --- state helpers ----------------------------------------------------------------------------
+
+    def _start(self, client: PoolClient | None) -> None:
+        """Act on what a release of this server answered (``Pool.release``): the client it was handed to, if
+        any, starts on it now, at the end of this callback rather than inside the pool."""
+        if client is not None:
+            client.linked(self, self.pool.host.clock())
 
     def _count_answers(self, answered: int) -> None:
         """Statistics for the requests a chunk answered: one clock read per chunk, not per message."""
@@ -525,7 +531,7 @@ class ServerConnection:
         client = self.client
         if client is None:
             if self.state == ServerState.BUSY and not ledger.swallow and not ledger.pending:
-                self.pool.server_done_busy(self)
+                self._start(self.pool.server_done_busy(self))
             return
         if out:
             payload = b"".join(out)
@@ -570,7 +576,9 @@ class ServerConnection:
                 self.params_key = self.pool.host.parameters.key(self.params)
                 self.ledger.ready_for_query(body[0])
                 remainder = reader.take_rest()
-                self.pool.server_logged_in(self)
+                # The client the server goes to starts before the rest is read: until it has sent its request,
+                # the server owes nothing and the rest (a NOTIFY, say) would release it again under it.
+                self._start(self.pool.server_logged_in(self))
                 if remainder:
                     self.data_received(remainder)
                 return

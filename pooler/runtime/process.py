@@ -552,7 +552,9 @@ class Pooler:
             await upstream.send_cancel(upstream.server_host(server, db), db.port, key,
                                        self.config.settings.cancel_wait_timeout)
         finally:
-            server.pool.cancel_done(server)
+            handed_to = server.pool.cancel_done(server)
+            if handed_to is not None:
+                handed_to.linked(server, self.clock())
 
     def forget_pool(self, key: tuple[str, str]) -> None:
         """Forget an empty pool and everything counted for it (its SHOW STATS rows and metrics series go too)."""

@@ -59,13 +59,11 @@ class FakeClient:
         self.waiting = False
         self.wait_started = 0.0
         self.startup_params: dict[str, str] = {}
-        self.linked_to: list[FakeServer] = []
         self.welcomed: dict[str, str] | None = None
         self.failed: dict[str, str] | None = None
 
     def linked(self, server: FakeServer, now: float) -> None:
-        self.waiting = False
-        self.linked_to.append(server)
+        raise AssertionError("the pool only pairs: the shell that asked starts the client's traffic")
 
     def welcome(self, server_params: dict[str, str]) -> None:
         self.welcomed = server_params
@@ -118,15 +116,16 @@ def make_pool(**settings: Any) -> tuple[Pool[FakeServer, FakeClient], FakeHost]:
     return Pool(host, DatabaseConfig(name="db", host="127.0.0.1", port=5432), "app", ("pw", None)), host
 
 
-def log_in(pool: Pool[FakeServer, FakeClient], server: FakeServer) -> None:
+def log_in(pool: Pool[FakeServer, FakeClient], server: FakeServer) -> FakeClient | None:
+    """Log ``server`` in; returns the queued client it was handed to."""
     pool.server_connecting(server)
-    pool.server_logged_in(server)
+    return pool.server_logged_in(server)
 
 
 def queue(pool: Pool[FakeServer, FakeClient]) -> FakeClient:
     client = FakeClient()
     client.waiting = True
-    pool.request(client)
+    assert pool.request(client) is client.server  # a server given at once is the answer (None: queued)
     return client
 
 
@@ -134,9 +133,9 @@ def test_a_queued_client_opens_a_server_and_gets_it_once_it_logs_in() -> None:
     pool, host = make_pool(default_pool_size=2)
     client = queue(pool)
     assert [s.state for s in host.opened] == [ServerState.CONNECTING] and pool.connecting == 1
-    log_in(pool, host.opened[0])
+    assert log_in(pool, host.opened[0]) is client  # the answer: the shell starts the client on it
     assert client.server is host.opened[0] and host.opened[0].client is client
-    assert host.opened[0].state == ServerState.ACTIVE and client.linked_to == [host.opened[0]]
+    assert host.opened[0].state == ServerState.ACTIVE
 
 
 def test_a_full_pool_queues_in_arrival_order_and_a_released_server_goes_to_the_head() -> None:
@@ -145,7 +144,7 @@ def test_a_full_pool_queues_in_arrival_order_and_a_released_server_goes_to_the_h
     log_in(pool, host.opened[0])
     second, third = queue(pool), queue(pool)
     assert len(host.opened) == 1 and list(pool.waiting) == [second, third]
-    pool.server_ready(first, host.opened[0], host.now)
+    assert pool.server_ready(first, host.opened[0], host.now) is second
     assert first.server is None and second.server is host.opened[0] and list(pool.waiting) == [third]
 
 
@@ -171,9 +170,9 @@ def test_a_server_with_a_cancel_in_flight_is_kept_apart_until_it_lands() -> None
     log_in(pool, server)
     pool.cancel_sent(server)
     second = queue(pool)
-    pool.server_ready(first, server, host.now)
+    assert pool.server_ready(first, server, host.now) is None
     assert server.state == ServerState.BEING_CANCELED and second.server is None
-    pool.cancel_done(server)
+    assert pool.cancel_done(server) is second
     assert second.server is server and server.state == ServerState.ACTIVE
 
 
@@ -187,7 +186,7 @@ def test_a_client_that_leaves_mid_transaction_gets_its_server_rolled_back_then_r
     pool.client_left_server(client, server, False, "client disconnected")
     assert server.internal == ["ROLLBACK"] and server.state == ServerState.BUSY
     server.ledger.ready_for_query(pq.TX_IDLE)
-    pool.server_done_busy(server)
+    assert pool.server_done_busy(server) is None  # nobody queued: parked
     assert server.state == ServerState.IDLE and pool.idle == [server]
 
 
