@@ -19,7 +19,8 @@ from typing import Any
 
 from pooler.config import Config, DatabaseConfig, Settings
 from pooler.core.pool import Pool, ServerState
-from pooler.net.client import ClientConnection, ClientState, servers_of
+from pooler.net.client import ClientConnection, servers_of
+from pooler.net.login import ClientState
 from pooler.net.server import ServerConnection
 from pooler.runtime.process import Pooler
 from pooler.wire import messages as pq

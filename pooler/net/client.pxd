@@ -8,15 +8,9 @@ cdef int COPY_DATA, COPY_DONE, COPY_FAIL, DESCRIBE, EXECUTE, FLUSH, FUNCTION_CAL
 cdef object _READY, _CLOSED, _SESSION, _STATEMENT
 
 cdef class ClientConnection:
-    cdef public bint _carried
     cdef public object _held
-    cdef public bytes _negotiate
-    cdef public object _reader
     cdef public bint _reading_paused
     cdef public Py_ssize_t _skip
-    cdef public bint _tls_direct
-    cdef public bint _tls_pending
-    cdef public object auth
     cdef public bint cleartext
     cdef public double connected_at
     cdef public str database
@@ -27,6 +21,7 @@ cdef class ClientConnection:
     cdef public object id
     cdef public object key
     cdef public double last_active
+    cdef public object login
     cdef public Py_ssize_t max_packet
     cdef public dict params
     cdef public tuple params_key

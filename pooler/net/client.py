@@ -1,28 +1,30 @@
-"""One client connection to the pooler: startup, authentication, then the client→server data path.
+"""One client connection to the pooler: the client→server data path of a pooled client.
 
 Theory of operation. A client goes ``STARTUP`` → ``AUTH`` → ``WELCOME`` (waiting for its pool to know
-the server's parameters, or for its dedicated backend on the direct endpoint) → ``READY``. In READY
-it is either linked to a server (bytes are scanned for message headers and forwarded whole) or not
-(bytes are held until its pool hands it one; a held burst larger than ``HOLD_LIMIT`` pauses reading).
+the server's parameters, or for its dedicated backend on the direct endpoint) → ``READY``. Until it is
+welcomed its bytes go to its login (``pooler.net.login``: startup packet, TLS, authentication); the pool's
+``welcome`` makes it a pooled client and drops the login. In READY it is either linked to a server (bytes
+are scanned for message headers and forwarded whole) or not (bytes are held until its pool hands it one; a
+held burst larger than ``HOLD_LIMIT`` pauses reading).
 
 The scanner counts, per forwarded message, what makes the linked server unreleasable: each Query,
 Sync and FunctionCall owes a ReadyForQuery; any other extended-protocol message leaves the server
 "unsynced" until the next Sync; CopyDone/CopyFail end a COPY FROM STDIN. The server side pops those
-debts; when none is left and the transaction is idle, the server goes back to the pool.
+debts; when none is left and the transaction is idle, the server goes back to the pool. The pool only
+pairs: when it hands the freed server to a queued client it returns that client, and this shell starts it
+(``linked``) once the releasing client's own work is done, so no release runs another client's data path
+from inside the pool.
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
 import struct
-import sys
 from bisect import bisect_left
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol, TypeAlias, cast
 
-from pooler.config import ADMIN_DATABASE, Config, DatabaseConfig, PoolMode, find_database
-from pooler.core.parameters import TrackedParameters
+from pooler.config import DatabaseConfig, PoolMode
 from pooler.core.pool import Pool
 from pooler.core.prepared import (
     DESCRIBE_STATEMENT,
@@ -40,16 +42,12 @@ from pooler.core.prepared import (
 from pooler.core.session_state import Finding, SessionStateChecker
 from pooler.core.stats import LATENCY_BUCKETS, PoolStats
 from pooler.log import log
-from pooler.net import tls as tls_shell
-from pooler.net.duck import as_protocol
-from pooler.net.peer import ADMIN_PEER_USER, is_own_user, with_host
-from pooler.net.pipe import PipeTransport
+from pooler.net.login import ClientLogin, ClientState, LoginHost
 from pooler.net.server import WRITE_BUFFER_HIGH, WRITE_BUFFER_LOW, ServerConnection
 from pooler.net.sockopts import apply_tcp_options
 from pooler.wire import messages as pq
-from pooler.wire.auth import AuthStep, AuthType, ClientAuth, login_refusal
-from pooler.wire.framing import BadLengthError, MessageReader, PartialMessage
-from pooler.wire.handshake import Refusal, read_login
+from pooler.wire.auth import AuthType
+from pooler.wire.framing import PartialMessage, first_request_end
 from pooler.wire.messages import (
     COPY_DATA,
     COPY_DONE,
@@ -71,7 +69,6 @@ if TYPE_CHECKING:
 _unpack_length = struct.Struct("!i").unpack_from
 _SESSION_STATE_CHECKER = SessionStateChecker()  # one parse cache for the whole pooler
 _NO_POOL_STATS = PoolStats()  # counts nothing anyone reads: a client's bytes before it has a pool
-_NO_PARAMS: dict[str, str] = {}  # shared and never mutated
 #: What a cancelled request gets, in Postgres's words.
 _CANCELED = pq.error_response("57014", "canceling statement due to user request") + pq.READY_FOR_QUERY_IDLE
 
@@ -80,17 +77,7 @@ HOLD_LIMIT = 256 * 1024
 #: Queries and Parses up to this size are checked for session state (they are held until whole); longer
 #: ones stream through unchecked, so no client can make the pooler buffer an unbounded statement.
 CHECK_LIMIT = 64 * 1024
-#: The largest authentication message we accept (SASL messages are a few hundred bytes).
-MAX_AUTH_MESSAGE = 10_000
 
-
-
-class ClientState(enum.IntEnum):
-    STARTUP = 0
-    AUTH = 1
-    WELCOME = 2
-    READY = 3
-    CLOSED = 4
 
 
 # States and modes the data path compares with on every event, bound once (C statics under Cython, client.pxd).
@@ -100,44 +87,18 @@ _SESSION = PoolMode.SESSION
 _STATEMENT = PoolMode.STATEMENT
 
 
-class ClientHost(Protocol):
-    """What a client connection needs from the process (``pooler.runtime.process.Pooler`` provides it)."""
+class ClientHost(LoginHost["ClientConnection"], Protocol):
+    """What a client connection needs from the process (``pooler.runtime.process.Pooler`` provides it): what
+    its login needs (``pooler.net.login.LoginHost``), and this."""
 
-    config: Config
     clock: Callable[[], float]
-    parameters: TrackedParameters
     statements: StatementCache
-    tls: ClientTls | None  # TLS towards clients (pooler.runtime.tls); None: client_tls_sslmode = disable
 
     def next_client_id(self) -> int: ...
 
     def new_cancel_key(self) -> tuple[int, int]: ...
 
     def client_connected(self, client: ClientConnection) -> None: ...
-
-    def client_disconnected(self, client: ClientConnection) -> None: ...
-
-    def over_client_limit(self) -> bool: ...
-
-    def admit_client(self, client: ClientConnection, db: DatabaseConfig) -> str | None: ...
-
-    def cancel(self, key: tuple[int, int]) -> None: ...
-
-    def lookup_secret(self, user: str) -> str | None: ...
-
-    def auth_query_enabled(self, db: DatabaseConfig) -> bool: ...
-
-    def auth_query_lookup(self, client: ClientConnection, db: DatabaseConfig, user: str) -> None: ...
-
-    def admin_login(self, client: ClientConnection) -> None: ...
-
-    def client_authenticated(self, client: ClientConnection, db: DatabaseConfig, step: AuthStep) -> None: ...
-
-    def pooler_error(self, client: ClientConnection | None, sqlstate: str, message: str) -> None: ...
-
-    def http_request(self, transport: asyncio.Transport, data: bytes) -> None:
-        """A connection's first bytes ``data`` were an HTTP request: hand ``transport`` to the HTTP shell."""
-        ...
 
 
 class ClientConnection:
@@ -148,15 +109,9 @@ class ClientConnection:
     """
 
     __slots__ = (
-        "_carried",
         "_held",
-        "_negotiate",
-        "_reader",
         "_reading_paused",
         "_skip",
-        "_tls_direct",
-        "_tls_pending",
-        "auth",
         "cleartext",
         "connected_at",
         "database",
@@ -167,6 +122,7 @@ class ClientConnection:
         "id",
         "key",
         "last_active",
+        "login",
         "max_packet",
         "params",
         "params_key",
@@ -207,7 +163,6 @@ class ClientConnection:
         self.db: DatabaseConfig | None = None
         self.pool: ClientPool | None = None
         self.server: ServerConnection | None = None
-        self.auth: ClientAuth | None = None
         self.params: dict[str, str] = {}
         self.params_key: tuple[str | None, ...] = ()
         self.stats = _NO_POOL_STATS  # the pool's, once logged in
@@ -224,26 +179,20 @@ class ClientConnection:
         self.connected_at = now
         self.last_active = now
         self.wait_started = 0.0
-        self._reader: MessageReader | None = None  # startup and authentication messages
         # Bytes held while no server is linked, or the start of a message that must be seen whole: the usual
         # case (one whole message arrives while no server is linked) is held and later forwarded without a copy.
         self._held = PartialMessage()
         self.held_since = 0.0
         self._skip = 0
-        self._negotiate = b""
         self._reading_paused = False
         self.tls: ClientTls | None = None  # the TLS this connection was accepted with; None: plaintext
-        self._tls_pending = False  # a TLS handshake is in progress
-        self._tls_direct = False  # the TLS began with a ClientHello, not an SSLRequest (ALPN is checked)
-        # A session carried inside an HTTP request or a WebSocket (pooler.net.pipe): no TLS of its own; the
-        # outer connection's TLS, if any, is what "SSL required" looks at.
-        self._carried = False
+        # Startup, TLS and authentication (pooler.net.login); dropped once the client is welcomed.
+        self.login: ClientLogin[ClientConnection] | None = ClientLogin(self, pooler)
 
     # --- asyncio.Protocol -----------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
-        self._carried = isinstance(transport, PipeTransport)
         transport.set_write_buffer_limits(WRITE_BUFFER_HIGH, WRITE_BUFFER_LOW)
         apply_tcp_options(transport, self.pooler.config.settings)
         peer = transport.get_extra_info("peername")
@@ -253,7 +202,7 @@ class ClientConnection:
     def connection_lost(self, exc: Exception | None) -> None:
         if self.state == ClientState.CLOSED and self.transport is None:
             return
-        if self._tls_pending and exc is not None and self.state != ClientState.CLOSED:
+        if self._tls_pending() and exc is not None and self.state != ClientState.CLOSED:
             self.pooler.pooler_error(self, "08P01", f"TLS handshake failed: {str(exc) or type(exc).__name__}")
         self.state = ClientState.CLOSED
         self.transport = None
@@ -268,9 +217,9 @@ class ClientConnection:
             else:
                 self._hold(data)
             return
-        if self.state == _CLOSED:
-            return
-        self._handshake_data(data)
+        login = self.login
+        if login is not None and self.state != _CLOSED:
+            login.data_received(data)
 
     def eof_received(self) -> bool | None:
         """The peer half-closed: returning None lets the transport close, as asyncio.Protocol's default does."""
@@ -296,9 +245,13 @@ class ClientConnection:
     def fatal(self, sqlstate: str, message: str, *, hint: str | None = None, detail: str | None = None) -> None:
         """Send a FATAL error naming the cause, log it, and close this connection."""
         self.pooler.pooler_error(self, sqlstate, message)
-        if not self._tls_pending:  # mid-handshake, a Postgres message would only be garbage to TLS
+        if not self._tls_pending():  # mid-handshake, a Postgres message would only be garbage to TLS
             self.write(pq.error_response(sqlstate, message, severity="FATAL", hint=hint, detail=detail))
         self.close()
+
+    def _tls_pending(self) -> bool:
+        """A TLS handshake is in progress (pooler.net.login)."""
+        return self.login is not None and self.login.tls_pending
 
     def close(self) -> None:
         transport = self.transport
@@ -676,262 +629,20 @@ class ClientConnection:
         if handed_to is not None:
             handed_to.linked(server, self.pooler.clock())
 
-    # --- startup and authentication -------------------------------------------------------------
-
-    def _handshake_data(self, data: bytes) -> None:
-        reader = self._reader
-        if reader is None:
-            if (data and self.http_ok and self.state == ClientState.STARTUP and 0x41 <= data[0] <= 0x5A
-                    and not self._tls_pending and self._alpn() != pq.ALPN_POSTGRESQL):
-                # A startup packet starts with a zero byte, an HTTP method with A-Z; the same holds for the
-                # first decrypted bytes after a TLS handshake (HTTPS, WSS), unless ALPN said "postgresql".
-                self._switch_to_http(data)
-                return
-            reader = self._reader = MessageReader(MAX_AUTH_MESSAGE)
-        reader.feed(data)
-        if self._tls_pending:
-            return  # decrypted bytes that came with the end of the handshake: read once it is done
-        try:
-            while True:
-                if self.state == ClientState.STARTUP:
-                    if self.tls is None and tls_shell.is_client_hello(reader.peek_type()):
-                        self._begin_tls(direct=True)  # Postgres 17's sslnegotiation=direct
-                        return
-                    packet = reader.next_startup_packet()
-                    if packet is None:
-                        return
-                    self._startup(packet)
-                elif self.state == ClientState.AUTH and self.auth is not None:
-                    kind = reader.peek_type()
-                    if kind is None:
-                        return
-                    if kind != pq.PASSWORD:
-                        self.fatal("08P01", f"expected a password message, got message type {chr(kind)!r}")
-                        return
-                    message = reader.next_message()
-                    if message is None:
-                        return
-                    self._auth_step(self.auth.receive(message[1]))
-                else:
-                    break
-        except BadLengthError as exc:
-            self.fatal("08P01", f"invalid password message length {exc.length}")
-            return
-        except pq.ProtocolViolationError as exc:
-            self.fatal("08P01", str(exc))
-            return
-        if self.state in (ClientState.WELCOME, ClientState.READY):
-            self._reader = None  # the login is over: its buffer is not kept for the session
-            rest = reader.take_rest()
-            if rest and self.cleartext and rest[0] == pq.PASSWORD and len(rest) >= pq.HEADER_SIZE:
-                length = pq.read_int32(rest, 1)
-                if len(rest) >= 1 + length:
-                    rest = rest[1 + length :]  # a pipelined password that auth_type trust never asked for
-            if rest:
-                # The client pipelined its first query behind the login (Neon's pipelined connect does).
-                self._held.add(rest)
-                if self.state == ClientState.READY and self.server is None:
-                    self._hold(b"")
-
-    def _switch_to_http(self, data: bytes) -> None:
-        """The first bytes are an HTTP request (Neon's SQL over HTTP or a WebSocket upgrade): from here the
-        connection belongs to the HTTP shell, and this object was never a client."""
-        transport = self.transport
-        self.state = ClientState.CLOSED
-        self.transport = None
-        self.pooler.client_disconnected(self)
-        if transport is not None:
-            self.pooler.http_request(transport, data)
-
-    def _startup(self, packet: bytes) -> None:
-        try:
-            startup = pq.parse_startup_packet(packet)
-        except pq.ProtocolViolationError as exc:
-            self.fatal("08P01", f"invalid startup packet: {exc}")
-            return
-        if self._tls_direct and self._alpn() != pq.ALPN_POSTGRESQL:
-            # Checked here, not at the end of the handshake: an HTTPS client (ALPN http/1.1 or none) is told
-            # apart by its first decrypted bytes; a Postgres client without ALPN is refused as Postgres does.
-            self.fatal("08P01", "received direct SSL connection request without ALPN protocol negotiation extension",
-                       hint="direct TLS (sslnegotiation=direct) needs ALPN \"postgresql\"; use libpq 17 or newer")
-            return
-        if startup.code == pq.SSL_REQUEST_CODE and self._tls_offered():
-            if self._reader is not None and len(self._reader):
-                self.fatal("08P01", "received unencrypted data after SSL request",
-                           hint="this could be a man-in-the-middle attack; the client must wait for the answer")
-                return
-            self.write(b"S")
-            self._begin_tls(direct=False)
-            return
-        if startup.code in (pq.SSL_REQUEST_CODE, pq.GSSENC_REQUEST_CODE):
-            self.write(b"N")  # no TLS here: the client goes on in plaintext (or gives up, per sslmode)
-            return
-        if startup.cancel_key is not None:
-            self.pooler.cancel(startup.cancel_key)
-            self.close()
-            return
-        if self.pooler.tls is not None and self.pooler.tls.required and self._plaintext_tcp():
-            self.fatal("08P01", "SSL required",
-                       hint="client_tls_sslmode requires TLS: connect with sslmode=require (or stronger)")
-            return
-        if self.pooler.over_client_limit():
-            # Refused here, after SSL negotiation, as Postgres and PgBouncer do: refused on accept, libpq
-            # (sslmode=prefer) reports only "server sent an error response during SSL exchange".
-            self.fatal("53300", "no more connections allowed (max_client_conn)",
-                       hint="raise max_client_conn, or close idle connections in the app")
-            return
-        settings = self.pooler.config.settings
-        login = read_login(startup, self.pooler.parameters.canonical, settings.ignore_startup_parameters)
-        if isinstance(login, Refusal):
-            self.fatal(login.sqlstate, login.message, hint=login.hint)
-            return
-        self._negotiate = login.negotiate
-        user = self.user = sys.intern(login.user)  # one string per name, not one per connection
-        self.database = sys.intern(login.database)
-        tracked = login.tracked
-        if settings.application_name_add_host and not self.direct:
-            peer = self.transport.get_extra_info("peername") if self.transport is not None else None
-            tracked = {**tracked, "application_name": with_host(tracked.get("application_name"), peer)}
-        self.startup_params = self.pooler.parameters.shared(tracked)[0] if tracked else _NO_PARAMS
-        if self.database == ADMIN_DATABASE:
-            if user == ADMIN_PEER_USER and is_own_user(self.transport):
-                self.state = ClientState.WELCOME  # PgBouncer's peer login: the pooler's own OS user, no password
-                if self._negotiate:
-                    self.write(self._negotiate)
-                self.write(pq.AUTH_OK_MESSAGE)
-                self.pooler.admin_login(self)
-                return
-            # The admin console: authenticated like anyone (auth_file / auth_query), then handed over.
-            self.state = ClientState.AUTH
-            self.begin_auth(settings.auth_type, self.pooler.lookup_secret(user))
-            return
-        db = find_database(self.pooler.config, self.database)
-        if db is None:
-            # As PgBouncer: authenticate first, then say "no such database" (see _auth_step), so that
-            # which databases exist is not told to whoever knocks.
-            self.state = ClientState.AUTH
-            self.begin_auth(settings.auth_type, self.pooler.lookup_secret(user))
-            return
-        self.db = db
-        refusal = self.pooler.admit_client(self, db)
-        if refusal is not None:
-            self.fatal("08P01", refusal)  # PgBouncer's words and SQLSTATE
-            return
-        self.state = ClientState.AUTH
-        secret = self.pooler.lookup_secret(user)
-        if secret is None and settings.auth_type is not AuthType.ANY and self.pooler.auth_query_enabled(db):
-            self.pooler.auth_query_lookup(self, db, user)
-            return
-        self.begin_auth(settings.auth_type, secret)
+    # --- login (pooler.net.login), and the welcome that makes this a pooled client ---------------------
 
     def begin_auth(self, auth_type: AuthType, secret: str | None) -> None:
-        """Start the exchange once the user's secret is known (possibly after an auth_query)."""
-        if self.state != ClientState.AUTH:
-            return
-        if self.cleartext and auth_type not in (AuthType.TRUST, AuthType.ANY):
-            auth_type = AuthType.PLAIN  # checked against the same secret (plain, md5 or SCRAM verifier)
-        # The admin console (no db entry) forces its own user, as PgBouncer's: any lets admin_users in.
-        refusal = login_refusal(auth_type, secret, forced_user=self.db is None or bool(self.db.user))
-        if refusal is not None:
-            self.fatal("08P01", refusal)
-            return
-        binding = self.tls.channel_binding if self.tls is not None else None
-        self.auth = ClientAuth(auth_type, self.user, secret, iterations=self.pooler.config.settings.scram_iterations,
-                               channel_binding=binding)
-        if self._negotiate:
-            self.write(self._negotiate)
-        self._auth_step(self.auth.start())
-        if self._reader is not None and len(self._reader) and self.state == ClientState.AUTH:
-            self._handshake_data(b"")
+        """Start the password exchange once the user's secret is known (after an auth_query)."""
+        login = self.login
+        if login is not None:
+            login.begin_auth(auth_type, secret)
 
-    # --- TLS (the contexts: pooler.runtime.tls; the handshake: pooler.net.tls) ------------------------
-
-    def _tls_offered(self) -> bool:
-        """TLS is on and this is a plaintext TCP connection (unix sockets never do TLS, as in PgBouncer)."""
-        transport = self.transport
-        return (self.pooler.tls is not None and self.tls is None and transport is not None and not self._carried
-                and not tls_shell.is_unix(transport))
-
-    def _plaintext_tcp(self) -> bool:
-        """This connection, or the HTTP/WebSocket connection carrying it, is TCP without TLS: what
-        client_tls_sslmode = require refuses (a unix socket is exempt, as in PgBouncer)."""
-        transport = self.transport
-        return (transport is not None and not tls_shell.is_unix(transport)
-                and transport.get_extra_info("ssl_object") is None)
-
-    def _alpn(self) -> str | None:
-        """The ALPN protocol the TLS handshake selected; None without TLS or without ALPN."""
-        ssl_object = self.transport.get_extra_info("ssl_object") if self.transport is not None else None
-        return ssl_object.selected_alpn_protocol() if ssl_object is not None else None
-
-    def _begin_tls(self, *, direct: bool) -> None:
-        """Hand the connection to the TLS layer; the startup packet then comes again, decrypted."""
-        tls = self.pooler.tls
-        transport = self.transport
-        if tls is None or transport is None or tls_shell.is_unix(transport):
-            self.pooler.pooler_error(self, "08P01", "direct TLS connection attempted but TLS is not enabled "
-                                     "(client_tls_sslmode = disable)")
-            self.close()
-            return
-        reader = self._reader
-        already_read = reader.take_rest() if direct and reader is not None else b""
-        self._tls_pending = True
-        # Nothing more may reach data_received before the TLS layer takes over: the ClientHello that
-        # follows our "S" belongs to it. start_tls resumes reading once it is in place.
-        transport.pause_reading()
-        tls_shell.spawn(self._tls_handshake(tls, transport, already_read, direct))
-
-    async def _tls_handshake(self, tls: ClientTls, transport: asyncio.Transport, already_read: bytes,
-                             direct: bool) -> None:
-        # client_login_timeout cuts a stalled handshake (the sweep, one reason for every slow login); the
-        # TLS layer's own timeout is only the backstop, later, and 60 s when client_login_timeout is off.
-        login_timeout = self.pooler.config.settings.client_login_timeout
-        timeout = login_timeout + 5 if login_timeout else None
-        try:
-            upgraded = await tls_shell.accept(transport, as_protocol(self), tls.context, already_read, timeout)
-        except Exception as exc:  # ssl.SSLError, a reset, a timeout: the client goes, nobody else notices
-            self._tls_pending = False
-            if self.state != ClientState.CLOSED:
-                self.pooler.pooler_error(self, "08P01", f"TLS handshake failed: {str(exc) or type(exc).__name__}")
-            transport.close()
-            self.connection_lost(exc)
-            return
-        self._tls_pending = False
-        self.transport = upgraded
-        self.tls = tls
-        if self.state == ClientState.CLOSED:  # closed meanwhile (client_login_timeout, shutdown): the loop's
-            upgraded.close()                  # TLS may still report a handshake that ended with the socket
-            self.connection_lost(None)
-            return
-        upgraded.set_write_buffer_limits(WRITE_BUFFER_HIGH, WRITE_BUFFER_LOW)
-        self._tls_direct = direct
-        # The decrypted stream starts afresh, in STARTUP with nothing consumed: its first bytes may be a
-        # startup packet or an HTTP request (HTTPS, WSS), told apart as on a plaintext connection. Bytes that
-        # came with the end of the handshake were kept in the reader: they go through that same check.
-        reader, self._reader = self._reader, None
-        rest = reader.take_rest() if reader is not None else b""
-        if rest:
-            self._handshake_data(rest)
-
-    def _auth_step(self, step: AuthStep) -> None:
-        if step.send:
-            self.write(step.send)
-        if not step.done:
-            return
-        self.auth = None  # the exchange's state (nonces, keys) is not kept for the whole session
-        if not step.ok:
-            self.pooler.pooler_error(self, "28P01", "password authentication failed")
-            self.close()
-            return
-        self.state = ClientState.WELCOME
-        if self.db is None:  # the admin console, or a database that does not exist
-            if self.database == ADMIN_DATABASE:
-                self.pooler.admin_login(self)
-            else:
-                self.fatal("3D000", f"no such database: {self.database}",
-                           hint="add it to [databases] in the pooler config, or define a \"*\" fallback entry")
-            return
-        self.pooler.client_authenticated(self, self.db, step)
+    def pipelined(self, data: bytes) -> None:
+        """Bytes the client sent behind its login (its first query): held for the session, and sent as soon as
+        the client is welcomed and has a server."""
+        self._held.add(data)
+        if self.state == _READY and self.server is None:
+            self._hold(b"")
 
     def welcome(self, server_params: dict[str, str]) -> None:
         """Finish login: the server's parameters overlaid with ours, our cancel key, ReadyForQuery."""
@@ -946,6 +657,7 @@ class ClientConnection:
         out.append(pq.READY_FOR_QUERY_IDLE)
         self.write(b"".join(out))
         self.state = ClientState.READY
+        self.login = None  # its reader, exchange and TLS state are not kept for the session
         check = self.pooler.config.settings.session_state_check
         if check != "off" and not self.direct and (self.pool is None or self.pool.mode != PoolMode.SESSION):
             self.state_checker = _SESSION_STATE_CHECKER
@@ -963,23 +675,6 @@ class ClientConnection:
         """The pool could not log in to Postgres for us: pass its error on, as FATAL."""
         self.fatal(fields.get("C", "08006"), fields.get("M", "server login failed"),
                    hint=fields.get("H"), detail=fields.get("D"))
-
-
-def first_request_end(data: bytes) -> int | None:
-    """Where the first request in ``data`` ends (a Query or FunctionCall, or the Sync closing extended messages);
-    None when no request is whole yet."""
-    pos = 0
-    n = len(data)
-    while pos + 5 <= n:
-        kind = data[pos]
-        end: int = pos + 1 + _unpack_length(data, pos + 1)[0]
-        if end > n:
-            return None
-        if kind in (pq.QUERY, pq.FUNCTION_CALL, pq.SYNC):
-            return end
-        pos = end
-    return None
-
 
 
 #: A pool of this process: servers are ServerConnections, clients ClientConnections.

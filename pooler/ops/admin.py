@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 from pooler import __version__
 from pooler.config import ConfigError
 from pooler.log import log
-from pooler.net.client import ClientState
+from pooler.net.login import ClientState
 from pooler.net.peer import ADMIN_PEER_USER, is_own_user
 from pooler.ops import control, introspect
 from pooler.ops.metrics import VERSION_STRING

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 from pooler import config as cfg
 from pooler.config import ADMIN_DATABASE, ConfigError
 from pooler.log import log
-from pooler.net.client import ClientState
+from pooler.net.login import ClientState
 from pooler.runtime.process import Pooler, ShutdownMode
 
 if TYPE_CHECKING:

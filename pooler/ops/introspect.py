@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING
 from pooler import config as cfg
 from pooler.config import ADMIN_DATABASE, PoolMode, Settings
 from pooler.core.pool import ServerState
-from pooler.net.client import ClientState, servers_of
+from pooler.net.client import servers_of
+from pooler.net.login import ClientState
 from pooler.net.tls import describe_tls
 from pooler.wire.auth import AuthType
 

@@ -36,7 +36,7 @@ from pooler import __version__
 from pooler.core.hosts import host_list
 from pooler.core.stats import LATENCY_BUCKETS, Histogram
 from pooler.log import log
-from pooler.net.client import ClientState
+from pooler.net.login import ClientState
 from pooler.ops.introspect import by_database, client_state, database_rows, lists, pool_counts, pool_totals
 from pooler.wire import messages as pq
 

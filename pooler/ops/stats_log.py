@@ -11,7 +11,7 @@ import asyncio
 from typing import TYPE_CHECKING
 
 from pooler.log import log
-from pooler.net.client import ClientState
+from pooler.net.login import ClientState
 from pooler.ops.introspect import Totals, by_database, pool_totals
 
 if TYPE_CHECKING:

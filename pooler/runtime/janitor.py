@@ -15,7 +15,8 @@ from pooler import config as cfg
 from pooler.config import Config
 from pooler.core.pool import CONNECT_TIMEOUT, ServerState, login_failure_detail
 from pooler.log import log
-from pooler.net.client import ClientConnection, ClientPool, ClientState, servers_of
+from pooler.net.client import ClientConnection, ClientPool, servers_of
+from pooler.net.login import ClientState
 from pooler.runtime.autodb import AutodbJanitor
 from pooler.wire import messages as pq
 

@@ -28,9 +28,10 @@ from pooler.core.pool import Pool, PoolServer, ServerState
 from pooler.core.prepared import StatementCache
 from pooler.core.stats import error_kind
 from pooler.log import configure_from_settings, log
-from pooler.net.client import ClientConnection, ClientPool, ClientState
+from pooler.net.client import ClientConnection, ClientPool
 from pooler.net.duck import as_protocol
 from pooler.net.http import HttpConnection
+from pooler.net.login import ClientState
 from pooler.net.server import ServerConnection
 from pooler.net.tls import ClientTls, ServerTls
 from pooler.runtime import tls, upstream

@@ -12,7 +12,15 @@ from __future__ import annotations
 
 import struct
 
-from pooler.wire.messages import HEADER_SIZE, MAX_STARTUP_PACKET, MIN_MESSAGE_LENGTH, ProtocolViolationError
+from pooler.wire.messages import (
+    FUNCTION_CALL,
+    HEADER_SIZE,
+    MAX_STARTUP_PACKET,
+    MIN_MESSAGE_LENGTH,
+    QUERY,
+    SYNC,
+    ProtocolViolationError,
+)
 
 
 class BadLengthError(ProtocolViolationError):
@@ -144,3 +152,19 @@ class PartialMessage:
         self.data = b""
         self.need = 0
         return held if type(held) is bytes else bytes(held)
+
+
+def first_request_end(data: bytes) -> int | None:
+    """Where the first request in ``data`` ends (a Query or FunctionCall, or the Sync closing extended messages);
+    None when no request is whole yet. (A client's CancelRequest while it waits for a server cancels that much.)"""
+    pos = 0
+    n = len(data)
+    while pos + HEADER_SIZE <= n:
+        kind = data[pos]
+        end: int = pos + 1 + _INT32.unpack_from(data, pos + 1)[0]
+        if end > n:
+            return None
+        if kind in (QUERY, FUNCTION_CALL, SYNC):
+            return end
+        pos = end
+    return None

@@ -16,7 +16,8 @@ from pooler.config import Config, PoolMode
 from pooler.core.parameters import TrackedParameters
 from pooler.core.pool import ServerState
 from pooler.core.stats import PoolStats
-from pooler.net.client import ClientConnection, ClientState
+from pooler.net.client import ClientConnection
+from pooler.net.login import ClientState
 from pooler.net.server import ServerConnection
 from pooler.wire import messages as pq
 from pooler.wire.auth import ServerAuth
