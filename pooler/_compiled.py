@@ -21,6 +21,7 @@ from types import ModuleType
 # the counters, the prepared-statement lookup, the session-state pre-filter and the messages they build.
 COMPILED_MODULES: tuple[str, ...] = (
     "pooler.wire.messages",
+    "pooler.wire.framing",
     "pooler.core.ledger",
     "pooler.core.pool",
     "pooler.core.parameters",

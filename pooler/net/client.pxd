@@ -3,12 +3,13 @@ cimport cython
 from pooler.core.ledger cimport Ledger
 from pooler.core.stats cimport Histogram, PoolStats
 from pooler.net.server cimport ServerConnection
+from pooler.wire.framing cimport PartialMessage
 
 cdef int COPY_DATA, COPY_DONE, COPY_FAIL, DESCRIBE, EXECUTE, FLUSH, FUNCTION_CALL, PARSE, QUERY, SYNC, TERMINATE, TX_IDLE
 cdef object _READY, _CLOSED, _SESSION, _STATEMENT
 
 cdef class ClientConnection:
-    cdef public object _held
+    cdef public PartialMessage _held
     cdef public bint _reading_paused
     cdef public Py_ssize_t _skip
     cdef public bint cleartext

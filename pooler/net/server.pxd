@@ -2,13 +2,14 @@
 cimport cython
 from pooler.core.ledger cimport Ledger
 from pooler.core.stats cimport Histogram, PoolStats
+from pooler.wire.framing cimport PartialMessage
 
 cdef int COMMAND_COMPLETE, COPY_IN_RESPONSE, DATA_ROW, ERROR_RESPONSE, PARAMETER_STATUS, READY_FOR_QUERY, TX_IDLE
 cdef object _LOGIN, _IDLE, _BUSY, _STATEMENT
 
 cdef class ServerConnection:
     cdef public object _login_reader
-    cdef public object _partial
+    cdef public PartialMessage _partial
     cdef public Py_ssize_t _skip
     cdef public object auth
     cdef public Py_ssize_t cancels_in_flight

@@ -47,7 +47,7 @@ def one_server_pool(log: list[tuple[str, bytes]], clients: int) -> tuple[ServerC
     settings = dataclasses.replace(Settings(), default_pool_size=1, log_connections=False)
     db = DatabaseConfig(name="db", host="127.0.0.1", port=5432)
     pooler = Pooler(Config(settings=settings, databases={"db": db}))
-    pool: Pool[ServerConnection, ClientConnection] = Pool(pooler, db, "app", ("x", None))
+    pool = Pool(pooler, db, "app", ("x", None))
     server = ServerConnection(pool, {}, ServerAuth("app", "x"))
     server.transport = Transport("server", log)  # type: ignore[assignment]
     server.state = ServerState.IDLE
