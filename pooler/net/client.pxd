@@ -51,6 +51,6 @@ cdef class ClientConnection:
     cpdef forward(self, data, ServerConnection server)
     @cython.locals(waited=double, stats=PoolStats, hist=Histogram)
     cpdef linked(self, ServerConnection server, double now)
-    @cython.locals(now=double)
+    @cython.locals(now=double, handed_to=ClientConnection)
     cpdef server_ready_for_query(self, ServerConnection server)
     cpdef _hold(self, data)
