@@ -19,8 +19,8 @@ cdef class ClientConnection:
     cdef public bint direct
     cdef public double held_since
     cdef public bint http_ok
-    cdef public object id
-    cdef public object key
+    cdef public long long id
+    cdef public long long key
     cdef public double last_active
     cdef public object login
     cdef public Py_ssize_t max_packet

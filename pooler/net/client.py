@@ -42,9 +42,9 @@ from pooler.core.prepared import (
 from pooler.core.session_state import Finding, SessionStateChecker
 from pooler.core.stats import LATENCY_BUCKETS, PoolStats
 from pooler.log import log
-from pooler.net.login import ClientLogin, ClientState, LoginHost
+from pooler.net.login import NO_PARAMS, ClientLogin, ClientState, LoginHost
 from pooler.net.server import WRITE_BUFFER_HIGH, WRITE_BUFFER_LOW, ServerConnection
-from pooler.net.sockopts import apply_tcp_options
+from pooler.net.sockopts import INHERITED_BY_ACCEPTED, apply_tcp_options
 from pooler.wire import messages as pq
 from pooler.wire.auth import AuthType
 from pooler.wire.framing import PartialMessage, first_request_end
@@ -69,6 +69,7 @@ if TYPE_CHECKING:
 _unpack_length = struct.Struct("!i").unpack_from
 _SESSION_STATE_CHECKER = SessionStateChecker()  # one parse cache for the whole pooler
 _NO_POOL_STATS = PoolStats()  # counts nothing anyone reads: a client's bytes before it has a pool
+_NO_STATEMENTS: dict[bytes, PreparedStatement] = {}  # shared, never added to (removing a name it lacks is a no-op)
 #: What a cancelled request gets, in Postgres's words.
 _CANCELED = pq.error_response("57014", "canceling statement due to user request") + pq.READY_FOR_QUERY_IDLE
 
@@ -96,7 +97,7 @@ class ClientHost(LoginHost["ClientConnection"], Protocol):
 
     def next_client_id(self) -> int: ...
 
-    def new_cancel_key(self) -> tuple[int, int]: ...
+    def new_cancel_key(self) -> int: ...
 
     def client_connected(self, client: ClientConnection) -> None: ...
 
@@ -163,10 +164,12 @@ class ClientConnection:
         self.db: DatabaseConfig | None = None
         self.pool: ClientPool | None = None
         self.server: ServerConnection | None = None
-        self.params: dict[str, str] = {}
+        self.params: dict[str, str] = NO_PARAMS  # the login replaces it with the pool's shared dict
         self.params_key: tuple[str | None, ...] = ()
         self.stats = _NO_POOL_STATS  # the pool's, once logged in
-        self.statements: dict[bytes, PreparedStatement] = {}  # this client's prepared statement names
+        # This client's prepared statement names: the shared empty dict until its first named Parse (most clients
+        # never send one, and an idle client should cost only what it uses); only _named_statement adds to it.
+        self.statements: dict[bytes, PreparedStatement] = _NO_STATEMENTS
         self.track_statements = False  # named statements are rewritten (transaction/statement pooling)
         # Session-state checks (pooled endpoint, transaction/statement mode): see pooler.core.session_state.
         self.state_checker: SessionStateChecker | None = None
@@ -194,7 +197,8 @@ class ClientConnection:
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         transport.set_write_buffer_limits(WRITE_BUFFER_HIGH, WRITE_BUFFER_LOW)
-        apply_tcp_options(transport, self.pooler.config.settings)
+        if not INHERITED_BY_ACCEPTED:  # elsewhere, the listener's options are not the connection's
+            apply_tcp_options(transport, self.pooler.config.settings)
         peer = transport.get_extra_info("peername")
         self.remote = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "unix")
         self.pooler.client_connected(self)
@@ -466,6 +470,8 @@ class ClientConnection:
                 server.synthesize(PARSE, name_in_use(name), refuse=True)
                 return []
             statement = self.pooler.statements.get(data[span[1] + 1 : end])
+            if self.statements is _NO_STATEMENTS:
+                self.statements = {}
             self.statements[name] = statement
             if statement in server.statements.prepared:
                 server.statements.use(statement)
@@ -653,7 +659,7 @@ class ClientConnection:
         parameters = self.pooler.parameters
         self.params, self.params_key = parameters.shared({k: values[k] for k in parameters.names if k in values})
         out = [pq.parameter_status(k, v) for k, v in values.items()]
-        out.append(pq.backend_key_data(*self.key))
+        out.append(pq.backend_key_data(*pq.unpack_cancel_key(self.key)))
         out.append(pq.READY_FOR_QUERY_IDLE)
         self.write(b"".join(out))
         self.state = ClientState.READY

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
 #: The largest authentication message we accept (SASL messages are a few hundred bytes).
 MAX_AUTH_MESSAGE = 10_000
-_NO_PARAMS: dict[str, str] = {}  # shared and never mutated
+NO_PARAMS: dict[str, str] = {}  # shared and never mutated
 
 
 class ClientState(enum.IntEnum):
@@ -245,7 +245,7 @@ class ClientLogin(Generic[Conn]):
         if settings.application_name_add_host and not conn.direct:
             peer = conn.transport.get_extra_info("peername") if conn.transport is not None else None
             tracked = {**tracked, "application_name": with_host(tracked.get("application_name"), peer)}
-        conn.startup_params = self.host.parameters.shared(tracked)[0] if tracked else _NO_PARAMS
+        conn.startup_params = self.host.parameters.shared(tracked)[0] if tracked else NO_PARAMS
         if conn.database == ADMIN_DATABASE:
             if user == ADMIN_PEER_USER and is_own_user(conn.transport):
                 conn.state = ClientState.WELCOME  # PgBouncer's peer login: the pooler's own OS user, no password

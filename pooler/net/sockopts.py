@@ -1,5 +1,9 @@
 """TCP socket options from the config (``tcp_keepalive``, ``tcp_keepidle``, ``tcp_keepintvl``, ``tcp_keepcnt``,
-``tcp_user_timeout``), set on every client and server connection as PgBouncer's tune_socket does.
+``tcp_user_timeout``), on every client and server connection as PgBouncer's tune_socket does.
+
+On Linux an accepted connection starts with a copy of its listening socket's options, so client
+connections get them from the listeners (set at start and again on RELOAD): no setsockopt per accepted
+client, and no socket object per idle client (uvloop keeps the one ``get_extra_info("socket")`` makes).
 
 Why: keepalive is how a pooler learns that a peer vanished without a FIN (a laptop closed, a NAT that
 forgot the flow); without it a dead client's server stays linked until a timeout fires. 0 leaves the OS
@@ -12,14 +16,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import sys
 
 from pooler.config import Settings
 
 _TCP_FAMILIES = (socket.AF_INET, socket.AF_INET6)
 
 
+#: Connections accepted on a listening socket start with its TCP options (Linux copies the whole socket).
+INHERITED_BY_ACCEPTED = sys.platform.startswith("linux")
+
+
 def apply_tcp_options(transport: asyncio.BaseTransport, settings: Settings) -> None:
-    sock = transport.get_extra_info("socket")
+    """Tune one connection's socket (servers; clients where accepted sockets do not inherit the options)."""
+    tune_socket(transport.get_extra_info("socket"), settings)
+
+
+def tune_socket(sock: socket.socket | None, settings: Settings) -> None:
+    """Set the config's TCP options on ``sock``, a connection or a listening socket; not TCP: nothing to do."""
     if sock is None or sock.family not in _TCP_FAMILIES:
         return
     options: list[tuple[int, int, int]] = [(socket.SOL_SOCKET, socket.SO_KEEPALIVE, int(settings.tcp_keepalive))]

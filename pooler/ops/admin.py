@@ -326,7 +326,7 @@ def welcome_message(client: ClientConnection) -> bytes:
         "application_name": client.startup_params.get("application_name", ""),
     }
     out = [pq.parameter_status(k, v) for k, v in params.items()]
-    out.append(pq.backend_key_data(*client.key))
+    out.append(pq.backend_key_data(*pq.unpack_cancel_key(client.key)))
     out.append(pq.READY_FOR_QUERY_IDLE)
     return b"".join(out)
 

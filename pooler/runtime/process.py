@@ -21,7 +21,7 @@ from collections.abc import Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from pooler import config as cfg
-from pooler.config import RESTART_ONLY_SETTINGS
+from pooler.config import RESTART_ONLY_SETTINGS, Settings
 from pooler.core.hosts import host_list
 from pooler.core.parameters import TrackedParameters
 from pooler.core.pool import Pool, PoolServer, ServerState
@@ -33,6 +33,7 @@ from pooler.net.duck import as_protocol
 from pooler.net.http import HttpConnection
 from pooler.net.login import ClientState
 from pooler.net.server import ServerConnection
+from pooler.net.sockopts import tune_socket
 from pooler.net.tls import ClientTls, ServerTls
 from pooler.runtime import tls, upstream
 from pooler.runtime.autodb import AutodbJanitor
@@ -73,7 +74,7 @@ class Pooler:
         self.worker = worker  # which of `workers` processes this is (pooler.runtime.workers)
         self.pools: dict[tuple[str, str], ClientPool] = {}
         self.clients: set[ClientConnection] = set()
-        self.clients_by_key: dict[tuple[int, int], ClientConnection] = {}
+        self.clients_by_key: dict[int, ClientConnection] = {}  # by pack_cancel_key
         self.http_connections: set[HttpConnection] = set()  # SQL over HTTP: swept, closed at stop
         self.db_servers: collections.Counter[str] = collections.Counter()
         self.user_servers: collections.Counter[str] = collections.Counter()
@@ -132,6 +133,7 @@ class Pooler:
 
     def _apply(self, config: Config, userlist: dict[str, str]) -> None:
         self.config = config
+        self._tune_listeners(config.settings)  # the clients accepted from now on get the new TCP options
         self.parameters.track(config.settings.track_extra_parameters)
         self.userlist = userlist
         for pool in self.pools.values():
@@ -228,7 +230,14 @@ class Pooler:
         for sock in server.sockets:
             if sock.family in (socket.AF_INET, socket.AF_INET6):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._tune_listeners(s)
         return int(bound)
+
+    def _tune_listeners(self, settings: Settings) -> None:
+        """tcp_keepalive & co. on the listening sockets, which the connections they accept inherit (sockopts)."""
+        for listener in self.listeners:
+            for sock in listener.sockets:
+                tune_socket(sock, settings)
 
     def close_listeners(self) -> None:
         """Stop accepting: the listening sockets (and the services' ports) close now, so the ports are free."""
@@ -505,10 +514,12 @@ class Pooler:
 
     # --- cancel -------------------------------------------------------------------------------------
 
-    def new_cancel_key(self) -> tuple[int, int]:
-        """A client's own BackendKeyData: random, with this worker's index in the low bits."""
+    def new_cancel_key(self) -> int:
+        """A client's own BackendKeyData, packed (pq.pack_cancel_key): random, with this worker's index in the
+        low bits of its process ID."""
         worker = self.worker
-        return ((secrets.randbits(31 - WORKER_BITS) << WORKER_BITS) | worker.index, secrets.randbits(31))
+        return pq.pack_cancel_key((secrets.randbits(31 - WORKER_BITS) << WORKER_BITS) | worker.index,
+                                  secrets.randbits(31))
 
     def cancel(self, key: tuple[int, int]) -> None:
         """A CancelRequest for one of our clients: forward it only to the server it is using now.
@@ -519,7 +530,7 @@ class Pooler:
         if owner != self.worker.index and owner < self.worker.count:
             self.spawn(self._relay_cancel(owner, key))
             return
-        client = self.clients_by_key.get(key)
+        client = self.clients_by_key.get(pq.pack_cancel_key(*key))
         if client is None:
             return
         if client.waiting:

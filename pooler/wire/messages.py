@@ -122,6 +122,17 @@ def backend_key_data(pid: int, secret: int) -> bytes:
     return build(b"K", _TWO_INT32.pack(pid, secret))
 
 
+def pack_cancel_key(pid: int, secret: int) -> int:
+    """A BackendKeyData's two int32s as one int: what the pooler keeps per client (one small object, not a
+    tuple of two ints: a tenth of an idle client's own memory)."""
+    return (pid << 32) | (secret & 0xFFFFFFFF)
+
+
+def unpack_cancel_key(key: int) -> tuple[int, int]:
+    """(pid, secret) of a key made by pack_cancel_key."""
+    return key >> 32, key & 0xFFFFFFFF
+
+
 def ready_for_query(status: int = TX_IDLE) -> bytes:
     """ReadyForQuery ('Z') with a transaction status byte."""
     return build(b"Z", bytes((status,)))

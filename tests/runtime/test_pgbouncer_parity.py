@@ -164,6 +164,17 @@ def test_tcp_keepalive_options_are_set_on_client_and_server_sockets(postgres: Po
         assert client[0] == server[0] == 0
 
 
+@pytest.mark.skipif(not hasattr(socket, "TCP_USER_TIMEOUT"), reason="TCP_USER_TIMEOUT is Linux's")
+def test_reloaded_tcp_options_reach_the_clients_accepted_after_the_reload(postgres: PostgresServer) -> None:
+    """Clients take their TCP options from the listening socket (Linux): a RELOAD must re-tune it."""
+    with running_pooler(make_config(postgres, tcp_keepidle=7)) as p:
+        p.reload(make_config(postgres, tcp_keepidle=11, tcp_keepintvl=2, tcp_keepcnt=6, tcp_user_timeout=7000))
+        with psycopg.connect(p.dsn(password=APP_PASSWORD), autocommit=True) as conn:
+            conn.execute("select 1")
+            client, server = _client_and_server_options(p)
+        assert client == server == (1, 11, 2, 6, 7000)
+
+
 # --- settings that were ignored ------------------------------------------------------------------------------
 
 
