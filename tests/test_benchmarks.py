@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -187,3 +188,11 @@ def test_headline_pooler_defaults_keep_the_metrics_listener_and_metrics_off_turn
     assert contenders[pgbouncer_n(2)].processes == 2
     assert contenders[pooler_workers(2)].env["POOLER_WORKERS"] == "2"
     assert contenders[pgbouncer_n(2)].only == frozenset({"h-simple"})
+
+
+def test_idle_floor_measures_a_bare_uvloop_server_per_connection() -> None:
+    out = subprocess.run([sys.executable, "-m", "benchmarks.idle_floor", "300"], capture_output=True, text=True,
+                         check=True, timeout=120, cwd=ROOT).stdout
+    match = re.fullmatch(r"bare uvloop server: 300 idle connections, (-?\d+) B RSS per connection\n", out)
+    assert match is not None, out
+    assert 0 < int(match.group(1)) < 20_000  # a connection costs something, and not megabytes
