@@ -54,13 +54,14 @@ class Scenario:
 @dataclass
 class Results:
     samples: dict[tuple[str, str], list[float]] = field(default_factory=dict)
-    cpu_us: dict[tuple[str, str], list[float]] = field(default_factory=dict)  # the process's CPU per transaction
+    #: the process's (user, system) CPU µs per transaction, per round
+    cpu_us: dict[tuple[str, str], list[tuple[float, float]]] = field(default_factory=dict)
 
     def add(self, scenario: str, contender: str, value: float) -> None:
         self.samples.setdefault((scenario, contender), []).append(value)
 
-    def add_cpu(self, scenario: str, contender: str, us_per_tx: float) -> None:
-        self.cpu_us.setdefault((scenario, contender), []).append(us_per_tx)
+    def add_cpu(self, scenario: str, contender: str, user_us: float, system_us: float) -> None:
+        self.cpu_us.setdefault((scenario, contender), []).append((user_us, system_us))
 
     def median(self, scenario: str, contender: str) -> float:
         values = self.samples.get((scenario, contender), [])
@@ -123,15 +124,16 @@ def write_pgbouncer_ini(workdir: Path, host: str, port: int, listen_port: int, p
     return ini
 
 
-def cpu_seconds(pid: int | None) -> float | None:
-    """User + system CPU a process has used (Linux /proc), or None."""
+def cpu_seconds(pid: int | None) -> tuple[float, float] | None:
+    """(user, system) CPU seconds a process has used (Linux /proc), or None."""
     if pid is None:
         return None
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 @dataclass
@@ -263,8 +265,9 @@ def main(argv: list[str] | None = None) -> int:
                             after = cpu_seconds(contender.pid)
                             results.add(scenario.name, contender.name, tps if scenario.metric == "tps" else latency)
                             if before is not None and after is not None and tps > 0:
-                                results.add_cpu(scenario.name, contender.name,
-                                                (after - before) / (tps * args.seconds) * 1e6)
+                                per_tx = 1e6 / (tps * args.seconds)
+                                results.add_cpu(scenario.name, contender.name, (after[0] - before[0]) * per_tx,
+                                                (after[1] - before[1]) * per_tx)
                             print(f"  round {round_no + 1} {scenario.name:<32} {contender.name:<10} tps={tps:9.0f} "
                                   f"lat={latency:.3f} ms", file=sys.stderr, flush=True)
     report(results, scenarios, args)
@@ -297,13 +300,19 @@ def report(results: Results, scenarios: list[Scenario], args: argparse.Namespace
             added_pooler, added_bouncer = pooler - direct, bouncer - direct
             print(f"| {scenario.name} | {' | '.join(cells)} | added latency {added_pooler * 1000:.0f} us vs "
                   f"{added_bouncer * 1000:.0f} us | |")
-    print("\nCPU time of each process per transaction (user + system, /proc; medians):\n")
+    print("\nCPU time of each process per transaction, user + system (/proc; medians):\n")
     measured = [n for n in names if any(results.cpu_us.get((sc.name, n)) for sc in scenarios)]
     print(f"| scenario | {' | '.join(measured)} |")
     print("|---|" + "---|" * len(measured))
     for scenario in scenarios:
-        cells = [f"{statistics.median(v):.1f} us" if (v := results.cpu_us.get((scenario.name, n))) else "n/a"
-                 for n in measured]
+        cells = []
+        for name in measured:
+            rounds = results.cpu_us.get((scenario.name, name))
+            if not rounds:
+                cells.append("n/a")
+                continue
+            user, system = statistics.median(u for u, _ in rounds), statistics.median(s for _, s in rounds)
+            cells.append(f"{user:.1f} + {system:.1f} us")
         print(f"| {scenario.name} | {' | '.join(cells)} |")
 
 
