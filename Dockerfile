@@ -14,9 +14,11 @@ RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev &
 WORKDIR /src
 COPY pyproject.toml setup.py README.md ./
 COPY pooler ./pooler
+# The image must carry the whole compiled core: a build that fell back to pure Python fails here.
 RUN pip wheel --no-deps -w /wheels . \
-    && python -c "import sys, zipfile, glob; w = glob.glob('/wheels/pooler-*.whl')[0]; \
-sys.exit(0 if any(n.endswith('.so') for n in zipfile.ZipFile(w).namelist()) else 'compiled core missing')"
+    && python -c "import glob, sys, zipfile; sys.path.insert(0, 'pooler'); from _compiled import COMPILED_MODULES; \
+built = [n for n in zipfile.ZipFile(glob.glob('/wheels/pooler-*.whl')[0]).namelist() if n.endswith('.so')]; \
+sys.exit(0 if len(built) == len(COMPILED_MODULES) else f'compiled core incomplete: {len(built)} modules')"
 
 FROM python:3.12-slim
 

@@ -13,6 +13,7 @@ compiles the same source, with the ``.pxd`` file beside a module adding C types 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -28,21 +29,32 @@ sys.path.pop(0)
 
 
 class OptionalBuildExt(build_ext):
-    """A build_ext whose failure is a warning: the package is whole without its extensions."""
+    """A build_ext whose failure is a warning: the package is whole without its extensions.
+
+    All or nothing: the compiled modules use each other's C types (client.pxd names ServerConnection,
+    Ledger, PoolStats, PartialMessage), so a compiled client beside a pure server cannot even be imported.
+    The first failure stops the build and removes what was already built.
+    """
 
     def run(self) -> None:
         try:
             super().run()
-        except Exception as exc:  # noqa: BLE001 - any compiler or Cython failure means "install pure Python"
+        except Exception as exc:
             self._give_up(exc)
 
-    def build_extension(self, ext: object) -> None:
-        try:
-            super().build_extension(ext)  # type: ignore[arg-type]
-        except Exception as exc:  # noqa: BLE001
-            self._give_up(exc)
+    def build_extensions(self) -> None:
+        for ext in self.extensions:
+            try:
+                self.build_extension(ext)
+            except Exception as exc:
+                self._give_up(exc)
+                return
 
     def _give_up(self, exc: BaseException) -> None:
+        for ext in self.extensions:
+            with contextlib.suppress(OSError):
+                os.remove(self.get_ext_fullpath(ext.name))
+        self.extensions = []
         print(f"pooler: building the compiled core failed ({exc.__class__.__name__}: {exc}); "
               "installing pure Python, which works the same, slower", file=sys.stderr)
 
@@ -72,7 +84,7 @@ def extensions() -> list[object]:
             },
             quiet=True,
         ))
-    except Exception as exc:  # noqa: BLE001 - a Cython failure must not stop the install
+    except Exception as exc:
         print(f"pooler: Cython could not translate the core ({exc}); installing pure Python", file=sys.stderr)
         return []
 

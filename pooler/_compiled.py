@@ -41,11 +41,12 @@ def extensions_disabled() -> bool:
 
 
 class SourceOnlyFinder:
-    """Finds the compiled modules' ``.py`` source, never their extension module."""
+    """Finds pooler's ``.py`` sources, never an extension module: not only the listed ones, because an
+    extension built in place outlives its module's removal from the list (it is not tracked by git)."""
 
     def find_spec(self, fullname: str, path: Sequence[str] | None,
                   target: ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
-        if fullname not in COMPILED_MODULES or not path:
+        if not fullname.startswith("pooler.") or not path:
             return None
         loader_details = (importlib.machinery.SourceFileLoader, importlib.machinery.SOURCE_SUFFIXES)
         for entry in path:
@@ -70,19 +71,39 @@ def compiled_modules() -> list[str]:
 
 
 def stale_extensions(root: str) -> list[str]:
-    """Compiled modules under ``root`` (a source checkout built in place) older than their .py or .pxd.
+    """Extensions in the checkout at ``root`` (built in place) that would run other code than the source.
 
-    Python would load such an extension and silently run yesterday's code; the test suite refuses to run
-    on one (tests/conftest.py) and says how to rebuild.
+    Python prefers an extension to the ``.py`` beside it, so one older than its .py or .pxd, or one whose
+    module is no longer compiled (left behind: in-place builds are not tracked by git), silently runs
+    yesterday's code. The test suite refuses to run on one (tests/conftest.py) and ``pooler`` warns at start.
+    Only a checkout (``setup.py`` beside the package) is looked at: an installed wheel's files carry their
+    unpacking times, not their build times.
     """
     import glob
 
+    if not os.path.exists(os.path.join(root, "setup.py")):
+        return []
     stale = []
-    for name in COMPILED_MODULES:
-        base = os.path.join(root, *name.split("."))
-        for extension in glob.glob(base + ".*.so"):
-            built = os.path.getmtime(extension)
-            sources = [base + ".py", base + ".pxd"]
-            if any(os.path.exists(s) and os.path.getmtime(s) > built for s in sources):
-                stale.append(name)
+    for extension in sorted(glob.glob(os.path.join(root, "pooler", "**", "*.so"), recursive=True)):
+        base = os.path.join(os.path.dirname(extension), os.path.basename(extension).split(".", 1)[0])
+        name = os.path.relpath(base, root).replace(os.sep, ".")
+        built = os.path.getmtime(extension)
+        sources = [base + ".py", base + ".pxd"]
+        if name not in COMPILED_MODULES or any(os.path.exists(s) and os.path.getmtime(s) > built for s in sources):
+            stale.append(name)
     return stale
+
+
+def describe() -> str:
+    """"compiled core" or "pure Python": what ``pooler --version`` says, without importing the modules."""
+    import importlib.util
+
+    if extensions_disabled():
+        return "pure Python: POOLER_NO_EXTENSIONS is set"
+    origins = [(importlib.util.find_spec(name) or _NO_SPEC).origin or "" for name in COMPILED_MODULES]
+    built = sum(not origin.endswith(".py") for origin in origins)
+    return "compiled core" if built == len(COMPILED_MODULES) else "pure Python" if not built else (
+        f"partly compiled ({built}/{len(COMPILED_MODULES)} modules): rebuild or reinstall")
+
+
+_NO_SPEC = importlib.machinery.ModuleSpec("", None)

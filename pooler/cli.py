@@ -24,6 +24,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from pooler import __version__
+from pooler import _compiled as compiled
 from pooler.config import (
     Config,
     ConfigError,
@@ -122,7 +123,7 @@ def _port(allow_zero: bool) -> Callable[[str], int]:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pooler", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", action="version", version=f"pooler {__version__}")
+    parser.add_argument("--version", action="version", version=f"pooler {__version__} ({compiled.describe()})")
     sub = parser.add_subparsers(dest="command", metavar="{up,run,check}")
     up = sub.add_parser(
         "up",
@@ -429,6 +430,11 @@ def _serve(config: Config, *, reload: Callable[[], Config] | None = None,
            port_options: Mapping[str, str] | None = None) -> int:
     import uvloop
 
+    stale = compiled.stale_extensions(str(Path(compiled.__file__).resolve().parent.parent))
+    if stale:  # a checkout edited since its last build: say so, or the old compiled code runs unnoticed
+        log.warning("compiled modules are older than their source (or no longer compiled) and run in its place",
+                    modules=",".join(stale),
+                    fix="python setup.py build_ext --inplace, or POOLER_NO_EXTENSIONS=1 to run the source")
     if config.settings.workers <= 1:
         return int(uvloop.run(serve(config, reload=reload, on_ready=on_ready, on_ready_ports=on_ready_ports,
                                     port_options=port_options)))

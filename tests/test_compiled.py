@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
-from pooler._compiled import COMPILED_MODULES
+from pooler._compiled import COMPILED_MODULES, stale_extensions
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -36,24 +37,64 @@ def test_switch_off_means_what_is_installed_runs() -> None:
             assert file.endswith(".so") == bool(built), (name, file)
 
 
-def test_build_without_a_compiler_installs_pure_python(tmp_path: Path) -> None:
-    """Where no C compiler exists the wheel still builds, with the .py modules and no extension."""
-    env = {**os.environ, "CC": "false", "LDSHARED": "false", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+def _wheel_built_with(tmp_path: Path, cc: str) -> tuple[list[str], str]:
+    """Build a wheel of the working tree with ``cc`` as the C compiler: (its file names, the build's output)."""
+    env = {**os.environ, "CC": cc, "LDSHARED": f"{cc} -shared", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
     env.pop("POOLER_NO_EXTENSIONS", None)
     source = tmp_path / "src"
-    subprocess.run(["git", "clone", "-q", "--depth", "1", f"file://{ROOT}", str(source)], check=True)
+    source.mkdir()
     # The working tree's sources, not only the last commit's (tests run before a commit too).
-    for path in ("setup.py", "pyproject.toml", "pooler"):
-        subprocess.run(["cp", "-r", str(ROOT / path), str(source / Path(path).parent)], check=True)
-    for built in [*source.rglob("*.so"), *source.rglob("*.c")]:
-        built.unlink()
+    for path in ("setup.py", "pyproject.toml", "README.md", "pooler"):
+        subprocess.run(["cp", "-r", str(ROOT / path), str(source)], check=True)
+    for built in [*source.rglob("*.so"), *source.rglob("*.c"), *source.rglob("__pycache__")]:
+        subprocess.run(["rm", "-rf", str(built)], check=True)
     wheel_command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-v",
                      "-w", str(tmp_path), str(source)]
     result = subprocess.run(wheel_command, check=False, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "installing pure Python" in result.stderr + result.stdout
     [wheel] = tmp_path.glob("pooler-*.whl")
-    names = zipfile.ZipFile(wheel).namelist()
+    return zipfile.ZipFile(wheel).namelist(), result.stderr + result.stdout
+
+
+def test_build_without_a_compiler_installs_pure_python(tmp_path: Path) -> None:
+    """Where no C compiler exists the wheel still builds, with the .py modules and no extension."""
+    names, output = _wheel_built_with(tmp_path, "false")
+    assert "installing pure Python" in output
     assert not [n for n in names if n.endswith(".so")]
     for module in COMPILED_MODULES:
         assert module.replace(".", "/") + ".py" in names
+
+
+def test_a_build_that_fails_on_one_module_installs_none(tmp_path: Path) -> None:
+    """The compiled modules use each other's C types: one missing makes the others unimportable, so the
+    build is all or nothing (here the compiler fails on the second module, after the first was built)."""
+    gcc = shutil.which("gcc") or shutil.which("cc")
+    assert gcc is not None, "the compiled core's tests need a C compiler"
+    wrapper = tmp_path / "cc"
+    wrapper.write_text(f'#!/bin/sh\nfor a; do case "$a" in *wire/framing.c) exit 1;; esac; done\nexec {gcc} "$@"\n')
+    wrapper.chmod(0o755)
+    names, output = _wheel_built_with(tmp_path, str(wrapper))
+    assert "installing pure Python" in output
+    assert not [n for n in names if n.endswith(".so")], "a partly compiled core cannot be imported"
+    assert "pooler/net/client.py" in names
+
+
+def test_a_leftover_extension_counts_as_stale(tmp_path: Path) -> None:
+    """An in-place build outlives its module's removal from the compiled list (git does not track it): Python
+    would still load it, so the check names it, like an extension older than its source."""
+    (tmp_path / "setup.py").write_text("")
+    package = tmp_path / "pooler" / "ops"
+    package.mkdir(parents=True)
+    (package / "admin.py").write_text("")
+    (package / "admin.cpython-311-x86_64-linux-gnu.so").write_bytes(b"")
+    listed = tmp_path / "pooler" / "core"
+    listed.mkdir()
+    (listed / "ledger.cpython-311-x86_64-linux-gnu.so").write_bytes(b"")
+    (listed / "ledger.py").write_text("")  # written after its extension: newer
+    os.utime(listed / "ledger.cpython-311-x86_64-linux-gnu.so", (1, 1))
+    (listed / "pool.py").write_text("")
+    (listed / "pool.cpython-311-x86_64-linux-gnu.so").write_bytes(b"")
+    os.utime(listed / "pool.py", (1, 1))  # older than its extension: fine
+    assert stale_extensions(str(tmp_path)) == ["pooler.core.ledger", "pooler.ops.admin"]
+    (tmp_path / "setup.py").unlink()  # not a checkout (an installed package): nothing is judged by mtimes
+    assert stale_extensions(str(tmp_path)) == []

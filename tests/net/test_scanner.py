@@ -160,7 +160,7 @@ async def test_simple_copy_in_keeps_the_query_owed() -> None:
 
 def make_client() -> tuple[ClientConnection, ServerConnection, FakeTransport]:
     pooler: Any = SimpleNamespace(next_client_id=lambda: 1, config=Config(), clock=time.monotonic,
-                                  new_cancel_key=lambda: (16, 2))
+                                  new_cancel_key=lambda: pq.pack_cancel_key(16, 2))
     client = ClientConnection(pooler)
     client.state = ClientState.READY
     server, _ = make_server()

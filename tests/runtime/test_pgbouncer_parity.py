@@ -175,6 +175,19 @@ def test_reloaded_tcp_options_reach_the_clients_accepted_after_the_reload(postgr
         assert client == server == (1, 11, 2, 6, 7000)
 
 
+@pytest.mark.skipif(not hasattr(socket, "TCP_USER_TIMEOUT"), reason="TCP_USER_TIMEOUT is Linux's")
+def test_tcp_options_reloaded_to_0_give_new_clients_the_os_defaults_again(postgres: PostgresServer) -> None:
+    with socket.socket() as fresh:
+        defaults = _options(fresh)[1:]
+    with running_pooler(make_config(postgres, tcp_keepidle=7, tcp_keepintvl=3, tcp_keepcnt=4,
+                                    tcp_user_timeout=5000)) as p:
+        p.reload(make_config(postgres))  # every tcp_* back to 0: the OS default
+        with psycopg.connect(p.dsn(password=APP_PASSWORD), autocommit=True) as conn:
+            conn.execute("select 1")
+            client, _ = _client_and_server_options(p)
+        assert client == (1, *defaults)
+
+
 # --- settings that were ignored ------------------------------------------------------------------------------
 
 
