@@ -1,12 +1,12 @@
 """Which modules Cython compiles, and the switch that makes an installed compiled package run pure Python.
 
-Why one place: setup.py builds these modules, ``pooler --version`` and the metrics report whether they
-are in use, and the tests run both ways; all three must agree on the list. This module imports nothing
-of pooler (setup.py loads it before pooler is installed).
+Why one place: setup.py builds these modules, ``pooler --version`` and the hot-path benchmark report
+whether they are in use, and the tests run both ways; all must agree on the list. This module imports
+nothing of pooler (setup.py loads it before pooler is installed).
 
 Why a finder: Python prefers an extension module over the ``.py`` beside it, so forcing the source
 (``POOLER_NO_EXTENSIONS=1``, as aiohttp's and yarl's switches do) needs a finder that only looks for
-source files, placed first, for these modules only.
+source files, placed first, for pooler's modules.
 """
 
 from __future__ import annotations
