@@ -17,6 +17,8 @@ cdef class Pool:
     cdef public object login_error
     cdef public double login_error_until
     cdef public Py_ssize_t min_size
+    cdef public Py_ssize_t max_db_connections
+    cdef public Py_ssize_t max_user_connections
     cdef public object mode
     cdef public bint paused
     cdef public bint reserve_active

@@ -146,6 +146,8 @@ class Pool:
         "lifetime",
         "login_error",
         "login_error_until",
+        "max_db_connections",
+        "max_user_connections",
         "min_size",
         "mode",
         "paused",
@@ -191,6 +193,10 @@ class Pool:
         self.round_robin = False
         self.check_query: str | None = None  # server_check_query as sent ("" for <empty>); None: no checks
         self.check_delay = 0.0
+        # max_db_connections / max_user_connections for this pool (0: no cap), kept as fields like the sizes:
+        # a release asks the process whether another pool wants the server only when a cap exists.
+        self.max_db_connections = 0
+        self.max_user_connections = 0
         self.refresh()
 
     def refresh(self) -> None:
@@ -210,6 +216,8 @@ class Pool:
         query = config.settings.server_check_query
         self.check_query = None if not query else "" if query == EMPTY_CHECK_QUERY else query
         self.check_delay = config.settings.server_check_delay
+        self.max_db_connections = cfg.effective_max_db_connections(config, self.db)
+        self.max_user_connections = cfg.effective_max_user_connections(config, self.user)
         self._set_reserve(self.reserve_active)
 
     @property
@@ -356,7 +364,7 @@ class Pool:
             if client.waiting and client.server is None:
                 self.link(client, server)
                 return client
-        if self.host.room_wanted_by_other_pool(self):
+        if (self.max_db_connections or self.max_user_connections) and self.host.room_wanted_by_other_pool(self):
             server.close("closed to make room for another pool")
             return None
         if self.reserve_active:

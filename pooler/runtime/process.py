@@ -459,10 +459,8 @@ class Pooler:
 
     def may_open_server(self, pool: Pool) -> bool:
         """Pooler-wide caps. When one is reached, close an idle server of another pool to make room."""
-        s = self.config.settings
         dbname = pool.db.name
-        max_db = pool.db.max_db_connections if pool.db.max_db_connections is not None else s.max_db_connections
-        max_user = cfg.effective_max_user_connections(self.config, pool.user)
+        max_db, max_user = pool.max_db_connections, pool.max_user_connections
         if max_db and self.db_servers[dbname] >= max_db:
             return self._make_room(p for p in self.pools.values() if p.db.name == dbname and p is not pool)
         if max_user and self.user_servers[pool.user] >= max_user:
@@ -498,8 +496,7 @@ class Pooler:
         """True when a server of ``pool`` about to go idle should be closed instead: another pool has clients
         waiting and is held back by the max_db_connections / max_user_connections cap it shares with ``pool``
         (PgBouncer evicts an idle server for it)."""
-        max_db = cfg.effective_max_db_connections(self.config, pool.db)
-        max_user = cfg.effective_max_user_connections(self.config, pool.user)
+        max_db, max_user = pool.max_db_connections, pool.max_user_connections
         db_full = bool(max_db) and self.db_servers[pool.db.name] >= max_db
         user_full = bool(max_user) and self.user_servers[pool.user] >= max_user
         if not (db_full or user_full):
