@@ -63,11 +63,12 @@ def install_switch() -> None:
 
 
 def compiled_modules() -> list[str]:
-    """The modules of COMPILED_MODULES that this process runs compiled (imports them)."""
-    import importlib
+    """The modules of COMPILED_MODULES that this process runs compiled: where the import system (this
+    switch's finder included) finds them, without importing them."""
+    import importlib.util
 
     return [name for name in COMPILED_MODULES
-            if not (importlib.import_module(name).__file__ or "").endswith(".py")]
+            if not ((importlib.util.find_spec(name) or _NO_SPEC).origin or "").endswith(".py")]
 
 
 def stale_extensions(root: str) -> list[str]:
@@ -96,12 +97,9 @@ def stale_extensions(root: str) -> list[str]:
 
 def describe() -> str:
     """"compiled core" or "pure Python": what ``pooler --version`` says, without importing the modules."""
-    import importlib.util
-
     if extensions_disabled():
         return "pure Python: POOLER_NO_EXTENSIONS is set"
-    origins = [(importlib.util.find_spec(name) or _NO_SPEC).origin or "" for name in COMPILED_MODULES]
-    built = sum(not origin.endswith(".py") for origin in origins)
+    built = len(compiled_modules())
     return "compiled core" if built == len(COMPILED_MODULES) else "pure Python" if not built else (
         f"partly compiled ({built}/{len(COMPILED_MODULES)} modules): rebuild or reinstall")
 

@@ -230,7 +230,7 @@ class Pooler:
         for sock in server.sockets:
             if sock.family in (socket.AF_INET, socket.AF_INET6):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._tune_listeners(s)
+            tune_socket(sock, s)  # the connections it accepts inherit these (sockopts)
         return int(bound)
 
     def _tune_listeners(self, settings: Settings) -> None:
