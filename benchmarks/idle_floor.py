@@ -1,8 +1,9 @@
-"""RSS per idle connection of a bare uvloop server whose protocol keeps nothing: the floor under pooler's clients.
+"""RSS per idle connection of a bare server whose protocol keeps nothing: the floor under pooler's clients.
 
 Why: scenario e (``python -m benchmarks --scenarios e``) gives pooler's bytes per idle client, and part of
-that is the event loop's own transport for each connection. This measures that part alone, on the same
-machine, so the note can say which share is pooler's own objects.
+that is the transport under each connection. This measures that part alone, on the same machine, for
+both transports pooler has: uvloop's own (TLS sessions, the HTTP port) and pooler.net.stream's socket
+transport (plaintext Postgres-protocol connections), so the note can say which share is pooler's own.
 
     python -m benchmarks.idle_floor [connections]
 """
@@ -14,6 +15,8 @@ import subprocess
 import sys
 
 import uvloop
+
+from pooler.net.stream import SocketServer, listening_sockets
 
 _CLIENTS = """
 import socket, sys, time
@@ -35,9 +38,14 @@ class Nothing(asyncio.Protocol):
     __slots__ = ()
 
 
-async def measure(connections: int) -> float:
+async def measure(connections: int, transport: str) -> float:
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(Nothing, "127.0.0.1", 0, backlog=4096)
+    server: asyncio.Server | SocketServer
+    if transport == "uvloop":
+        server = await loop.create_server(Nothing, "127.0.0.1", 0, backlog=4096)
+    else:
+        [sock] = listening_sockets("127.0.0.1", 0, backlog=4096, reuse_port=False)
+        server = SocketServer(loop, sock, Nothing)
     port = server.sockets[0].getsockname()[1]
     await asyncio.sleep(0.2)
     before = rss()
@@ -58,8 +66,9 @@ async def measure(connections: int) -> float:
 
 def main() -> int:
     connections = int(sys.argv[1]) if len(sys.argv) > 1 else 5000
-    per = uvloop.run(measure(connections))
-    print(f"bare uvloop server: {connections} idle connections, {per:.0f} B RSS per connection")
+    for transport, name in (("uvloop", "uvloop's transport"), ("stream", "pooler.net.stream's socket transport")):
+        per = uvloop.run(measure(connections, transport))
+        print(f"bare server on {name}: {connections} idle connections, {per:.0f} B RSS per connection")
     return 0
 
 

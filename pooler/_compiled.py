@@ -18,7 +18,8 @@ from collections.abc import Sequence
 from types import ModuleType
 
 # The per-transaction path: the two scanners and their shells, what a server owes, the pool's moves,
-# the counters, the prepared-statement lookup, the session-state pre-filter and the messages they build.
+# the counters, the prepared-statement lookup, the session-state pre-filter and the messages they build;
+# and the transport that reads and writes their plaintext sockets.
 COMPILED_MODULES: tuple[str, ...] = (
     "pooler.wire.messages",
     "pooler.wire.framing",
@@ -30,6 +31,7 @@ COMPILED_MODULES: tuple[str, ...] = (
     "pooler.core.stats",
     "pooler.net.client",
     "pooler.net.server",
+    "pooler.net.stream",
 )
 
 ENV_SWITCH = "POOLER_NO_EXTENSIONS"

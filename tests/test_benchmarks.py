@@ -190,9 +190,13 @@ def test_headline_pooler_defaults_keep_the_metrics_listener_and_metrics_off_turn
     assert contenders[pgbouncer_n(2)].only == frozenset({"h-simple"})
 
 
-def test_idle_floor_measures_a_bare_uvloop_server_per_connection() -> None:
+def test_idle_floor_measures_a_bare_server_per_connection_on_both_transports() -> None:
     out = subprocess.run([sys.executable, "-m", "benchmarks.idle_floor", "300"], capture_output=True, text=True,
                          check=True, timeout=120, cwd=ROOT).stdout
-    match = re.fullmatch(r"bare uvloop server: 300 idle connections, (-?\d+) B RSS per connection\n", out)
-    assert match is not None, out
-    assert 0 < int(match.group(1)) < 20_000  # a connection costs something, and not megabytes
+    lines = out.splitlines()
+    assert len(lines) == 2, out
+    for line, transport in zip(lines, ("uvloop's transport", "pooler.net.stream's socket transport"), strict=True):
+        match = re.fullmatch(rf"bare server on {re.escape(transport)}: 300 idle connections, (-?\d+) B RSS per "
+                             r"connection", line)
+        assert match is not None, out
+        assert 0 < int(match.group(1)) < 20_000  # a connection costs something, and not megabytes

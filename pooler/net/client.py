@@ -255,7 +255,7 @@ class ClientConnection:
 
     def _tls_pending(self) -> bool:
         """A TLS handshake is in progress (pooler.net.login)."""
-        return self.login is not None and self.login.tls_pending
+        return self.login is not None and self.login.in_tls_handshake()
 
     def close(self) -> None:
         transport = self.transport

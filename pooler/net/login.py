@@ -149,6 +149,9 @@ class ClientLogin(Generic[Conn]):
             while True:
                 if conn.state == ClientState.STARTUP:
                     if conn.tls is None and tls_shell.is_client_hello(reader.peek_type()):
+                        record = tls_shell.first_record_size(reader.peek(tls_shell.TLS_RECORD_HEADER))
+                        if record is None or len(reader) < record <= tls_shell.MAX_TLS_RECORD:
+                            return  # the rest of the ClientHello is on its way
                         self._begin_tls(direct=True)  # Postgres 17's sslnegotiation=direct
                         return
                     packet = reader.next_startup_packet()
@@ -213,8 +216,7 @@ class ClientLogin(Generic[Conn]):
                 conn.fatal("08P01", "received unencrypted data after SSL request",
                            hint="this could be a man-in-the-middle attack; the client must wait for the answer")
                 return
-            conn.write(b"S")
-            self._begin_tls(direct=False)
+            self._begin_tls(direct=False)  # its "S" is sent once the TLS layer reads the connection
             return
         if startup.code in (pq.SSL_REQUEST_CODE, pq.GSSENC_REQUEST_CODE):
             conn.write(b"N")  # no TLS here: the client goes on in plaintext (or gives up, per sslmode)
@@ -300,6 +302,15 @@ class ClientLogin(Generic[Conn]):
 
     # --- TLS (the contexts: pooler.runtime.tls; the handshake: pooler.net.tls) ------------------------
 
+    def in_tls_handshake(self) -> bool:
+        """A TLS handshake is in progress, or its ClientHello is still arriving (direct TLS): either way a
+        Postgres message would only be garbage to the client."""
+        if self.tls_pending:
+            return True
+        reader = self.reader
+        return (reader is not None and self.conn.tls is None and self.conn.state == ClientState.STARTUP
+                and tls_shell.is_client_hello(reader.peek_type()))
+
     def _tls_offered(self) -> bool:
         """TLS is on and this is a plaintext TCP connection (unix sockets never do TLS, as in PgBouncer)."""
         transport = self.conn.transport
@@ -346,7 +357,8 @@ class ClientLogin(Generic[Conn]):
         login_timeout = self.host.config.settings.client_login_timeout
         timeout = login_timeout + 5 if login_timeout else None
         try:
-            upgraded = await tls_shell.accept(transport, as_protocol(conn), tls.context, already_read, timeout)
+            upgraded = await tls_shell.accept(transport, as_protocol(conn), tls.context, already_read, timeout,
+                                              answer=b"" if direct else b"S")
         except Exception as exc:  # ssl.SSLError, a reset, a timeout: the client goes, nobody else notices
             self.tls_pending = False
             if conn.state != ClientState.CLOSED:

@@ -24,6 +24,7 @@ from typing import cast
 from pooler.core.pool import ServerState
 from pooler.net.duck import as_protocol
 from pooler.net.server import ServerConnection
+from pooler.net.stream import HandedOver, SocketTransport, open_connection
 from pooler.wire import messages as pq
 
 #: Handshakes in progress: the loop keeps only weak references to tasks.
@@ -31,6 +32,10 @@ _HANDSHAKES: set[asyncio.Task[None]] = set()
 
 #: The first byte of a TLS record carrying a handshake message (a ClientHello, from a direct-TLS client).
 TLS_HANDSHAKE_RECORD = 0x16
+TLS_RECORD_HEADER = 5
+#: The largest TLS record (RFC 8446: 2^14 bytes of content, plus 256 of expansion; TLS 1.2 allowed 2048): a
+#: length past it is the TLS layer's to refuse, not a reason to wait for more bytes.
+MAX_TLS_RECORD = TLS_RECORD_HEADER + 2**14 + 2048
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +67,16 @@ def is_client_hello(first_byte: int | None) -> bool:
     return first_byte == TLS_HANDSHAKE_RECORD
 
 
+def first_record_size(head: bytes) -> int | None:
+    """The size of the TLS record that ``head`` begins (its 5-byte header: type, version, length), or None
+    until the header is whole. A direct-TLS ClientHello is handed to the TLS layer only once its record is
+    whole: the client then waits for the server, so nothing it sends can reach another reader first.
+    A size past ``MAX_TLS_RECORD`` is the TLS layer's to refuse, at once."""
+    if len(head) < TLS_RECORD_HEADER:
+        return None
+    return TLS_RECORD_HEADER + int.from_bytes(head[3:5], "big")
+
+
 def spawn(handshake: Coroutine[None, None, None]) -> None:
     """Run a connection's handshake coroutine as a task that cannot be garbage-collected mid-way."""
     task = asyncio.get_running_loop().create_task(handshake)
@@ -85,39 +100,54 @@ def is_unix(transport: asyncio.BaseTransport) -> bool:
 
 
 async def accept(transport: asyncio.Transport, protocol: asyncio.Protocol, context: ssl.SSLContext,
-                 already_read: bytes, timeout: float | None) -> asyncio.Transport:
+                 already_read: bytes, timeout: float | None, *, answer: bytes = b"") -> asyncio.Transport:
     """Run the server side of a TLS handshake on ``transport``; return the TLS transport.
 
-    ``already_read``: handshake bytes the protocol had already received (a direct-TLS ClientHello).
-    Decrypted data goes to ``protocol.data_received`` from the end of the handshake on, possibly before
-    this returns. Raises OSError (ssl.SSLError, ConnectionError) or TimeoutError when the handshake fails.
+    ``already_read``: handshake bytes the protocol had already received (a direct-TLS ClientHello, whole:
+    the client sends nothing more before the server's answer). ``answer``: the plaintext byte that tells
+    the client to begin (the "S" to an SSLRequest), sent only once the TLS layer reads the connection, so
+    that the ClientHello it triggers reaches nothing else. Decrypted data goes to ``protocol.data_received``
+    from the end of the handshake on, possibly before this returns. Raises OSError (ssl.SSLError,
+    ConnectionError) or TimeoutError when the handshake fails.
     """
     loop = asyncio.get_running_loop()
+    if isinstance(transport, SocketTransport):  # start_tls takes only the event loop's own transports
+        transport = await transport.hand_over()
+        if transport.is_closing():
+            raise ConnectionResetError("the client hung up before the TLS handshake")
+    before = transport.get_protocol()
     upgrade = loop.create_task(loop.start_tls(transport, protocol, context, server_side=True,
                                               ssl_handshake_timeout=timeout))
-    if already_read:
-        try:
-            await _feed_when_ready(transport, protocol, already_read)
-        except BaseException:
-            upgrade.cancel()
-            raise
+    try:
+        await _tls_layer_in_place(transport, before)
+        if answer:
+            transport.write(answer)
+        if isinstance(before, HandedOver):
+            already_read += before.take()
+        if already_read:
+            await asyncio.sleep(0)  # the TLS protocol's connection_made: it is then in its handshake state
+            _feed(transport, already_read)
+    except BaseException:
+        upgrade.cancel()
+        raise
     upgraded = await upgrade
     if upgraded is None:
         raise ConnectionResetError("TLS handshake did not complete")
     return upgraded
 
 
-async def _feed_when_ready(transport: asyncio.Transport, protocol: asyncio.Protocol, data: bytes) -> None:
-    # start_tls swaps the protocol synchronously on its first step and schedules the TLS protocol's
-    # connection_made for the next loop iteration: wait for the swap, then one more turn, so the bytes
-    # arrive in the handshake state, exactly as if the transport had just read them.
+async def _tls_layer_in_place(transport: asyncio.Transport, before: asyncio.BaseProtocol) -> None:
+    # start_tls swaps the protocol synchronously on its first step, and schedules the TLS protocol's
+    # connection_made (and the transport's resume_reading) for the next loop turn.
     for _ in range(100):
         await asyncio.sleep(0)
-        if transport.get_protocol() is not protocol:
-            break
-    else:
-        raise ConnectionError("the TLS layer did not take over the connection")
-    await asyncio.sleep(0)
+        if transport.get_protocol() is not before:
+            return
+    raise ConnectionError("the TLS layer did not take over the connection")
+
+
+def _feed(transport: asyncio.Transport, data: bytes) -> None:
+    """Hand ``data`` to the TLS protocol exactly as if the transport had just read it."""
     tls_protocol = cast(asyncio.BufferedProtocol, transport.get_protocol())
     view = memoryview(data)
     while view:
@@ -167,13 +197,18 @@ async def connect_server(server: ServerConnection, host: str, port: int, tls: Se
     """
     loop = asyncio.get_running_loop()
     if tls is None or tls.context is None:
-        await loop.create_connection(lambda: as_protocol(server), host, port)
+        await open_connection(loop, as_protocol(server), host, port)
         return
     negotiation = _SslNegotiation()
-    transport, _ = await loop.create_connection(lambda: negotiation, host, port)
+    plain = await open_connection(loop, negotiation, host, port)
+    transport: asyncio.Transport = cast(asyncio.Transport, plain)
     try:
         answer = await negotiation.answer
         if answer == b"S":
+            transport = await plain.hand_over()  # start_tls takes only the event loop's own transports
+            held = transport.get_protocol()
+            if isinstance(held, HandedOver) and held.take():
+                raise ConnectionError("received unencrypted data after SSL response")
             upgraded = await loop.start_tls(transport, as_protocol(server), tls.context, server_hostname=host)
             if upgraded is None:  # typeshed's Optional: the loop closed under us
                 raise ConnectionResetError("TLS handshake with the server did not complete")

@@ -34,6 +34,7 @@ from pooler.net.http import HttpConnection
 from pooler.net.login import ClientState
 from pooler.net.server import ServerConnection
 from pooler.net.sockopts import tune_socket
+from pooler.net.stream import SocketServer, listening_sockets
 from pooler.net.tls import ClientTls, ServerTls
 from pooler.runtime import tls, upstream
 from pooler.runtime.autodb import AutodbJanitor
@@ -54,6 +55,17 @@ class ShutdownMode(enum.StrEnum):
     IMMEDIATE = "immediate"
     WAIT_FOR_SERVERS = "wait_for_servers"
     WAIT_FOR_CLIENTS = "wait_for_clients"
+
+
+class Listener(Protocol):
+    """A listening door: asyncio's Server, or pooler.net.stream's SocketServer."""
+
+    @property
+    def sockets(self) -> tuple[socket.socket, ...]: ...
+
+    def close(self) -> None: ...
+
+    async def wait_closed(self) -> None: ...
 
 
 class Service(Protocol):
@@ -82,7 +94,7 @@ class Pooler:
         self.parameters = TrackedParameters()
         self.auth_cache: dict[str, tuple[str | None, float]] = {}
         self.statements = StatementCache()  # protocol-level prepared statements, shared by every pool
-        self.listeners: list[asyncio.Server] = []
+        self.listeners: list[Listener] = []
         self.ports: dict[str, int] = {}
         self._client_seq = 0
         #: The clock of every timestamp, bound once (``asyncio.get_running_loop()`` costs a getpid() per call,
@@ -187,11 +199,12 @@ class Pooler:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         s = self.config.settings
-        pooled = await self._listen(lambda: as_protocol(ClientConnection(self)), s.listen_addr, s.listen_port)
+        pooled = await self._listen(lambda: as_protocol(ClientConnection(self)), s.listen_addr, s.listen_port,
+                                    plain_sockets=True)
         self.ports["pooled"] = pooled
         if s.direct_port:
             self.ports["direct"] = await self._listen(lambda: as_protocol(ClientConnection(self, direct=True)),
-                                                      s.listen_addr, s.direct_port)
+                                                      s.listen_addr, s.direct_port, plain_sockets=True)
         if s.http_port:
             self.ports["http"] = await self._listen(lambda: HttpConnection(self), s.listen_addr, s.http_port)
         if s.unix_socket_dir:
@@ -216,18 +229,28 @@ class Pooler:
         for line in (*self.config.ignored, *tls.tls13_ciphers_warning(self.config.settings)):
             log.warning("config setting ignored", detail=line)
 
-    async def _listen(self, factory: Callable[[], asyncio.BaseProtocol], host: str, port: int) -> int:
+    async def _listen(self, factory: Callable[[], asyncio.BaseProtocol], host: str, port: int, *,
+                      plain_sockets: bool = False) -> int:
+        """Listen on ``host`` (a name, a comma-separated list, or ``*``) and ``port``; return the port.
+
+        ``plain_sockets``: the Postgres-protocol doors, whose plaintext connections run on the compiled
+        socket transport (pooler.net.stream); the others get the event loop's own transports."""
         loop = asyncio.get_running_loop()
         s = self.config.settings
         hosts: str | list[str] = [h.strip() for h in host.split(",")] if "," in host else host
         if host == "*":
             hosts = ["0.0.0.0", "::"]
-        server = await loop.create_server(
-            factory,
-            hosts, port, backlog=s.listen_backlog, reuse_address=True, reuse_port=s.so_reuseport or s.workers > 1)
-        self.listeners.append(server)
-        bound = server.sockets[0].getsockname()[1]
-        for sock in server.sockets:
+        reuse_port = s.so_reuseport or s.workers > 1
+        if plain_sockets:
+            sockets = listening_sockets(hosts, port, backlog=s.listen_backlog, reuse_port=reuse_port)
+            self.listeners.extend(SocketServer(loop, sock, factory) for sock in sockets)
+        else:
+            listener = await loop.create_server(factory, hosts, port, backlog=s.listen_backlog, reuse_address=True,
+                                                reuse_port=reuse_port)
+            self.listeners.append(listener)
+            sockets = list(listener.sockets)
+        bound = sockets[0].getsockname()[1]
+        for sock in sockets:
             if sock.family in (socket.AF_INET, socket.AF_INET6):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             tune_socket(sock, s)  # the connections it accepts inherit these (sockopts)

@@ -17,6 +17,7 @@ from pooler.core.pool import CONNECT_FAILED, CONNECT_TIMEOUT, ServerState
 from pooler.log import log
 from pooler.net.duck import as_protocol
 from pooler.net.server import ServerConnection
+from pooler.net.stream import open_connection
 from pooler.net.tls import ServerTls, TlsRefusedError, connect_server
 from pooler.wire import messages as pq
 
@@ -47,7 +48,7 @@ async def connect(server: ServerConnection, db: DatabaseConfig, host: str | None
             if tcp is not None:
                 await connect_server(server, tcp, db.port, tls)
             else:
-                await loop.create_unix_connection(lambda: as_protocol(server), socket_path(host or "/tmp", db.port))
+                await open_connection(loop, as_protocol(server), None, db.port, socket_path(host or "/tmp", db.port))
     except (OSError, TimeoutError) as exc:
         timed_out = isinstance(exc, TimeoutError)
         reason = "timed out (server_connect_timeout)" if timed_out else (

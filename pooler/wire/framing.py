@@ -69,6 +69,10 @@ class MessageReader:
         """The type byte of the next message, once one has begun to arrive."""
         return self._buf[0] if self._buf else None
 
+    def peek(self, size: int) -> bytes:
+        """Up to ``size`` bytes from the start, left in place."""
+        return bytes(self._buf[:size])
+
     def next_message(self) -> tuple[int, bytes] | None:
         """``(type, payload)`` of the next whole message, or None until it has arrived."""
         buf = self._buf

@@ -119,6 +119,47 @@ def test_direct_tls_with_alpn_and_channel_binding(postgres: PostgresServer, cert
             assert b"without ALPN" in data and b"08P01" in data, alpn
 
 
+def test_a_direct_tls_client_hello_arriving_in_pieces_is_read_whole(postgres: PostgresServer,
+                                                                    certs: LocalCertificates) -> None:
+    """The pooler waits for the ClientHello's whole record before the TLS layer takes the socket over
+    (pooler.net.stream hands the connection to the event loop's transport): every piece reaches TLS, in
+    order, and the login goes on as usual."""
+    context = ssl.create_default_context(cafile=str(certs.ca_file))
+    context.set_alpn_protocols(["postgresql"])
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = context.wrap_bio(incoming, outgoing, server_hostname="localhost")
+    with running_pooler(make_config(postgres, **tls_settings(certs))) as p, \
+            socket.create_connection(("127.0.0.1", p.port), timeout=10) as sock:
+        with pytest.raises(ssl.SSLWantReadError):
+            client.do_handshake()
+        hello = outgoing.read()
+        for piece in (hello[:3], hello[3:9], hello[9:]):  # a partial header, then part of the record, then the rest
+            sock.sendall(piece)
+            time.sleep(0.1)
+        while True:
+            try:
+                client.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                if pending := outgoing.read():
+                    sock.sendall(pending)
+                data = sock.recv(65536)
+                assert data, "the pooler closed the connection during the handshake"
+                incoming.write(data)
+        startup = struct.pack("!i", 196608) + f"user\x00{APP_USER}\x00database\x00{APP_DB}\x00\x00".encode()
+        client.write(struct.pack("!i", len(startup) + 4) + startup)
+        sock.sendall(outgoing.read())
+        answer = b""
+        while not answer:
+            try:
+                answer = client.read(65536)
+            except ssl.SSLWantReadError:
+                data = sock.recv(65536)
+                assert data, "the pooler closed the connection before asking for a password"
+                incoming.write(data)
+        assert answer[:1] == b"R"  # an authentication request: the startup packet was read over TLS
+
+
 def test_psycopg_channel_binding_with_scram_verifier_in_auth_file(postgres: PostgresServer,
                                                                    certs: LocalCertificates) -> None:
     """The secret is a verifier (as copied from pg_authid): PLUS works, and so does the passthrough login."""
