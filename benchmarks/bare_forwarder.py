@@ -1,18 +1,26 @@
-"""A bare uvloop byte forwarder: one Postgres connection per client, no pooling, no parsing.
+"""A bare byte forwarder on uvloop: one Postgres connection per client, no pooling, no parsing.
 
-Why it exists: it is the ceiling of the asyncio.Protocol-on-uvloop design. Whatever pooler's ratio
-to PgBouncer is, the gap between pooler and this forwarder is what the pooling logic costs; the gap
-between this forwarder and PgBouncer is the per-event cost of Python and uvloop themselves.
+Why it exists: it is the ceiling of pooler's design. Whatever pooler's ratio to PgBouncer is, the gap
+between pooler and this forwarder is what the pooling logic costs; the gap between this forwarder and
+PgBouncer is the per-event cost of Python and the event loop themselves. By default its sockets run on
+the transport pooler's plaintext connections use (pooler.net.stream); ``--transport uvloop`` puts them
+on uvloop's own stream transport instead, which is what that module replaced.
 
-    python -m benchmarks.bare_forwarder LISTEN_PORT POSTGRES_PORT
+    python -m benchmarks.bare_forwarder LISTEN_PORT POSTGRES_PORT [--transport stream|uvloop]
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import sys
 
 import uvloop
+
+from pooler.net.stream import SocketServer, listening_sockets, open_connection
+
+#: Which transport the sockets run on: "stream" (pooler.net.stream) or "uvloop" (set by main).
+TRANSPORT = "stream"
 
 
 class _Upstream(asyncio.Protocol):
@@ -45,7 +53,11 @@ class _Downstream(asyncio.Protocol):
 
     async def _connect(self) -> None:
         loop = asyncio.get_running_loop()
-        _, upstream = await loop.create_connection(lambda: _Upstream(self), "127.0.0.1", self.postgres_port)
+        upstream = _Upstream(self)
+        if TRANSPORT == "stream":
+            await open_connection(loop, upstream, "127.0.0.1", self.postgres_port)
+        else:
+            await loop.create_connection(lambda: upstream, "127.0.0.1", self.postgres_port)
         self.upstream = upstream
         for data in self.early:
             assert upstream.transport is not None
@@ -65,14 +77,26 @@ class _Downstream(asyncio.Protocol):
 
 
 async def serve(listen_port: int, postgres_port: int) -> None:
-    server = await asyncio.get_running_loop().create_server(
-        lambda: _Downstream(postgres_port), "127.0.0.1", listen_port)
+    loop = asyncio.get_running_loop()
+    if TRANSPORT == "stream":
+        [sock] = listening_sockets("127.0.0.1", listen_port, backlog=1024, reuse_port=False)
+        SocketServer(loop, sock, lambda: _Downstream(postgres_port))
+        await asyncio.Event().wait()
+        return
+    server = await loop.create_server(lambda: _Downstream(postgres_port), "127.0.0.1", listen_port)
     async with server:
         await server.serve_forever()
 
 
 def main() -> int:
-    uvloop.run(serve(int(sys.argv[1]), int(sys.argv[2])))
+    global TRANSPORT
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("listen_port", type=int)
+    parser.add_argument("postgres_port", type=int)
+    parser.add_argument("--transport", choices=["stream", "uvloop"], default="stream")
+    args = parser.parse_args()
+    TRANSPORT = args.transport
+    uvloop.run(serve(args.listen_port, args.postgres_port))
     return 0
 
 

@@ -39,6 +39,8 @@ from urllib.parse import urlparse
 
 from benchmarks.common import free_port, pgbouncer_binary, pgbouncer_version, tool, use_pgbouncer, wait_port
 
+#: --bare's contenders: the bare forwarder on pooler's socket transport, and on uvloop's own.
+BARE_FORWARDERS = {"bare forwarder": "stream", "bare uvloop forwarder": "uvloop"}
 BENCH_DB = "bench"
 BENCH_USER = "bench"
 BENCH_PASSWORD = "bench-secret"
@@ -215,8 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pure", action="store_true",
                         help="also measure pooler on its pure-Python source (POOLER_NO_EXTENSIONS=1)")
     parser.add_argument("--bare", action="store_true",
-                        help="also measure a bare uvloop byte forwarder (benchmarks.bare_forwarder): "
-                        "the ceiling of this design")
+                        help="also measure the bare byte forwarder (benchmarks.bare_forwarder), the ceiling of "
+                        "this design, on pooler's socket transport and on uvloop's")
     args = parser.parse_args(argv)
     if args.pgbouncer:
         try:
@@ -247,13 +249,14 @@ def main(argv: list[str] | None = None) -> int:
                     contenders.append(stack.enter_context(run_pooler(
                         ini, pure_port, {"POOLER_NO_EXTENSIONS": "1"}, name=PURE)))
                 if args.bare:
-                    bare_port = free_port()
-                    bare = subprocess.Popen([sys.executable, "-m", "benchmarks.bare_forwarder", str(bare_port),
-                                             str(port)])
-                    stack.callback(bare.wait, 10)
-                    stack.callback(bare.terminate)
-                    wait_port(bare_port)
-                    contenders.append(Contender("bare forwarder", bare_port, bare.pid))
+                    for name, transport in BARE_FORWARDERS.items():
+                        bare_port = free_port()
+                        bare = subprocess.Popen([sys.executable, "-m", "benchmarks.bare_forwarder", str(bare_port),
+                                                 str(port), "--transport", transport])
+                        stack.callback(bare.wait, 10)
+                        stack.callback(bare.terminate)
+                        wait_port(bare_port)
+                        contenders.append(Contender(name, bare_port, bare.pid))
                 for scenario in scenarios:
                     for contender in contenders:  # warm-up, not recorded
                         pgbench(contender.port, scenario.pgbench_args, 2)
@@ -278,7 +281,7 @@ def report(results: Results, scenarios: list[Scenario], args: argparse.Namespace
     print(f"\npgbench, {args.rounds} rounds x {args.seconds}s, default_pool_size={args.pool_size}, "
           f"{os.cpu_count()} cores, pgbouncer = {pgbouncer_version() or 'not installed'}; medians (min-max)\n")
     names = ["direct", "pgbouncer", "pooler"] + ([PURE] if args.pure else []) + (
-        ["bare forwarder"] if args.bare else [])
+        list(BARE_FORWARDERS) if args.bare else [])
     print(f"| scenario | {' | '.join(names)} | pooler/pgbouncer | pooler/direct |")
     print("|---|" + "---|" * (len(names) + 2))
     for scenario in scenarios:

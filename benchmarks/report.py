@@ -370,7 +370,7 @@ def headline_rows(results: Results) -> list[tuple[str, str]]:
     rows = [(DIRECT, "direct Postgres"), (PGBOUNCER, f"{bouncer}, 1 process (the reference)")]
     if n > 1:
         rows.append((pgbouncer_n(n), f"{bouncer} x {n} processes (`so_reuseport`)"))
-    rows += [(BARE, "bare 1:1 uvloop forwarder (the floor)"),
+    rows += [(BARE, "bare 1:1 forwarder on pooler's socket transport (the floor)"),
              (POOLER_DEFAULTS, "**pooler with its defaults**, 1 process (metrics on, `session_state_check = warn`)"),
              (POOLER_METRICS_OFF, "pooler, metrics off (`metrics_port = 0`), 1 process")]
     if n > 1:

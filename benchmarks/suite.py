@@ -20,7 +20,7 @@ Scenarios (``--scenarios``, default all):
     f  one slow client reading a 1 GB result: the pooler's peak RSS
     h  the closing-note comparison, one run, contenders alternating, ratios to PgBouncer in 1 process:
        pooler with its defaults (metrics listener on, session_state_check = warn) and with metrics off,
-       pooler workers = N, PgBouncer x N processes (so_reuseport), the bare uvloop forwarder (the floor),
+       pooler workers = N, PgBouncer x N processes (so_reuseport), the bare forwarder (the floor),
        direct; pgbench -S -c 50 simple / -M prepared / -M extended, and 1 client (µs added over direct)
 
     python -m benchmarks                  # everything: ~50 minutes (h ~25); writes benchmarks/results/<date>.md
@@ -852,7 +852,8 @@ HEADLINE_SETUP = (
     "\"pooler metrics off\" differs only in metrics_port = 0; pooler workers = {workers} has the defaults "
     "and splits the pool sizes between its processes; PgBouncer x {workers} is {workers} PgBouncer processes on "
     "one port with so_reuseport = 1, each with the same share of default_pool_size and max_client_conn as "
-    "one of pooler's workers gets; the bare forwarder is benchmarks/bare_forwarder.py (1:1 uvloop, no pooling)"
+    "one of pooler's workers gets; the bare forwarder is benchmarks/bare_forwarder.py (1:1, no pooling, on "
+    "pooler's socket transport)"
 )
 
 

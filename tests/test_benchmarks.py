@@ -103,7 +103,7 @@ def test_smoke_headline_compares_pooler_defaults_with_pgbouncer_in_one_and_n_pro
                  "Postgres ", "| contender | `-S -c 50` tps | x | `-M prepared -c 50` tps | x | ",
                  "`-M extended -c 50` tps | x |",
                  "1 client: µs per transaction", "| direct Postgres |", "1 process (the reference)",
-                 "x 2 processes (`so_reuseport`)", "| bare 1:1 uvloop forwarder (the floor) |",
+                 "x 2 processes (`so_reuseport`)", "| bare 1:1 forwarder on pooler's socket transport (the floor) |",
                  "| **pooler with its defaults**, 1 process (metrics on, `session_state_check = warn`) |",
                  "| pooler, metrics off (`metrics_port = 0`), 1 process |",
                  "| pooler with its defaults, `workers = 2` |",

@@ -33,6 +33,8 @@ import socket
 from collections.abc import Callable
 from typing import Any, cast
 
+from pooler.log import log
+
 try:
     import cython  # type: ignore[import-untyped,unused-ignore]
 except ImportError:  # installed without Cython: this is the pure-Python module anyway
@@ -391,6 +393,9 @@ class SocketServer:
                 SocketTransport(self._loop, conn, self._factory())
             except OSError:
                 conn.close()  # reset before it could be set up: nobody to tell
+            except Exception as exc:  # a bug in a protocol's setup: this connection goes, the listener stays
+                conn.close()
+                log.error("could not set up an accepted connection", error=f"{type(exc).__name__}: {exc}")
 
     def _resume(self) -> None:
         self._retry = None

@@ -288,6 +288,35 @@ async def test_a_server_out_of_file_descriptors_pauses_accepting_instead_of_spin
         server.close()
 
 
+async def test_a_protocol_that_fails_to_set_up_loses_its_connection_not_the_listener() -> None:
+    loop = asyncio.get_running_loop()
+    [sock] = listening_sockets("127.0.0.1", 0, backlog=16, reuse_port=False)
+    made: list[Recorder] = []
+
+    def factory() -> asyncio.BaseProtocol:
+        if not made:
+            made.append(Recorder())
+            raise RuntimeError("a bug in the first connection's setup")
+        made.append(Recorder())
+        return made[-1]
+
+    server = SocketServer(loop, sock, factory)
+    try:
+        first_reader, first_writer = await asyncio.open_connection(*sock.getsockname())
+        assert await asyncio.wait_for(first_reader.read(), 5) == b""  # closed, without a word
+        first_writer.close()
+        _, second_writer = await asyncio.open_connection(*sock.getsockname())
+        second_writer.write(b"still accepting")
+        for _ in range(100):
+            if len(made) == 2 and made[1].data:
+                break
+            await asyncio.sleep(0.01)
+        assert bytes(made[1].data) == b"still accepting"
+        second_writer.close()
+    finally:
+        server.close()
+
+
 async def test_listening_on_two_addresses_with_port_0_gives_both_the_same_port() -> None:
     hosts = ["127.0.0.1", "::1"] if socket.has_ipv6 else ["127.0.0.1", "localhost"]
     try:
