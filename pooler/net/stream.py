@@ -72,7 +72,8 @@ class SocketTransport:
         self._sock: socket.socket | None = sock
         self._fd = sock.fileno()
         self._protocol: Any = protocol
-        self._pending: list[bytes] = []  # what the socket has not taken yet, in order
+        # What the socket has not taken yet, in order; None while that is nothing (most connections, always).
+        self._pending: list[bytes] | None = None
         self._pending_size = 0
         self._high = DEFAULT_HIGH_WATER
         self._low = DEFAULT_HIGH_WATER // 4
@@ -145,7 +146,7 @@ class SocketTransport:
             return  # asyncio warns and drops too: the protocol has been (or will be) told the connection is gone
         if type(data) is not bytes:
             data = bytes(data)
-        if self._pending_size:
+        if self._pending is not None:
             self._pending.append(data)
             self._pending_size += len(data)
             self._check_high_water()
@@ -155,7 +156,7 @@ class SocketTransport:
             return  # a fatal error: the connection is being closed
         if sent == len(data):
             return
-        self._pending.append(data[sent:])
+        self._pending = [data[sent:]]
         self._pending_size = len(data) - sent
         self._loop.add_writer(self._fd, self._write_ready)
         self._check_high_water()
@@ -188,9 +189,10 @@ class SocketTransport:
                 return -1
 
     def _write_ready(self) -> None:
-        if not self._pending_size:
+        pending = self._pending
+        if pending is None:
             return
-        data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
+        data = pending[0] if len(pending) == 1 else b"".join(pending)
         sent = self._send(data)
         if sent < 0:
             return
@@ -198,7 +200,7 @@ class SocketTransport:
             self._pending = [data[sent:]]
             self._pending_size = len(data) - sent
         else:
-            self._pending = []
+            self._pending = None
             self._pending_size = 0
             self._loop.remove_writer(self._fd)
         if self._writing_paused and self._pending_size <= self._low:
@@ -271,8 +273,8 @@ class SocketTransport:
     def _force_close(self, exc: Exception | None) -> None:
         if self._lost:
             return
-        if self._pending_size:
-            self._pending = []
+        if self._pending is not None:
+            self._pending = None
             self._pending_size = 0
             self._loop.remove_writer(self._fd)
         self._closing = True
@@ -329,12 +331,16 @@ class SocketTransport:
         self._stop_reading()
         if self._pending_size:
             self._loop.remove_writer(self._fd)
-        pending = b"".join(self._pending)
-        self._pending, self._pending_size = [], 0
+        pending = b"".join(self._pending) if self._pending is not None else b""
+        self._pending, self._pending_size = None, 0
         self._closing = self._lost = True
         self._sock = None
         self._fd = -1
-        transport, _ = await self._loop.connect_accepted_socket(HandedOver, sock)
+        try:
+            transport, _ = await self._loop.connect_accepted_socket(HandedOver, sock)
+        except BaseException:
+            sock.close()  # nobody else holds it now
+            raise
         if not transport.is_closing():
             transport.pause_reading()  # uvloop starts reading after connection_made: stop it here
         if pending:
