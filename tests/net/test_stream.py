@@ -397,6 +397,32 @@ async def test_hand_over_moves_the_socket_to_an_event_loop_transport_keeping_eve
         peer.close()
 
 
+async def test_closing_a_handed_over_transport_closes_the_socket_where_it_moved() -> None:
+    """A connection mid-TLS-handshake still holds the transport it started on: when client_login_timeout,
+    a KILL or a shutdown closes it, that must close the socket, during the hand-over or after it."""
+    transport, _, peer = await connected_pair()
+    try:
+        moved = await transport.hand_over()
+        assert transport.get_extra_info("peername") == peer.getsockname()  # SHOW CLIENTS mid-handshake
+        transport.close()
+        assert moved.is_closing()
+        assert await asyncio.wait_for(read_until_eof(peer), 5) == b""
+    finally:
+        peer.close()
+    transport, _, peer = await connected_pair()
+    try:
+        transport.write(b"S")
+        moving = asyncio.ensure_future(transport.hand_over())
+        await asyncio.sleep(0)  # the hand-over now waits for the event loop's transport
+        assert not moving.done()
+        transport.abort()
+        moved = await moving
+        assert moved.is_closing()
+        assert await asyncio.wait_for(read_until_eof(peer), 5) == b"S"
+    finally:
+        peer.close()
+
+
 def test_plaintext_clients_and_servers_of_a_live_pooler_run_on_the_socket_transport(postgres: PostgresServer) -> None:
     """The pooled port's plaintext clients and the servers Postgres answered "N" (no TLS) are this module's;
     a TLS session would be on the event loop's own transport (tests/net/test_tls.py)."""
