@@ -14,6 +14,7 @@ cdef class SocketTransport:
     cdef bint _writing_paused
     cdef bint _eof_pending
     cdef bint _lost
+    cdef object _successor
 
     cdef Py_ssize_t _send(self, bytes data) except -2
     cdef void _check_high_water(self) except *

@@ -62,6 +62,9 @@ DEFAULT_HIGH_WATER = 65_536
 ACCEPTS_PER_TURN = 128
 #: How long accepting pauses when the process is out of file descriptors (as asyncio's servers do).
 ACCEPT_RETRY_DELAY = 1.0
+#: SocketTransport._successor while hand_over waits for the new transport, and once a close came meanwhile.
+_HANDING_OVER = "handing over"
+_CLOSE_WANTED = "close wanted"
 _OUT_OF_RESOURCES = frozenset({errnos.EMFILE, errnos.ENFILE, errnos.ENOBUFS, errnos.ENOMEM})
 
 
@@ -84,6 +87,9 @@ class SocketTransport:
         self._writing_paused = False  # the protocol was told pause_writing
         self._eof_pending = False  # write_eof once the buffer is flushed
         self._lost = False  # connection_lost is scheduled (or done)
+        # After hand_over: the transport that owns the socket now (None before; _HANDING_OVER meanwhile;
+        # _CLOSE_WANTED if close or abort came meanwhile), which close, abort and get_extra_info reach.
+        self._successor: Any = None
         protocol.connection_made(cast(asyncio.BaseTransport, self))
         if self._reading and not self._closing:
             loop.add_reader(self._fd, self._read_ready)
@@ -258,6 +264,9 @@ class SocketTransport:
 
     def close(self) -> None:
         """Stop reading; once what is buffered is written, close and tell the protocol (a later loop turn)."""
+        if self._successor is not None:
+            self._close_successor()
+            return
         if self._closing:
             return
         self._closing = True
@@ -266,7 +275,19 @@ class SocketTransport:
             self._schedule_lost(None)
 
     def abort(self) -> None:
+        if self._successor is not None:
+            self._close_successor()
+            return
         self._force_close(None)
+
+    def _close_successor(self) -> None:
+        """A close after hand_over: whoever still holds this transport (a connection mid-TLS-handshake,
+        closed by client_login_timeout or a shutdown) means the socket, which the successor owns."""
+        successor = self._successor
+        if successor is _HANDING_OVER:
+            self._successor = _CLOSE_WANTED
+        elif successor is not _CLOSE_WANTED:
+            successor.close()
 
     def _fatal(self, exc: OSError) -> None:
         """A read or write failed (a reset, a broken pipe): the connection is over, without a flush."""
@@ -300,6 +321,9 @@ class SocketTransport:
     # --- the rest of asyncio.Transport ------------------------------------------------------------
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
+        successor = self._successor
+        if successor is not None and successor is not _HANDING_OVER and successor is not _CLOSE_WANTED:
+            return successor.get_extra_info(name, default)
         sock = self._sock
         if sock is None:
             return default
@@ -338,15 +362,20 @@ class SocketTransport:
         self._closing = self._lost = True
         self._sock = None
         self._fd = -1
+        self._successor = _HANDING_OVER
         try:
             transport, _ = await self._loop.connect_accepted_socket(HandedOver, sock)
         except BaseException:
             sock.close()  # nobody else holds it now
             raise
+        close_wanted = self._successor is _CLOSE_WANTED
+        self._successor = transport
         if not transport.is_closing():
             transport.pause_reading()  # uvloop starts reading after connection_made: stop it here
         if pending:
             transport.write(pending)
+        if close_wanted:
+            transport.close()  # closed while the socket moved: the caller finds the new transport closing
         return transport
 
 
