@@ -395,13 +395,13 @@ def test_a_stalled_handshake_after_s_is_cut_by_the_sweep_not_the_tls_backstop(po
     # The connection moved to the event loop's transport for TLS (pooler.net.stream's hand_over): closing
     # the client must still close that socket, at client_login_timeout, not at the TLS layer's own timeout
     # (client_login_timeout + 5 s).
-    with running_pooler(make_config(postgres, client_login_timeout=1.0, **tls_settings(certs))) as p:
-        with socket.create_connection(("127.0.0.1", p.port), timeout=10) as sock:
-            sock.sendall(struct.pack("!ii", 8, 80877103))
-            assert sock.recv(1) == b"S"
-            started = time.monotonic()
-            assert _read_all(sock) == b""
-            assert time.monotonic() - started < 3.5
+    with running_pooler(make_config(postgres, client_login_timeout=1.0, **tls_settings(certs))) as p, \
+            socket.create_connection(("127.0.0.1", p.port), timeout=10) as sock:
+        sock.sendall(struct.pack("!ii", 8, 80877103))
+        assert sock.recv(1) == b"S"
+        started = time.monotonic()
+        assert _read_all(sock) == b""
+        assert time.monotonic() - started < 3.5
 
 
 def test_garbage_after_a_client_hello_gets_a_clean_close(postgres: PostgresServer, certs: LocalCertificates) -> None:
