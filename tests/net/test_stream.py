@@ -183,6 +183,56 @@ async def test_a_reset_by_the_peer_reaches_connection_lost_as_an_error() -> None
     assert protocol.calls[-1] == "lost" and protocol.calls.count("lost") == 1
 
 
+class Failing(Recorder):
+    """A protocol with a bug: the call named ``fails`` raises."""
+
+    def __init__(self, fails: str) -> None:
+        super().__init__()
+        self.fails = fails
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.fails == "data":
+            raise RuntimeError("a bug in data_received")
+
+    def eof_received(self) -> bool:
+        super().eof_received()
+        if self.fails == "eof":
+            raise RuntimeError("a bug in eof_received")
+        return False
+
+
+@pytest.mark.parametrize("fails", ["data", "eof"])
+async def test_a_protocol_callback_that_raises_closes_its_connection_as_uvloop_does(fails: str) -> None:
+    """As asyncio's and uvloop's transports do: the error goes to the loop's exception handler and to
+    connection_lost, and the connection closes, rather than staying open half-dead (a client the pooler
+    would never answer again, or that never leaves)."""
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, Any]] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _, context: reported.append(context))
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.setblocking(False)
+    try:
+        protocol = Failing(fails)
+        accepting = loop.create_task(loop.sock_accept(listener))
+        transport = await open_connection(loop, protocol, "127.0.0.1", listener.getsockname()[1])
+        peer, _ = await accepting
+        peer.setblocking(False)
+        with peer:
+            await loop.sock_sendall(peer, b"bytes")
+            if fails == "eof":
+                peer.shutdown(socket.SHUT_WR)
+            exc = await asyncio.wait_for(protocol.lost, 5)
+            assert isinstance(exc, RuntimeError) and str(exc) == f"a bug in {fails}_received"
+            assert await asyncio.wait_for(read_until_eof(peer), 5) == b""
+            assert transport.is_closing()
+            assert [context["exception"] for context in reported] == [exc]
+    finally:
+        listener.close()
+        loop.set_exception_handler(previous)
+
+
 async def test_pause_reading_holds_the_bytes_until_resume() -> None:
     loop = asyncio.get_running_loop()
     transport, protocol, peer = await connected_pair()
