@@ -233,6 +233,45 @@ async def test_a_protocol_callback_that_raises_closes_its_connection_as_uvloop_d
         loop.set_exception_handler(previous)
 
 
+class FailingFlowControl(Recorder):
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        raise RuntimeError("a bug in pause_writing")
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        raise RuntimeError("a bug in resume_writing")
+
+
+async def test_flow_control_callbacks_that_raise_are_reported_and_the_close_still_completes() -> None:
+    """As asyncio's transports do: pause_writing / resume_writing errors go to the exception handler; the
+    write that crossed the mark, and the flush of a close, go on (else the socket would never close)."""
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, Any]] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _, context: reported.append(context))
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.setblocking(False)
+    try:
+        protocol = FailingFlowControl()
+        accepting = loop.create_task(loop.sock_accept(listener))
+        transport = await open_connection(loop, protocol, "127.0.0.1", listener.getsockname()[1])
+        peer, _ = await accepting
+        peer.setblocking(False)
+        with peer:
+            transport.set_write_buffer_limits(high=64 * 1024, low=16 * 1024)
+            payload = b"x" * (8 * 1024 * 1024)
+            transport.write(payload)  # far past the mark: pause_writing raises, the write is kept
+            transport.close()
+            assert await asyncio.wait_for(read_until_eof(peer), 30) == payload
+            assert await asyncio.wait_for(protocol.lost, 5) is None
+            assert [str(context["exception"]) for context in reported] == [
+                "a bug in pause_writing", "a bug in resume_writing"]
+    finally:
+        listener.close()
+        loop.set_exception_handler(previous)
+
+
 async def test_pause_reading_holds_the_bytes_until_resume() -> None:
     loop = asyncio.get_running_loop()
     transport, protocol, peer = await connected_pair()
