@@ -119,13 +119,25 @@ class SocketTransport:
             except OSError as exc:
                 self._fatal(exc)
                 return
-        if data:
-            self._protocol.data_received(data)
-            return
-        # EOF: the protocol may keep its half open (True), else the transport closes, as asyncio's does
-        self._stop_reading()
-        if not self._protocol.eof_received():
-            self.close()
+        try:
+            if data:
+                self._protocol.data_received(data)
+                return
+            # EOF: the protocol may keep its half open (True), else the transport closes, as asyncio's does
+            self._stop_reading()
+            if not self._protocol.eof_received():
+                self.close()
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:  # a bug in the protocol: its connection goes, as on asyncio's and uvloop's
+            self._force_close(exc)
+            self._report(exc, "data_received" if data else "eof_received")
+
+    def _report(self, exc: BaseException, call: str) -> None:
+        """A protocol callback raised: the loop's exception handler hears of it (the loop's own transports
+        do the same), not whoever happened to call into the transport."""
+        self._loop.call_exception_handler({"message": f"protocol.{call}() call failed", "exception": exc,
+                                           "transport": self, "protocol": self._protocol})
 
     def pause_reading(self) -> None:
         if self._reading:
@@ -213,7 +225,12 @@ class SocketTransport:
             self._loop.remove_writer(self._fd)
         if self._writing_paused and self._pending_size <= self._low:
             self._writing_paused = False
-            self._protocol.resume_writing()
+            try:
+                self._protocol.resume_writing()
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:  # reported; the flush (and a close waiting for it) goes on
+                self._report(exc, "resume_writing")
         if self._pending_size:
             return
         if self._closing:
@@ -224,7 +241,12 @@ class SocketTransport:
     def _check_high_water(self) -> None:
         if not self._writing_paused and self._pending_size > self._high:
             self._writing_paused = True
-            self._protocol.pause_writing()
+            try:
+                self._protocol.pause_writing()
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:  # reported; the bytes written are kept
+                self._report(exc, "pause_writing")
 
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
         if high is None:
@@ -293,7 +315,7 @@ class SocketTransport:
         """A read or write failed (a reset, a broken pipe): the connection is over, without a flush."""
         self._force_close(exc)
 
-    def _force_close(self, exc: Exception | None) -> None:
+    def _force_close(self, exc: BaseException | None) -> None:
         if self._lost:
             return
         if self._pending is not None:
@@ -304,12 +326,12 @@ class SocketTransport:
         self._stop_reading()
         self._schedule_lost(exc)
 
-    def _schedule_lost(self, exc: Exception | None) -> None:
+    def _schedule_lost(self, exc: BaseException | None) -> None:
         if not self._lost:
             self._lost = True
             self._loop.call_soon(self._connection_lost, exc)
 
-    def _connection_lost(self, exc: Exception | None) -> None:
+    def _connection_lost(self, exc: BaseException | None) -> None:
         try:
             self._protocol.connection_lost(exc)
         finally:
