@@ -462,6 +462,36 @@ async def test_a_unix_socket_connection_runs_on_the_same_transport(tmp_path: Any
         server.close()
 
 
+async def test_a_unix_socket_whose_backlog_is_full_is_a_connect_error_not_a_connection(tmp_path: Any) -> None:
+    """A busy Postgres's Unix socket refuses with EAGAIN; uvloop's create_unix_connection raised it, so the
+    pooler reports a failed connect (and retries as server_login_retry says). Waiting for writability
+    instead gives a socket that never connected: a connection_made, then ENOTCONN on the first write."""
+    loop = asyncio.get_running_loop()
+    path = str(tmp_path / "s")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(0)
+    queued: list[socket.socket] = []
+    try:
+        while True:  # fill the backlog: nobody accepts
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            queued.append(sock)
+            try:
+                sock.connect(path)
+            except BlockingIOError:
+                break
+        protocol = Recorder()
+        with pytest.raises(OSError) as raised:
+            await asyncio.wait_for(open_connection(loop, protocol, None, 0, path), 5)
+        assert raised.value.errno == errno.EAGAIN
+        assert protocol.calls == []
+    finally:
+        for sock in queued:
+            sock.close()
+        listener.close()
+
+
 async def test_hand_over_moves_the_socket_to_an_event_loop_transport_keeping_every_byte() -> None:
     loop = asyncio.get_running_loop()
     transport, protocol, peer = await connected_pair()
