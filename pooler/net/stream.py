@@ -513,7 +513,10 @@ async def open_connection(loop: asyncio.AbstractEventLoop, protocol: asyncio.Bas
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.setblocking(False)
-            await loop.sock_connect(sock, path)
+            # A Unix socket connects at once or not at all: EAGAIN means its backlog is full, an error (as
+            # libuv's connect has it), not "in progress" (sock_connect would wait for a socket that is
+            # writable at once and never connected).
+            sock.connect(path)
         except BaseException:
             sock.close()
             raise
