@@ -122,6 +122,33 @@ async def test_a_peer_that_does_not_read_pauses_the_writer_and_close_still_deliv
         peer.close()
 
 
+async def test_a_large_write_to_a_slow_reader_is_flushed_in_linear_time() -> None:
+    """What a partial write leaves is sent from where it stopped, not copied again on every writable turn:
+    a SQL-over-HTTP answer (http_max_response_size: 10 MiB of rows, more as JSON) written at once to a
+    slow client otherwise costs the event loop a copy of the whole rest per turn (quadratic: 48 MiB through
+    small socket buffers took over ten seconds instead of well under one)."""
+    loop = asyncio.get_running_loop()
+    transport, protocol, peer = await connected_pair()
+    try:
+        transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 32 * 1024)
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
+        payload = bytes(range(256)) * (48 * 4096)  # 48 MiB
+        transport.write(payload)
+        transport.close()
+
+        async def drain() -> int:
+            received = 0
+            while chunk := await loop.sock_recv(peer, 1 << 16):
+                assert chunk == payload[received : received + len(chunk)]
+                received += len(chunk)
+            return received
+
+        assert await asyncio.wait_for(drain(), 8) == len(payload)
+        assert await asyncio.wait_for(protocol.lost, 5) is None
+    finally:
+        peer.close()
+
+
 async def test_abort_drops_what_is_buffered_and_reports_the_loss_once() -> None:
     transport, protocol, peer = await connected_pair()
     try:
