@@ -7,6 +7,7 @@ cdef class SocketTransport:
     cdef object _protocol
     cdef list _pending
     cdef Py_ssize_t _pending_size
+    cdef Py_ssize_t _offset
     cdef Py_ssize_t _high
     cdef Py_ssize_t _low
     cdef bint _closing
@@ -16,6 +17,6 @@ cdef class SocketTransport:
     cdef bint _lost
     cdef object _successor
 
-    cdef Py_ssize_t _send(self, bytes data) except -2
+    cdef Py_ssize_t _send(self, bytes data, Py_ssize_t offset) except -2
     cdef void _check_high_water(self) except *
     cdef void _stop_reading(self) except *

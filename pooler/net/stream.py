@@ -80,6 +80,7 @@ class SocketTransport:
         # What the socket has not taken yet, in order; None while that is nothing (most connections, always).
         self._pending: list[bytes] | None = None
         self._pending_size = 0
+        self._offset = 0  # bytes of _pending[0] already sent: the rest goes from there, never copied again
         self._high = DEFAULT_HIGH_WATER
         self._low = DEFAULT_HIGH_WATER // 4
         self._closing = False
@@ -171,7 +172,7 @@ class SocketTransport:
             self._pending_size += len(data)
             self._check_high_water()
             return
-        sent = self._send(data)
+        sent = self._send(data, 0)
         if sent < 0:
             return  # a fatal error: the connection is being closed
         if sent == len(data):
@@ -184,11 +185,11 @@ class SocketTransport:
     def writelines(self, chunks: Any) -> None:
         self.write(b"".join(chunks))
 
-    def _send(self, data: bytes) -> int:
-        """Bytes of ``data`` the socket took now (0 when full); -1 after a fatal error."""
+    def _send(self, data: bytes, offset: int) -> int:
+        """Bytes of ``data`` from ``offset`` on the socket took now (0 when full); -1 after a fatal error."""
         if cython.compiled:
             start = cython.declare(cython.p_char, data)
-            n: int = cython.declare(cython.Py_ssize_t, c_write(self._fd, start, len(data)))
+            n: int = cython.declare(cython.Py_ssize_t, c_write(self._fd, start + offset, len(data) - offset))
             if n >= 0:
                 return n
             code = cython.declare(cython.int, errno)
@@ -201,7 +202,7 @@ class SocketTransport:
             if sock is None:
                 return -1
             try:
-                return sock.send(data)
+                return sock.send(memoryview(data)[offset:] if offset else data)
             except (BlockingIOError, InterruptedError):
                 return 0
             except OSError as exc:
@@ -212,16 +213,19 @@ class SocketTransport:
         pending = self._pending
         if pending is None:
             return
-        data = pending[0] if len(pending) == 1 else b"".join(pending)
-        sent = self._send(data)
+        if len(pending) > 1:  # writes queued up behind a partial one: one buffer, one system call
+            rest = memoryview(pending[0])[self._offset:]
+            pending = self._pending = [b"".join([rest, *pending[1:]])]
+            self._offset = 0
+        sent = self._send(pending[0], self._offset)
         if sent < 0:
             return
-        if sent < len(data):
-            self._pending = [data[sent:]]
-            self._pending_size = len(data) - sent
+        self._pending_size -= sent
+        if self._pending_size:
+            self._offset += sent
         else:
             self._pending = None
-            self._pending_size = 0
+            self._offset = 0
             self._loop.remove_writer(self._fd)
         if self._writing_paused and self._pending_size <= self._low:
             self._writing_paused = False
@@ -320,7 +324,7 @@ class SocketTransport:
             return
         if self._pending is not None:
             self._pending = None
-            self._pending_size = 0
+            self._pending_size = self._offset = 0
             self._loop.remove_writer(self._fd)
         self._closing = True
         self._stop_reading()
@@ -379,8 +383,8 @@ class SocketTransport:
         self._stop_reading()
         if self._pending_size:
             self._loop.remove_writer(self._fd)
-        pending = b"".join(self._pending) if self._pending is not None else b""
-        self._pending, self._pending_size = None, 0
+        pending = b"".join(self._pending)[self._offset:] if self._pending is not None else b""
+        self._pending, self._pending_size, self._offset = None, 0, 0
         self._closing = self._lost = True
         self._sock = None
         self._fd = -1
