@@ -446,6 +446,28 @@ async def test_listening_on_two_addresses_with_port_0_gives_both_the_same_port()
             s.close()
 
 
+def test_an_address_family_the_kernel_lacks_is_skipped_as_uvloop_skips_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """listen_addr = * on a kernel without IPv6 (ipv6.disable=1: socket(AF_INET6) fails with EAFNOSUPPORT)
+    listens on IPv4, as loop.create_server did; only when no address can be listened on is it an error."""
+    real_socket = socket.socket
+
+    def no_ipv6(family: int = -1, kind: int = -1, proto: int = -1, fileno: int | None = None) -> socket.socket:
+        if family == socket.AF_INET6:
+            raise OSError(errno.EAFNOSUPPORT, "Address family not supported by protocol")
+        return real_socket(family, kind, proto, fileno)
+
+    monkeypatch.setattr(socket, "socket", no_ipv6)
+    sockets = listening_sockets(["127.0.0.1", "::1"], 0, backlog=16, reuse_port=False)
+    try:
+        assert [s.family for s in sockets] == [socket.AF_INET]
+    finally:
+        for s in sockets:
+            s.close()
+    with pytest.raises(OSError) as raised:
+        listening_sockets("::1", 0, backlog=16, reuse_port=False)
+    assert raised.value.errno == errno.EAFNOSUPPORT
+
+
 async def test_a_port_in_use_is_an_error_that_names_the_address() -> None:
     [taken] = listening_sockets("127.0.0.1", 0, backlog=16, reuse_port=False)
     try:
