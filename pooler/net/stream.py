@@ -483,11 +483,16 @@ def listening_sockets(hosts: str | list[str], port: int, *, backlog: int, reuse_
     sockets are v6-only, so ``0.0.0.0`` and ``::`` can share a port). With port 0, the first socket's
     port is used for all the others, so that the hosts share one port."""
     sockets: list[socket.socket] = []
+    unsupported: OSError | None = None
     try:
         for host in [hosts] if isinstance(hosts, str) else hosts:
             infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
             for family, kind, proto, _, address in dict.fromkeys(infos):
-                sock = socket.socket(family, kind, proto)
+                try:
+                    sock = socket.socket(family, kind, proto)
+                except OSError as exc:  # a family this kernel lacks (IPv6 off): skipped, as create_server does
+                    unsupported = exc
+                    continue
                 sockets.append(sock)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 if reuse_port:
@@ -502,6 +507,8 @@ def listening_sockets(hosts: str | list[str], port: int, *, backlog: int, reuse_
                     raise OSError(exc.errno, f"error while attempting to bind on address {where!r}: "
                                   f"{(exc.strerror or str(exc)).lower()}") from None
                 sock.listen(backlog)
+        if not sockets and unsupported is not None:
+            raise unsupported
     except BaseException:
         for sock in sockets:
             sock.close()
