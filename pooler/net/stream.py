@@ -93,7 +93,11 @@ class SocketTransport:
         self._successor: Any = None
         protocol.connection_made(cast(asyncio.BaseTransport, self))
         if self._reading and not self._closing:
-            loop.add_reader(self._fd, self._read_ready)
+            try:
+                loop.add_reader(self._fd, self._read_ready)
+            except Exception as exc:  # the loop cannot watch the socket: the protocol, told it is made, hears why
+                self._reading = False
+                self._force_close(exc)
 
     # --- reading ----------------------------------------------------------------------------------
 

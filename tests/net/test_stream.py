@@ -404,6 +404,34 @@ async def test_a_server_out_of_file_descriptors_pauses_accepting_instead_of_spin
         server.close()
 
 
+async def test_a_socket_the_loop_cannot_watch_is_lost_to_its_protocol_not_leaked() -> None:
+    """The protocol was told connection_made: if the loop then refuses the socket, it must hear
+    connection_lost (a client would otherwise count against max_client_conn forever)."""
+    loop = asyncio.get_running_loop()
+
+    class RefusingLoop:
+        """The running loop, except that it refuses to watch a socket."""
+
+        def add_reader(self, fd: int, callback: Any) -> None:
+            raise OSError(errno.EBADF, "the loop refuses this descriptor")
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(loop, name)
+
+    left, right = socket.socketpair()
+    protocol = Recorder()
+    try:
+        transport = SocketTransport(cast(asyncio.AbstractEventLoop, RefusingLoop()), left, protocol)
+        exc = await asyncio.wait_for(protocol.lost, 5)
+        assert isinstance(exc, OSError) and exc.errno == errno.EBADF
+        assert protocol.calls == ["made", "lost"]
+        assert transport.is_closing()
+        assert left.fileno() == -1  # the socket is closed, not left to the garbage collector
+    finally:
+        left.close()
+        right.close()
+
+
 async def test_a_protocol_that_fails_to_set_up_loses_its_connection_not_the_listener() -> None:
     loop = asyncio.get_running_loop()
     [sock] = listening_sockets("127.0.0.1", 0, backlog=16, reuse_port=False)
