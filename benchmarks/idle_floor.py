@@ -5,7 +5,7 @@ that is the transport under each connection. This measures that part alone, on t
 both transports pooler has: uvloop's own (TLS sessions, the HTTP port) and pooler.net.stream's socket
 transport (plaintext Postgres-protocol connections), so the note can say which share is pooler's own.
 
-    python -m benchmarks.idle_floor [connections]
+    python -m benchmarks.idle_floor [connections [uvloop|stream]]
 """
 
 from __future__ import annotations
@@ -64,11 +64,20 @@ async def measure(connections: int, transport: str) -> float:
         server.close()
 
 
+TRANSPORTS = {"uvloop": "uvloop's transport", "stream": "pooler.net.stream's socket transport"}
+
+
 def main() -> int:
     connections = int(sys.argv[1]) if len(sys.argv) > 1 else 5000
-    for transport, name in (("uvloop", "uvloop's transport"), ("stream", "pooler.net.stream's socket transport")):
-        per = uvloop.run(measure(connections, transport))
-        print(f"bare server on {name}: {connections} idle connections, {per:.0f} B RSS per connection")
+    if len(sys.argv) > 2:  # one transport, in this process (see below)
+        per = uvloop.run(measure(connections, sys.argv[2]))
+        print(f"bare server on {TRANSPORTS[sys.argv[2]]}: {connections} idle connections, {per:.0f} B RSS per "
+              "connection", flush=True)
+        return 0
+    # Each transport in a fresh process: memory the first one freed would otherwise be reused by the
+    # second, which would then look cheaper than it is.
+    for transport in TRANSPORTS:
+        subprocess.run([sys.executable, "-m", "benchmarks.idle_floor", str(connections), transport], check=True)
     return 0
 
 

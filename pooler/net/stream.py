@@ -4,8 +4,8 @@ loop watches with ``add_reader`` / ``add_writer``, read with read(2) and written
 Why not uvloop's own TCP transport, which every other connection uses: per message it reads through libuv
 into libuv's buffer, then dispatches through its stream machinery, and writes through its write queue.
 Compiled, this transport is one C call from readiness to ``read`` and one from ``write`` to the system
-call. What that buys is mostly memory: an idle connection costs 320 B of RSS on it against 1,253 B on a
-uvloop transport (``python -m benchmarks.idle_floor 10000``). In CPU, the bare forwarder
+call. What that buys is mostly memory: an idle connection costs about 920 B of RSS on it against 1,253 B
+on a uvloop transport (``python -m benchmarks.idle_floor 10000``). In CPU, the bare forwarder
 (``python -m benchmarks.pgbench_compare --bare``) spends 1.3 + 12.8 µs (user + system) per
 ``pgbench -S -c 50`` transaction on it against 1.3 + 13.0 on uvloop's: the readiness callback and the
 protocol calls above it cost the same on both.
