@@ -110,7 +110,7 @@ class SocketTransport:
                 code = cython.declare(cython.int, errno)
                 if code in (EAGAIN, EINTR):
                     return
-                self._fatal(OSError(code, os.strerror(code)))
+                self._force_close(OSError(code, os.strerror(code)))
                 return
             data = buffer[:n]
         else:
@@ -122,7 +122,7 @@ class SocketTransport:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
-                self._fatal(exc)
+                self._force_close(exc)
                 return
         try:
             if data:
@@ -199,7 +199,7 @@ class SocketTransport:
             code = cython.declare(cython.int, errno)
             if code in (EAGAIN, EINTR):
                 return 0
-            self._fatal(OSError(code, os.strerror(code)))
+            self._force_close(OSError(code, os.strerror(code)))
             return -1
         else:
             sock = self._sock
@@ -210,7 +210,7 @@ class SocketTransport:
             except (BlockingIOError, InterruptedError):
                 return 0
             except OSError as exc:
-                self._fatal(exc)
+                self._force_close(exc)
                 return -1
 
     def _write_ready(self) -> None:
@@ -319,11 +319,9 @@ class SocketTransport:
         elif successor is not _CLOSE_WANTED:
             successor.close()
 
-    def _fatal(self, exc: OSError) -> None:
-        """A read or write failed (a reset, a broken pipe): the connection is over, without a flush."""
-        self._force_close(exc)
-
     def _force_close(self, exc: BaseException | None) -> None:
+        """The connection is over without a flush: abort, a failed read or write (a reset, a broken pipe),
+        or a protocol callback that raised."""
         if self._lost:
             return
         if self._pending is not None:
