@@ -65,6 +65,10 @@ ACCEPT_RETRY_DELAY = 1.0
 #: SocketTransport._successor while hand_over waits for the new transport, and once a close came meanwhile.
 _HANDING_OVER = "handing over"
 _CLOSE_WANTED = "close wanted"
+#: How long a socket this side closed keeps reading (and dropping) what the peer still sends. Closed with
+#: bytes unread, a socket answers with a reset, and a peer whose next send meets it may never read our last
+#: words (a FATAL); half-closed and drained, it reads them, then EOF. The peer usually hangs up at once.
+LINGER_SECONDS = 2.0
 _OUT_OF_RESOURCES = frozenset({errnos.EMFILE, errnos.ENFILE, errnos.ENOBUFS, errnos.ENOMEM})
 
 
@@ -242,7 +246,7 @@ class SocketTransport:
         if self._pending_size:
             return
         if self._closing:
-            self._schedule_lost(None)
+            self._schedule_lost(None, linger=True)
         elif self._eof_pending:
             self._shutdown_write()
 
@@ -302,7 +306,7 @@ class SocketTransport:
         self._closing = True
         self._stop_reading()
         if not self._pending_size:
-            self._schedule_lost(None)
+            self._schedule_lost(None, linger=True)
 
     def abort(self) -> None:
         if self._successor is not None:
@@ -332,19 +336,23 @@ class SocketTransport:
         self._stop_reading()
         self._schedule_lost(exc)
 
-    def _schedule_lost(self, exc: BaseException | None) -> None:
+    def _schedule_lost(self, exc: BaseException | None, *, linger: bool = False) -> None:
+        """``linger``: a close after a flush, whose last bytes the peer must be able to read (``_linger``);
+        an abort or a failed socket closes at once."""
         if not self._lost:
             self._lost = True
-            self._loop.call_soon(self._connection_lost, exc)
+            self._loop.call_soon(self._connection_lost, exc, linger)
 
-    def _connection_lost(self, exc: BaseException | None) -> None:
+    def _connection_lost(self, exc: BaseException | None, linger: bool) -> None:
         try:
             self._protocol.connection_lost(exc)
         finally:
-            sock, self._sock = self._sock, None
+            sock, self._sock, self._fd = self._sock, None, -1
             if sock is not None:
-                sock.close()
-            self._fd = -1
+                if linger:
+                    _linger(self._loop, sock)
+                else:
+                    sock.close()
 
     # --- the rest of asyncio.Transport ------------------------------------------------------------
 
@@ -405,6 +413,37 @@ class SocketTransport:
         if close_wanted:
             transport.close()  # closed while the socket moved: the caller finds the new transport closing
         return transport
+
+
+def _linger(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
+    """Close ``sock`` without a reset: send our EOF, drop whatever the peer still sends until its own EOF
+    (or ``LINGER_SECONDS``), then close. The transport and its protocol are already done with it."""
+    try:
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:  # reset or gone already: nothing to wait for
+        sock.close()
+        return
+    fd = sock.fileno()
+
+    def finish() -> None:
+        if sock.fileno() != -1:
+            loop.remove_reader(fd)
+            deadline.cancel()
+            sock.close()
+
+    def drain() -> None:
+        while True:
+            try:
+                if not sock.recv(READ_SIZE):
+                    break  # the peer's EOF
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                break
+        finish()
+
+    deadline = loop.call_later(LINGER_SECONDS, finish)
+    loop.add_reader(fd, drain)
 
 
 class HandedOver(asyncio.Protocol):

@@ -631,3 +631,24 @@ def test_plaintext_clients_and_servers_of_a_live_pooler_run_on_the_socket_transp
             return clients, servers
 
         assert p.call(kinds) == ({"SocketTransport"}, {"SocketTransport"})
+
+
+async def test_a_close_with_unread_bytes_lets_the_peer_read_our_last_words_instead_of_a_reset() -> None:
+    """A pooler-side close (a FATAL, then close) can race the client's next query. Closing a socket with
+    bytes still unread makes the kernel answer with a reset, and a client whose next send fails on it
+    (libpq via psycopg: "flushing failed") never reads the FATAL. The transport half-closes and drains
+    instead, so the peer's send succeeds and it reads our last bytes, then EOF."""
+    loop = asyncio.get_running_loop()
+    transport, protocol, peer = await connected_pair()
+    try:
+        transport.pause_reading()
+        await loop.sock_sendall(peer, b"a query the pooler will not read")
+        await asyncio.sleep(0.05)
+        transport.write(b"FATAL: transaction timeout")
+        transport.close()
+        assert await asyncio.wait_for(protocol.lost, 5) is None
+        await asyncio.sleep(0.05)
+        await loop.sock_sendall(peer, b"the next query, sent before the client has read anything")
+        assert await asyncio.wait_for(read_until_eof(peer), 5) == b"FATAL: transaction timeout"
+    finally:
+        peer.close()
