@@ -16,7 +16,8 @@ the connection shells use, with the same contract:
 - EOF goes to ``eof_received``, and a falsy answer closes;
 - ``pause_reading`` / ``resume_reading``;
 - ``pause_writing`` / ``resume_writing`` at the write-buffer limits;
-- ``close`` flushes what is buffered first, ``abort`` does not.
+- ``close`` flushes what is buffered first, then half-closes and drains the socket so that the peer can
+  read those last bytes (``_linger``); ``abort`` does neither.
 
 What it is not: TLS. uvloop's ``start_tls`` takes only uvloop's own transports, so a connection that
 starts TLS first moves to one (``hand_over``).
