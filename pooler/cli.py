@@ -60,6 +60,28 @@ def _interrupt(signum: int, _frame: FrameType | None) -> None:
     raise Interrupted(signal.Signals(signum).name)
 
 
+def _take_signals() -> None:
+    """SIGINT and SIGTERM unwind start-up (``Interrupted``), even one that lands mid-import."""
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
+    sys.unraisablehook = _interrupt_lost
+
+
+#: Interrupts raised where Python could not propagate them (``_interrupt_lost``), by signal name: the start
+#: unwinds from them once the listeners are open, as from a signal that came during start() (``_serve``).
+LOST_INTERRUPTS: list[str] = []
+
+
+def _interrupt_lost(unraisable: sys.UnraisableHookArgs) -> None:
+    """An Interrupted raised where Python cannot propagate an exception (a weakref callback of the import
+    system, mid-import) would be printed as "Exception ignored" with a traceback, and the interrupt lost:
+    it is kept for ``_serve`` instead."""
+    if isinstance(unraisable.exc_value, Interrupted):
+        LOST_INTERRUPTS.append(str(unraisable.exc_value))
+        return
+    sys.__unraisablehook__(unraisable)
+
+
 def _fail(command: str, line: str, code: int) -> int:
     print(f"pooler {command}: {line}" if command else f"pooler: {line}", file=sys.stderr)
     return code
@@ -68,8 +90,7 @@ def _fail(command: str, line: str, code: int) -> int:
 def main(argv: list[str] | None = None) -> int:
     # Until the event loop takes them over, SIGINT and SIGTERM unwind start-up through every `finally`
     # (SIGTERM's default would kill us with the embedded Postgres, in its own session, still running).
-    signal.signal(signal.SIGINT, _interrupt)
-    signal.signal(signal.SIGTERM, _interrupt)
+    _take_signals()
     command = ""
     try:
         parser = _parser()
@@ -553,9 +574,9 @@ async def serve(config: Config, *, reload: Callable[[], Config] | None = None,
     except OSError as exc:
         await pooler.stop()
         return _fail("", listen_failure(config.settings, exc, port_options), EXIT_RUNTIME)
-    if interrupted:
+    if interrupted or LOST_INTERRUPTS:
         await pooler.stop()
-        raise Interrupted(interrupted[0])
+        raise Interrupted((interrupted or LOST_INTERRUPTS)[0])
     ready = True
     log.info("listening", addr=config.settings.listen_addr, **{f"{k}_port": v for k, v in pooler.ports.items()})
     if on_ready is not None:

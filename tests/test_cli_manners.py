@@ -472,3 +472,22 @@ def test_help_is_plain_text_and_up_lists_every_option_and_variable() -> None:
                      "POOLER_DEFAULT_POOL_SIZE", "POOLER_DATA_DIR"):
         assert variable in help_up, variable
     assert "``" not in help_up
+
+
+def test_an_interrupt_that_lands_where_python_cannot_raise_is_kept_not_printed() -> None:
+    """A SIGINT during start-up can land in a weakref callback of the import system, where an exception is
+    only printed ("Exception ignored", a traceback) and dropped. It is kept instead, and the start unwinds
+    from it once the listeners are open (_serve), as from a signal that came during start()."""
+    code = (
+        "import signal, weakref\n"
+        "from pooler import cli\n"
+        "cli._take_signals()\n"
+        "class Lock: pass\n"
+        "lock = Lock()\n"
+        "ref = weakref.ref(lock, lambda _: cli._interrupt(signal.SIGINT, None))  # as in _get_module_lock\n"
+        "del lock\n"
+        "print(cli.LOST_INTERRUPTS)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=TIMEOUT, check=False)
+    assert "Traceback" not in out.stderr and "Exception ignored" not in out.stderr, out.stderr
+    assert out.stdout.strip() == "['SIGINT']", (out.stdout, out.stderr)
